@@ -1,0 +1,210 @@
+"""``atari-vlm``: the command line. Thin: it parses arguments and calls the library.
+
+Exit codes: 0 success, 2 bad input (the message says what was wrong and what would be right),
+1 a failure during the run (a model that stopped answering, say).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from atari_vlm import __version__
+from atari_vlm.errors import ConfigError, ModelError
+
+err = Console(stderr=True, highlight=False)
+out = Console(highlight=False)
+
+
+def _shape(text: str) -> tuple[int, int]:
+    """Parse "84x84" or "84,84" as (height, width)."""
+    parts = text.lower().replace(",", "x").split("x")
+    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+        raise argparse.ArgumentTypeError(f"expected HEIGHTxWIDTH such as 105x80, got {text!r}")
+    return int(parts[0]), int(parts[1])
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # type: ignore[override]
+        err.print(f"[red]error:[/red] {escape(message)}  (see `{self.prog} --help`)")
+        raise SystemExit(2)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="atari-vlm", description="Vision-language models play Atari 2600 games.")
+    parser.add_argument("--version", action="version", version=f"atari-vlm {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    play = sub.add_parser("play", help="play episodes with a model (or the random agent) and record them")
+    play.add_argument("--game", required=True, help="any ALE game: Pong, pong, Pong-v5, ALE/Pong-v5, ...")
+    play.add_argument(
+        "--model",
+        default="auto",
+        help="demo | auto | openai:<model> | <checkpoint dir> (default: auto = API key or server if set, "
+        "else demo)",
+    )
+    play.add_argument("--agent", default="vlm", choices=["vlm", "random"], help="random: the baseline")
+    play.add_argument("--episodes", type=int, default=1)
+    play.add_argument("--max-steps", type=int, default=None, help="decisions per episode at most")
+    play.add_argument("--seed", type=int, default=0, help="root seed of the whole run")
+    play.add_argument("--out", default=None, help="run directory (default: runs/<game>-<model>-s<seed>)")
+    play.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
+    play.add_argument("--num-envs", type=int, default=1, help="games played concurrently")
+    play.add_argument("--no-video", dest="video", action="store_false", help="skip the mp4 per episode")
+    g = play.add_argument_group("environment")
+    g.add_argument("--resize", type=_shape, default=None, metavar="HxW", help="frame size the model sees")
+    g.add_argument("--grayscale", action="store_true")
+    g.add_argument("--frame-stack", type=int, default=1)
+    g.add_argument("--frame-layout", choices=["grid", "sequence"], default="grid")
+    g.add_argument("--frame-skip", type=int, default=4)
+    g.add_argument("--sticky", type=float, default=0.25, help="repeat_action_probability (ALE v5: 0.25)")
+    g.add_argument("--full-action-space", action="store_true")
+    m = play.add_argument_group("model")
+    m.add_argument("--base-url", default=None, help="OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1")
+    m.add_argument("--api-key", default=None, help="else read from OPENAI_API_KEY; never written anywhere")
+    m.add_argument("--prompt", default="basic", help="prompt style or a template .txt file")
+    m.add_argument("--max-tokens", type=int, default=32)
+    m.add_argument("--temperature", type=float, default=0.0)
+    m.add_argument("--device", default="cpu", help="local models: cpu, cuda, cuda:1, mps")
+    m.add_argument("--dtype", default="auto", help="local models: auto, float32, bfloat16, float16")
+    m.add_argument("--quantize", choices=["4bit", "8bit"], default=None, help="local models: bitsandbytes")
+    m.add_argument("--concurrency", type=int, default=8, help="API requests in flight at most")
+
+    games = sub.add_parser("games", help="list every playable game")
+    games.add_argument("--rich-only", action="store_true", help="only games with a RAM state description")
+    return parser
+
+
+def _cmd_games(args: argparse.Namespace) -> int:
+    from atari_vlm.games import all_games
+    from atari_vlm.state_text import RICH_GAMES
+
+    names = [n for n in all_games() if not args.rich_only or n in RICH_GAMES]
+    table = Table(title=f"{len(names)} playable games (* = rich state text from RAM)")
+    table.add_column("game")
+    table.add_column("env id")
+    table.add_column("state text")
+    for name in names:
+        table.add_row(name, f"ALE/{name}-v5", "* rich" if name in RICH_GAMES else "generic")
+    out.print(table)
+    return 0
+
+
+def _cmd_play(args: argparse.Namespace) -> int:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from atari_vlm.models.registry import ModelOptions
+    from atari_vlm.runner import PlaySettings, run_play
+
+    model_label = "random" if args.agent == "random" else args.model
+    safe_label = "".join(c if c.isalnum() or c in "-_." else "-" for c in model_label.split("/")[-1])
+    out_dir = args.out or os.path.join("runs", f"{args.game.split('/')[-1]}-{safe_label}-s{args.seed}")
+    env_options = {
+        "resize_shape": args.resize,
+        "grayscale": args.grayscale,
+        "frame_stack": args.frame_stack,
+        "frame_layout": args.frame_layout,
+        "frame_skip": args.frame_skip,
+        "repeat_action_probability": args.sticky,
+        "max_steps": args.max_steps,
+        "full_action_space": args.full_action_space,
+    }
+    settings = PlaySettings(
+        game=args.game,
+        out=out_dir,
+        model=args.model,
+        agent=args.agent,
+        episodes=args.episodes,
+        seed=args.seed,
+        num_envs=args.num_envs,
+        env=env_options,
+        prompt=args.prompt,
+        max_tokens=args.max_tokens,
+        temperature=args.temperature,
+        video=args.video,
+        overwrite=args.overwrite,
+        model_options=ModelOptions(
+            base_url=args.base_url,
+            api_key=args.api_key,
+            device=args.device,
+            dtype=args.dtype,
+            quantize=args.quantize,
+            concurrency=args.concurrency,
+        ),
+    )
+    progress = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("decisions"),
+        TimeElapsedColumn(),
+        console=err,
+        transient=False,
+    )
+    task_id = None
+
+    def on_start(model, total) -> None:
+        nonlocal task_id
+        if model is not None and model.warning:
+            err.print(f"[bold yellow]WARNING:[/bold yellow] {escape(model.warning)}")
+        progress.start()
+        task_id = progress.add_task(f"{settings.game} x {model.spec if model else 'random'}", total=total)
+
+    def on_step(n: int) -> None:
+        progress.advance(task_id, n)
+
+    try:
+        summary = run_play(settings, on_start=on_start, on_step=on_step)
+    finally:
+        progress.stop()
+    _print_summary(summary)
+    return 0
+
+
+def _print_summary(summary) -> None:
+    data = summary.to_dict()
+    table = Table(title=f"{data['game']} played by {data['model']['spec']}")
+    for col in ("episode", "return", "steps", "decisions", "unparsed", "tokens in", "tokens out", "wall s"):
+        table.add_column(col, justify="right")
+    for e in summary.episodes:
+        table.add_row(
+            str(e.episode), f"{e.episode_return:g}", str(e.steps), str(e.decisions), str(e.unparsed),
+            str(e.usage.input_tokens), str(e.usage.output_tokens), f"{e.wall_s:.1f}",
+        )
+    out.print(table)
+    out.print(
+        f"mean return {data['mean_return']:g} over {data['episodes']} episode(s); "
+        f"{data['decisions']} model decisions, {data['unparsed']} unparsable answers, "
+        f"{data['input_tokens']} + {data['output_tokens']} tokens, {data['wall_s']:.1f} s wall time"
+    )
+    if summary.warning:
+        out.print(f"[bold yellow]NOTE:[/bold yellow] {escape(summary.warning)}")
+    out.print(f"run directory: {summary.out}")
+
+
+COMMANDS = {"play": _cmd_play, "games": _cmd_games}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except ConfigError as exc:
+        err.print(f"[red]error:[/red] {escape(str(exc))}")
+        return 2
+    except ModelError as exc:
+        err.print(f"[red]model error:[/red] {escape(str(exc))}")
+        return 1
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

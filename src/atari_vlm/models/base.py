@@ -1,0 +1,130 @@
+"""The provider-neutral model interface: requests in, completions out.
+
+Every backend (an API, an OpenAI-compatible server, an in-process Hugging Face model) converts a
+:class:`Request` to its own wire format and returns a :class:`Completion`. Nothing outside a backend
+knows which provider it talks to.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Protocol, Union, runtime_checkable
+
+import numpy as np
+
+from atari_vlm.errors import ConfigError, ModelError
+
+__all__ = [
+    "Completion", "ConfigError", "ImagePart", "Message", "ModelError", "Part", "Request",
+    "Role", "TextPart", "Usage", "VLM",
+]
+
+Role = Literal["system", "user", "assistant"]
+
+
+@dataclass(frozen=True)
+class TextPart:
+    """A piece of text inside a message."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class ImagePart:
+    """An image inside a message, as an RGB (H, W, 3) or grayscale (H, W) uint8 array.
+
+    Backends decide the encoding (JPEG data URL, PIL image for a local processor) through
+    :mod:`atari_vlm.imaging`, the one place where image cost is decided.
+    """
+
+    pixels: np.ndarray
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.pixels, np.ndarray) or self.pixels.dtype != np.uint8:
+            raise TypeError("ImagePart.pixels must be a uint8 numpy array")
+        if self.pixels.ndim not in (2, 3) or (self.pixels.ndim == 3 and self.pixels.shape[2] != 3):
+            raise ValueError(
+                f"ImagePart.pixels must have shape (H, W) or (H, W, 3), got {self.pixels.shape}"
+            )
+
+
+Part = Union[TextPart, ImagePart]
+
+
+@dataclass(frozen=True)
+class Message:
+    """One chat turn: a role and an ordered list of text and image parts."""
+
+    role: Role
+    parts: tuple[Part, ...]
+
+    @classmethod
+    def text(cls, role: Role, text: str) -> Message:
+        return cls(role, (TextPart(text),))
+
+    @property
+    def images(self) -> list[ImagePart]:
+        return [p for p in self.parts if isinstance(p, ImagePart)]
+
+    @property
+    def joined_text(self) -> str:
+        return "\n".join(p.text for p in self.parts if isinstance(p, TextPart))
+
+
+@dataclass(frozen=True)
+class Request:
+    """What an agent asks a model: the conversation and the sampling settings."""
+
+    messages: tuple[Message, ...]
+    max_tokens: int = 128
+    temperature: float = 0.0
+
+    @property
+    def num_images(self) -> int:
+        return sum(len(m.images) for m in self.messages)
+
+
+@dataclass(frozen=True)
+class Usage:
+    """Token counts of one completion (image tokens where the provider or processor says)."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    image_tokens: int | None = None
+
+    @property
+    def total_tokens(self) -> int:
+        return self.input_tokens + self.output_tokens
+
+    def __add__(self, other: Usage) -> Usage:
+        images = None
+        if self.image_tokens is not None or other.image_tokens is not None:
+            images = (self.image_tokens or 0) + (other.image_tokens or 0)
+        return Usage(
+            self.input_tokens + other.input_tokens,
+            self.output_tokens + other.output_tokens,
+            images,
+        )
+
+
+@dataclass(frozen=True)
+class Completion:
+    """One model answer with what it cost."""
+
+    text: str
+    usage: Usage = field(default_factory=Usage)
+    latency_s: float = 0.0
+    model: str = ""
+    finish_reason: str = "stop"
+    retries: int = 0
+
+
+@runtime_checkable
+class VLM(Protocol):
+    """Anything that answers a :class:`Request` with a :class:`Completion`."""
+
+    name: str
+
+    async def generate(self, request: Request) -> Completion: ...
+
+    async def aclose(self) -> None: ...

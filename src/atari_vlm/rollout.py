@@ -1,0 +1,182 @@
+"""Play episodes: one game loop, run by one or many concurrent workers against one model.
+
+Each worker owns an env and an agent and takes episode numbers from a shared queue, so ``num_envs``
+games talk to the model at once (an API backend overlaps their requests; a local backend batches
+them). Seeds come from one root ``SeedSequence``: episode ``i`` gets the same seeds whichever worker
+plays it, so a deterministic backend repeats a run exactly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from atari_vlm.agent import Agent, Decision
+from atari_vlm.env import AtariVLMEnv
+from atari_vlm.models.base import Usage
+from atari_vlm.rundir import RunDir
+from atari_vlm.video import VideoWriter
+
+
+@dataclass(frozen=True)
+class EpisodeSeeds:
+    env: int
+    agent: int
+
+
+def episode_seeds(root_seed: int, episodes: int) -> list[EpisodeSeeds]:
+    """Independent env and agent seeds for each episode, derived from one root seed."""
+    children = np.random.SeedSequence(root_seed).spawn(episodes)
+    return [EpisodeSeeds(*(int(s) for s in child.generate_state(2))) for child in children]
+
+
+@dataclass
+class EpisodeResult:
+    episode: int
+    seed: int
+    episode_return: float = 0.0
+    steps: int = 0
+    decisions: int = 0  # model calls (0 for agents without a model)
+    unparsed: int = 0  # answers with no legal action, played as the fallback
+    retries: int = 0
+    usage: Usage = field(default_factory=Usage)
+    model_latency_s: float = 0.0
+    wall_s: float = 0.0
+    terminated: bool = False
+    truncated: bool = False
+    video: str | None = None
+
+    def to_record(self) -> dict[str, Any]:
+        return {
+            "episode": self.episode,
+            "seed": self.seed,
+            "return": self.episode_return,
+            "steps": self.steps,
+            "decisions": self.decisions,
+            "unparsed": self.unparsed,
+            "retries": self.retries,
+            "input_tokens": self.usage.input_tokens,
+            "output_tokens": self.usage.output_tokens,
+            "image_tokens": self.usage.image_tokens,
+            "model_latency_s": round(self.model_latency_s, 4),
+            "wall_s": round(self.wall_s, 3),
+            "terminated": self.terminated,
+            "truncated": self.truncated,
+            "video": self.video,
+        }
+
+
+StepCallback = Callable[[int], None]
+
+
+async def play_episode(
+    env: AtariVLMEnv,
+    agent: Agent,
+    *,
+    episode: int,
+    seeds: EpisodeSeeds,
+    run: RunDir | None = None,
+    video: bool = False,
+    on_step: StepCallback | None = None,
+    uses_model: bool = True,
+) -> EpisodeResult:
+    """Play one episode to its end (or truncation), logging every decision as it happens."""
+    start = time.perf_counter()
+    result = EpisodeResult(episode=episode, seed=seeds.env)
+    agent.reset(seeds.agent)
+    obs, info = env.reset(seed=seeds.env)
+    writer = None
+    if video and run is not None:
+        fps = 60.0 / env.config.frame_skip
+        writer = VideoWriter(run.video_path(episode), fps=fps)
+        writer.add(env.last_rgb_frame)
+    try:
+        while True:
+            decision: Decision = await agent.act(obs)
+            obs, reward, terminated, truncated, info = env.step(decision.action)
+            result.steps += 1
+            result.episode_return += reward
+            if uses_model:
+                result.decisions += 1
+                result.unparsed += not decision.parsed
+                result.retries += decision.retries
+                result.usage = result.usage + decision.usage
+                result.model_latency_s += decision.latency_s
+            if writer is not None:
+                writer.add(env.last_rgb_frame)
+            if run is not None:
+                run.log_step(
+                    {
+                        "episode": episode,
+                        "step": result.steps,
+                        "action": decision.action,
+                        "action_name": decision.action_name,
+                        "text": decision.text,
+                        "parsed": decision.parsed,
+                        "reward": reward,
+                        "return": result.episode_return,
+                        "lives": info["lives"],
+                        "input_tokens": decision.usage.input_tokens,
+                        "output_tokens": decision.usage.output_tokens,
+                        "image_tokens": decision.usage.image_tokens,
+                        "latency_s": round(decision.latency_s, 4),
+                        "retries": decision.retries,
+                    }
+                )
+            if on_step is not None:
+                on_step(1)
+            if terminated or truncated:
+                result.terminated, result.truncated = terminated, truncated
+                break
+    finally:
+        if writer is not None:
+            path = writer.close()
+            if path is not None and run is not None:
+                result.video = str(path.relative_to(run.path))
+    result.wall_s = time.perf_counter() - start
+    return result
+
+
+async def play_episodes(
+    make_worker: Callable[[], tuple[AtariVLMEnv, Agent]],
+    *,
+    episodes: int,
+    root_seed: int,
+    num_envs: int = 1,
+    run: RunDir | None = None,
+    video: bool = False,
+    on_step: StepCallback | None = None,
+    on_episode: Callable[[EpisodeResult], None] | None = None,
+    uses_model: bool = True,
+) -> list[EpisodeResult]:
+    """Play ``episodes`` episodes on ``num_envs`` concurrent workers; results in episode order."""
+    seeds = episode_seeds(root_seed, episodes)
+    queue: asyncio.Queue[int] = asyncio.Queue()
+    for i in range(episodes):
+        queue.put_nowait(i)
+    results: dict[int, EpisodeResult] = {}
+
+    async def worker() -> None:
+        env, agent = make_worker()
+        try:
+            while not queue.empty():
+                i = queue.get_nowait()
+                result = await play_episode(
+                    env, agent, episode=i, seeds=seeds[i], run=run, video=video, on_step=on_step,
+                    uses_model=uses_model,
+                )
+                results[i] = result
+                if run is not None:
+                    run.log_episode(result.to_record())
+                if on_episode is not None:
+                    on_episode(result)
+        finally:
+            env.close()
+
+    await asyncio.gather(*(worker() for _ in range(max(1, min(num_envs, episodes)))))
+    return [results[i] for i in range(episodes)]

@@ -1,0 +1,198 @@
+"""A whole run: validate everything, load the model, play, and leave a complete run directory.
+
+Validation and model loading come before the run directory is touched, so a bad option leaves
+nothing behind. The CLI is a thin layer over :func:`run_play`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from atari_vlm import __version__
+from atari_vlm.agent import Agent, RandomAgent, VLMAgent
+from atari_vlm.env import AtariVLMEnv, EnvConfig
+from atari_vlm.errors import ConfigError
+from atari_vlm.games import game_info
+from atari_vlm.models.base import Usage
+from atari_vlm.models.registry import LoadedModel, ModelOptions, load_model
+from atari_vlm.rollout import EpisodeResult, play_episodes
+from atari_vlm.rundir import RunDir, write_json_atomic
+
+AGENTS: tuple[str, ...] = ("vlm", "random")
+
+
+@dataclass(frozen=True)
+class PlaySettings:
+    """Everything ``atari-vlm play`` needs. ``env`` holds :class:`EnvConfig` options except the seed."""
+
+    game: str
+    out: str | Path
+    model: str = "auto"
+    agent: str = "vlm"
+    episodes: int = 1
+    seed: int = 0
+    num_envs: int = 1
+    env: dict[str, Any] = field(default_factory=dict)
+    prompt: str = "basic"
+    max_tokens: int = 32
+    temperature: float = 0.0
+    video: bool = True
+    overwrite: bool = False
+    model_options: ModelOptions = field(default_factory=ModelOptions)
+
+    def validate(self) -> EnvConfig:
+        if self.agent not in AGENTS:
+            raise ConfigError(f"--agent must be one of {AGENTS}, got {self.agent!r}")
+        for name, value, low in (("episodes", self.episodes, 1), ("num_envs", self.num_envs, 1),
+                                 ("max_tokens", self.max_tokens, 1), ("seed", self.seed, 0)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ConfigError(f"{name} must be an integer >= {low}, got {value!r}")
+        if not 0.0 <= float(self.temperature) <= 2.0:
+            raise ConfigError(f"temperature must be between 0 and 2, got {self.temperature}")
+        return EnvConfig(game=self.game, **self.env)
+
+
+@dataclass
+class RunSummary:
+    out: Path
+    game: str
+    model: dict[str, Any]
+    episodes: list[EpisodeResult]
+    wall_s: float
+    warning: str | None = None
+
+    @property
+    def usage(self) -> Usage:
+        total = Usage()
+        for e in self.episodes:
+            total = total + e.usage
+        return total
+
+    def to_dict(self) -> dict[str, Any]:
+        returns = [e.episode_return for e in self.episodes]
+        usage = self.usage
+        return {
+            "game": self.game,
+            "model": self.model,
+            "episodes": len(self.episodes),
+            "returns": returns,
+            "mean_return": float(np.mean(returns)) if returns else None,
+            "steps": sum(e.steps for e in self.episodes),
+            "decisions": sum(e.decisions for e in self.episodes),
+            "unparsed": sum(e.unparsed for e in self.episodes),
+            "retries": sum(e.retries for e in self.episodes),
+            "input_tokens": usage.input_tokens,
+            "output_tokens": usage.output_tokens,
+            "image_tokens": usage.image_tokens,
+            "wall_s": round(self.wall_s, 3),
+            "warning": self.warning,
+        }
+
+
+def _make_worker_factory(
+    settings: PlaySettings, env_config: EnvConfig, model: LoadedModel | None
+) -> Callable[[], tuple[AtariVLMEnv, Agent]]:
+    info = game_info(env_config.game)
+
+    def make_worker() -> tuple[AtariVLMEnv, Agent]:
+        env = AtariVLMEnv(env_config)
+        agent: Agent
+        if model is None:
+            agent = RandomAgent(env.action_names)
+        else:
+            agent = VLMAgent(
+                model.vlm,
+                info,
+                env.action_names,
+                prompt_style=settings.prompt,
+                frame_stack=env_config.frame_stack,
+                frame_layout=env_config.frame_layout,
+                max_tokens=settings.max_tokens,
+                temperature=settings.temperature,
+            )
+        return env, agent
+
+    return make_worker
+
+
+def run_play(
+    settings: PlaySettings,
+    *,
+    on_start: Callable[[LoadedModel | None, int | None], None] | None = None,
+    on_step: Callable[[int], None] | None = None,
+    on_episode: Callable[[EpisodeResult], None] | None = None,
+) -> RunSummary:
+    """Play ``settings.episodes`` episodes and write the run directory; returns the summary.
+
+    Raises:
+        ConfigError: any bad setting, found before anything is written.
+    """
+    env_config = settings.validate()
+    model = None if settings.agent == "random" else load_model(settings.model, settings.model_options)
+    # Render the prompt once now: a bad prompt file must fail before the run directory exists.
+    factory = _make_worker_factory(settings, env_config, model)
+    probe_env, _ = factory()
+    probe_env.close()
+    config = {
+        "atari_vlm_version": __version__,
+        "python": platform.python_version(),
+        "game": env_config.game,
+        "env": env_config.to_dict(),
+        "agent": settings.agent,
+        "model": model.describe() if model else None,
+        "base_url": settings.model_options.base_url,
+        "prompt": settings.prompt,
+        "max_tokens": settings.max_tokens,
+        "temperature": settings.temperature,
+        "episodes": settings.episodes,
+        "seed": settings.seed,
+        "num_envs": settings.num_envs,
+        "video": settings.video,
+    }
+    run = RunDir(settings.out).open(config, overwrite=settings.overwrite)
+    if on_start is not None:
+        total = settings.episodes * env_config.max_steps if env_config.max_steps else None
+        on_start(model, total)
+    start = time.perf_counter()
+    try:
+        results = asyncio.run(
+            _play_and_close(
+                factory,
+                model,
+                episodes=settings.episodes,
+                root_seed=settings.seed,
+                num_envs=settings.num_envs,
+                run=run,
+                video=settings.video,
+                on_step=on_step,
+                on_episode=on_episode,
+            )
+        )
+    finally:
+        run.close()
+    summary = RunSummary(
+        out=run.path,
+        game=env_config.game,
+        model=model.describe() if model else {"spec": "random", "provider": "none", "random_weights": False},
+        episodes=results,
+        wall_s=time.perf_counter() - start,
+        warning=model.warning if model else None,
+    )
+    write_json_atomic(run.path / "summary.json", summary.to_dict())
+    return summary
+
+
+async def _play_and_close(factory, model: LoadedModel | None, **kwargs: Any) -> list[EpisodeResult]:
+    try:
+        return await play_episodes(factory, uses_model=model is not None, **kwargs)
+    finally:
+        if model is not None:
+            await model.vlm.aclose()

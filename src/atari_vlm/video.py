@@ -1,0 +1,80 @@
+"""MP4 videos of episodes, written frame by frame through the ffmpeg binary that imageio-ffmpeg ships.
+
+Frames stream to ffmpeg as they come, so a long episode never sits in memory, and a crash leaves a
+``.part`` file rather than a broken ``.mp4``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+
+class VideoWriter:
+    """Write RGB frames (H, W, 3) to an H.264 mp4, scaled up by ``scale`` for viewing.
+
+    Example:
+        >>> with VideoWriter("ep.mp4", fps=15) as video:  # doctest: +SKIP
+        ...     video.add(frame)
+    """
+
+    def __init__(self, path: str | Path, *, fps: float = 15.0, scale: int = 2):
+        self.path = Path(path)
+        self.fps = fps
+        self.scale = scale
+        self._part = self.path.with_name(self.path.name + ".part")
+        self._writer: Any = None
+        self.frames = 0
+
+    def add(self, frame: np.ndarray) -> None:
+        if self.scale != 1:
+            frame = cv2.resize(
+                frame, (frame.shape[1] * self.scale, frame.shape[0] * self.scale), interpolation=cv2.INTER_NEAREST
+            )
+        if frame.ndim == 2:
+            frame = cv2.cvtColor(frame, cv2.COLOR_GRAY2RGB)
+        if self._writer is None:
+            import imageio_ffmpeg
+
+            h, w = frame.shape[:2]
+            self._writer = imageio_ffmpeg.write_frames(
+                str(self._part),
+                (w, h),
+                fps=self.fps,
+                codec="libx264",
+                macro_block_size=2,
+                output_params=["-f", "mp4"],
+                ffmpeg_log_level="error",
+            )
+            self._writer.send(None)
+        self._writer.send(np.ascontiguousarray(frame))
+        self.frames += 1
+
+    def close(self) -> Path | None:
+        """Finish the file; returns its path, or None when no frame was added."""
+        if self._writer is None:
+            return None
+        self._writer.close()
+        self._writer = None
+        os.replace(self._part, self.path)
+        return self.path
+
+    def __enter__(self) -> VideoWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def read_video_info(path: str | Path) -> dict[str, Any]:
+    """Frame count, size and fps of a video, read back through ffmpeg (used to check what was written)."""
+    import imageio_ffmpeg
+
+    reader = imageio_ffmpeg.read_frames(str(path))
+    meta = next(reader)
+    count = sum(1 for _ in reader)
+    return {"frames": count, "size": tuple(meta["size"]), "fps": meta["fps"]}
