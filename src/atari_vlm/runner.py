@@ -23,6 +23,7 @@ from atari_vlm.errors import ConfigError
 from atari_vlm.games import game_info
 from atari_vlm.models.base import Usage
 from atari_vlm.models.registry import LoadedModel, ModelOptions, load_model
+from atari_vlm.prompts import render_system_prompt
 from atari_vlm.rollout import EpisodeResult, play_episodes
 from atari_vlm.rundir import RunDir, write_json_atomic
 
@@ -136,11 +137,13 @@ def run_play(
         ConfigError: any bad setting, found before anything is written.
     """
     env_config = settings.validate()
+    if settings.agent == "vlm":
+        # Render the prompt once, before the (slow) model load: a bad prompt file fails at once.
+        probe_env = AtariVLMEnv(env_config)
+        probe_env.close()
+        render_system_prompt(settings.prompt, game_info(env_config.game), probe_env.action_names)
     model = None if settings.agent == "random" else load_model(settings.model, settings.model_options)
-    # Render the prompt once now: a bad prompt file must fail before the run directory exists.
     factory = _make_worker_factory(settings, env_config, model)
-    probe_env, _ = factory()
-    probe_env.close()
     config = {
         "atari_vlm_version": __version__,
         "python": platform.python_version(),

@@ -1,0 +1,95 @@
+"""The command line end to end: real games, real files, real videos."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from atari_vlm.cli import main
+from atari_vlm.rundir import read_jsonl
+from atari_vlm.video import read_video_info
+
+
+def run_cli(*args, env=None):
+    return subprocess.run(
+        [sys.executable, "-m", "atari_vlm.cli", *args],
+        capture_output=True, text=True, timeout=600, env={**os.environ, **(env or {})},
+    )
+
+
+def check_run_dir(out, episodes, max_steps, *, model_calls):
+    config = json.loads((out / "config.json").read_text())
+    steps = read_jsonl(out / "steps.jsonl")
+    eps = read_jsonl(out / "episodes.jsonl")
+    assert len(eps) == episodes and [e["episode"] for e in eps] == list(range(episodes))
+    assert len(steps) == sum(e["steps"] for e in eps)
+    for e in eps:
+        mine = [s for s in steps if s["episode"] == e["episode"]]
+        assert [s["step"] for s in mine] == list(range(1, e["steps"] + 1))
+        assert sum(s["reward"] for s in mine) == pytest.approx(e["return"])
+        assert e["steps"] <= max_steps
+        assert e["decisions"] == (e["steps"] if model_calls else 0)
+        info = read_video_info(out / e["video"])
+        assert info["frames"] == e["steps"] + 1 and info["size"] == (320, 420)
+    for s in steps:
+        assert {"step", "action_name", "text", "reward", "input_tokens", "output_tokens", "latency_s"} <= set(s)
+    return config, steps, eps
+
+
+def test_play_random_agent_writes_a_complete_run_directory(tmp_path):
+    out = tmp_path / "run"
+    result = run_cli("play", "--game", "ALE/Breakout-v5", "--agent", "random", "--episodes", "2",
+                     "--max-steps", "120", "--seed", "3", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    config, steps, eps = check_run_dir(out, 2, 120, model_calls=False)
+    assert config["game"] == "Breakout" and config["agent"] == "random" and config["seed"] == 3
+    assert "mean return" in result.stdout and "run directory" in result.stdout
+
+
+def test_same_seed_same_run(tmp_path):
+    for name in ("a", "b"):
+        assert main(["play", "--game", "Pong", "--agent", "random", "--episodes", "2", "--max-steps", "60",
+                     "--seed", "7", "--no-video", "--out", str(tmp_path / name)]) == 0
+    strip = lambda rows: [{k: v for k, v in r.items() if k not in ("wall_s", "latency_s")} for r in rows]  # noqa: E731
+    for f in ("steps.jsonl", "episodes.jsonl"):
+        assert strip(read_jsonl(tmp_path / "a" / f)) == strip(read_jsonl(tmp_path / "b" / f))
+
+
+def test_games_lists_all_104_and_marks_rich_ones(capsys):
+    assert main(["games"]) == 0
+    text = capsys.readouterr().out
+    assert "104 playable games" in text and "ALE/Zaxxon-v5" in text
+    assert main(["games", "--rich-only"]) == 0
+    assert "6 playable games" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--game", "Pongg"], "closest matches: Pong"),
+        (["--game", "Pong", "--frame-stack", "0"], "frame_stack must be between 1 and 16"),
+        (["--game", "Pong", "--resize", "84"], "expected HEIGHTxWIDTH"),
+        (["--game", "Pong", "--episodes", "-1"], "episodes must be an integer >= 1"),
+        (["--game", "Pong", "--model", "no-such-model"], "unknown model 'no-such-model'"),
+        (["--game", "Pong", "--model", "openai:gpt-4o-mini"], "OPENAI_API_KEY"),
+        (["--game", "Pong", "--prompt", "/nonexistent/prompt.txt"], "cannot read prompt file"),
+    ],
+)
+def test_bad_input_exits_2_with_one_clear_line_and_writes_nothing(tmp_path, args, message):
+    out = tmp_path / "run"
+    env = {"OPENAI_API_KEY": "", "OPENAI_BASE_URL": ""}
+    result = run_cli("play", *args, "--out", str(out), env=env)
+    assert result.returncode == 2, result.stderr
+    assert message in " ".join(result.stderr.split())
+    assert "Traceback" not in result.stderr
+    assert not out.exists()
+
+
+def test_an_existing_run_is_not_overwritten_by_accident(tmp_path):
+    args = ["play", "--game", "Pong", "--agent", "random", "--max-steps", "5", "--no-video", "--out", str(tmp_path)]
+    assert main(args) == 0
+    assert main(args) == 2
+    assert main([*args, "--overwrite"]) == 0
+    assert len(read_jsonl(tmp_path / "episodes.jsonl")) == 1
