@@ -20,6 +20,7 @@ Example:
 
 from __future__ import annotations
 
+import re
 import string
 from collections import deque
 from dataclasses import asdict, dataclass
@@ -257,10 +258,13 @@ class AtariVLMEnv(gym.Env):
         return obs, info
 
 
+_OUTSIDE_CHARSET = re.compile(f"[^{re.escape(string.printable)}]")
+
+
 def _clean_text(text: str) -> str:
-    """Keep the state text inside the observation space's charset and length."""
-    if not all(c in TEXT_CHARSET for c in text):
-        text = "".join(c if c in TEXT_CHARSET else "?" for c in text)
+    """Keep the state text inside the observation space's charset and length (cheap: runs every step)."""
+    if _OUTSIDE_CHARSET.search(text):
+        text = _OUTSIDE_CHARSET.sub("?", text)
     return (text or " ")[:TEXT_MAX_LENGTH]
 
 
