@@ -65,8 +65,13 @@ def raw_steps(steps: int) -> float:
 
 def harness_steps(steps: int, encode: bool, options: dict) -> float:
     env = make_env("Pong", max_steps=steps, repeat_action_probability=0.0, **options)
-    agent = VLMAgent(InstantVLM(encode), game_info("Pong"), env.action_names,
-                     frame_stack=env.config.frame_stack, frame_layout=env.config.frame_layout)
+    agent = VLMAgent(
+        InstantVLM(encode),
+        game_info("Pong"),
+        env.action_names,
+        frame_stack=env.config.frame_stack,
+        frame_layout=env.config.frame_layout,
+    )
     # ale-py reloads the ROM on a seeded reset (~0.2 s): time it apart and take it out, since it is
     # paid once per episode, not per decision.
     start = time.perf_counter()
@@ -101,8 +106,10 @@ def main() -> None:
             raws.append(raw)
             harnesses.append(harness)
             ratios.append((harness - raw) / raw)
-        print(f"{label:45s} {statistics.median(raws) * 1e6:10.0f} {statistics.median(harnesses) * 1e6:11.0f}"
-              f"  {statistics.median(ratios):8.2f}x")
+        print(
+            f"{label:45s} {statistics.median(raws) * 1e6:10.0f} {statistics.median(harnesses) * 1e6:11.0f}"
+            f"  {statistics.median(ratios):8.2f}x"
+        )
 
 
 if __name__ == "__main__":

@@ -30,8 +30,14 @@ class ScriptedVLM:
 def make_agent(answers, **kwargs):
     env = make_env("Pong", seed=0, **{k: kwargs.pop(k) for k in list(kwargs) if k.startswith("frame")})
     vlm = ScriptedVLM(answers)
-    agent = VLMAgent(vlm, game_info("Pong"), env.action_names, frame_stack=env.config.frame_stack,
-                     frame_layout=env.config.frame_layout, **kwargs)
+    agent = VLMAgent(
+        vlm,
+        game_info("Pong"),
+        env.action_names,
+        frame_stack=env.config.frame_stack,
+        frame_layout=env.config.frame_layout,
+        **kwargs,
+    )
     return env, vlm, agent
 
 

@@ -15,7 +15,10 @@ from atari_vlm.video import read_video_info
 def run_cli(*args, env=None):
     return subprocess.run(
         [sys.executable, "-m", "atari_vlm.cli", *args],
-        capture_output=True, text=True, timeout=600, env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, **(env or {})},
     )
 
 
@@ -34,24 +37,58 @@ def check_run_dir(out, episodes, max_steps, *, model_calls):
         info = read_video_info(out / e["video"])
         assert info["frames"] == e["steps"] + 1 and info["size"] == (320, 420)
     for s in steps:
-        assert {"step", "action_name", "text", "reward", "input_tokens", "output_tokens", "latency_s"} <= set(s)
+        assert {"step", "action_name", "text", "reward", "input_tokens", "output_tokens", "latency_s"} <= set(
+            s
+        )
     return config, steps, eps
 
 
 def test_play_random_agent_writes_a_complete_run_directory(tmp_path):
     out = tmp_path / "run"
-    result = run_cli("play", "--game", "ALE/Breakout-v5", "--agent", "random", "--episodes", "2",
-                     "--max-steps", "120", "--seed", "3", "--out", str(out))
+    result = run_cli(
+        "play",
+        "--game",
+        "ALE/Breakout-v5",
+        "--agent",
+        "random",
+        "--episodes",
+        "2",
+        "--max-steps",
+        "120",
+        "--seed",
+        "3",
+        "--out",
+        str(out),
+    )
     assert result.returncode == 0, result.stderr
-    config, steps, eps = check_run_dir(out, 2, 120, model_calls=False)
+    config, _steps, _eps = check_run_dir(out, 2, 120, model_calls=False)
     assert config["game"] == "Breakout" and config["agent"] == "random" and config["seed"] == 3
     assert "mean return" in result.stdout and "run directory" in result.stdout
 
 
 def test_same_seed_same_run(tmp_path):
     for name in ("a", "b"):
-        assert main(["play", "--game", "Pong", "--agent", "random", "--episodes", "2", "--max-steps", "60",
-                     "--seed", "7", "--no-video", "--out", str(tmp_path / name)]) == 0
+        assert (
+            main(
+                [
+                    "play",
+                    "--game",
+                    "Pong",
+                    "--agent",
+                    "random",
+                    "--episodes",
+                    "2",
+                    "--max-steps",
+                    "60",
+                    "--seed",
+                    "7",
+                    "--no-video",
+                    "--out",
+                    str(tmp_path / name),
+                ]
+            )
+            == 0
+        )
     strip = lambda rows: [{k: v for k, v in r.items() if k not in ("wall_s", "latency_s")} for r in rows]  # noqa: E731
     for f in ("steps.jsonl", "episodes.jsonl"):
         assert strip(read_jsonl(tmp_path / "a" / f)) == strip(read_jsonl(tmp_path / "b" / f))
@@ -88,7 +125,18 @@ def test_bad_input_exits_2_with_one_clear_line_and_writes_nothing(tmp_path, args
 
 
 def test_an_existing_run_is_not_overwritten_by_accident(tmp_path):
-    args = ["play", "--game", "Pong", "--agent", "random", "--max-steps", "5", "--no-video", "--out", str(tmp_path)]
+    args = [
+        "play",
+        "--game",
+        "Pong",
+        "--agent",
+        "random",
+        "--max-steps",
+        "5",
+        "--no-video",
+        "--out",
+        str(tmp_path),
+    ]
     assert main(args) == 0
     assert main(args) == 2
     assert main([*args, "--overwrite"]) == 0

@@ -15,7 +15,9 @@ def test_spellings_resolve_to_the_canonical_name(name):
     assert resolve_game(name) == "Pong"
 
 
-@pytest.mark.parametrize("name", ["space_invaders", "Space Invaders", "ALE/SpaceInvaders-v5", "spaceinvaders"])
+@pytest.mark.parametrize(
+    "name", ["space_invaders", "Space Invaders", "ALE/SpaceInvaders-v5", "spaceinvaders"]
+)
 def test_separators_do_not_matter(name):
     assert resolve_game(name) == "SpaceInvaders"
 
@@ -23,7 +25,7 @@ def test_separators_do_not_matter(name):
 def test_unknown_game_lists_closest_matches():
     with pytest.raises(ConfigError, match=r"unknown game 'Pongg'.*Pong"):
         resolve_game("Pongg")
-    with pytest.raises(ConfigError, match="closest matches: .*Breakout"):
+    with pytest.raises(ConfigError, match=r"closest matches: .*Breakout"):
         resolve_game("breakot")
 
 

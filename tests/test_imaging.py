@@ -27,7 +27,9 @@ def test_grayscale_and_back():
     assert imaging.to_rgb(g).shape == (210, 160, 3)
 
 
-@pytest.mark.parametrize(("n", "shape"), [(1, (1, 1)), (2, (1, 2)), (3, (2, 2)), (4, (2, 2)), (5, (2, 3)), (9, (3, 3))])
+@pytest.mark.parametrize(
+    ("n", "shape"), [(1, (1, 1)), (2, (1, 2)), (3, (2, 2)), (4, (2, 2)), (5, (2, 3)), (9, (3, 3))]
+)
 def test_grid_shape(n, shape):
     assert imaging.grid_shape(n) == shape
 

@@ -174,8 +174,14 @@ def _print_summary(summary) -> None:
         table.add_column(col, justify="right")
     for e in summary.episodes:
         table.add_row(
-            str(e.episode), f"{e.episode_return:g}", str(e.steps), str(e.decisions), str(e.unparsed),
-            str(e.usage.input_tokens), str(e.usage.output_tokens), f"{e.wall_s:.1f}",
+            str(e.episode),
+            f"{e.episode_return:g}",
+            str(e.steps),
+            str(e.decisions),
+            str(e.unparsed),
+            str(e.usage.input_tokens),
+            str(e.usage.output_tokens),
+            f"{e.wall_s:.1f}",
         )
     out.print(table)
     out.print(

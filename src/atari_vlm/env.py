@@ -239,7 +239,11 @@ class AtariVLMEnv(gym.Env):
         text = describe(
             self.game,
             GameState(
-                ram=ram, prev_ram=self._prev_ram, episode_return=self._return, lives=self._lives, step=self._step
+                ram=ram,
+                prev_ram=self._prev_ram,
+                episode_return=self._return,
+                lives=self._lives,
+                step=self._step,
             ),
         )
         self._prev_ram = ram

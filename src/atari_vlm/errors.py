@@ -27,5 +27,5 @@ def require(module: str, extra: str, package: str | None = None):
         return importlib.import_module(module)
     except ImportError as exc:
         raise DependencyNotInstalled(
-            f"{package or module} is not installed; run `pip install \"atari-vlm[{extra}]\"` ({exc})"
+            f'{package or module} is not installed; run `pip install "atari-vlm[{extra}]"` ({exc})'
         ) from exc

@@ -52,7 +52,8 @@ _NOTES: dict[str, tuple[str, str]] = {
     "Qbert": (
         "Q*bert: hop Q*bert around a pyramid of cubes, changing each cube top to the target colour, while "
         "avoiding the enemies and not jumping off the edge.",
-        "The screen is tilted: UP hops up-right, RIGHT hops down-right, LEFT hops up-left, DOWN hops down-left.",
+        "The screen is tilted: UP hops up-right, RIGHT hops down-right, LEFT hops up-left, "
+        "DOWN hops down-left.",
     ),
     "Seaquest": (
         "Seaquest: pilot a submarine, shoot sharks and enemy subs, rescue divers, and surface before your "

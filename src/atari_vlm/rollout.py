@@ -167,7 +167,13 @@ async def play_episodes(
             while not queue.empty():
                 i = queue.get_nowait()
                 result = await play_episode(
-                    env, agent, episode=i, seeds=seeds[i], run=run, video=video, on_step=on_step,
+                    env,
+                    agent,
+                    episode=i,
+                    seeds=seeds[i],
+                    run=run,
+                    video=video,
+                    on_step=on_step,
                     uses_model=uses_model,
                 )
                 results[i] = result

@@ -52,8 +52,12 @@ class PlaySettings:
     def validate(self) -> EnvConfig:
         if self.agent not in AGENTS:
             raise ConfigError(f"--agent must be one of {AGENTS}, got {self.agent!r}")
-        for name, value, low in (("episodes", self.episodes, 1), ("num_envs", self.num_envs, 1),
-                                 ("max_tokens", self.max_tokens, 1), ("seed", self.seed, 0)):
+        for name, value, low in (
+            ("episodes", self.episodes, 1),
+            ("num_envs", self.num_envs, 1),
+            ("max_tokens", self.max_tokens, 1),
+            ("seed", self.seed, 0),
+        ):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ConfigError(f"{name} must be an integer >= {low}, got {value!r}")
         if not 0.0 <= float(self.temperature) <= 2.0:

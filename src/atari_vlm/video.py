@@ -33,7 +33,9 @@ class VideoWriter:
     def add(self, frame: np.ndarray) -> None:
         if self.scale != 1:
             frame = cv2.resize(
-                frame, (frame.shape[1] * self.scale, frame.shape[0] * self.scale), interpolation=cv2.INTER_NEAREST
+                frame,
+                (frame.shape[1] * self.scale, frame.shape[0] * self.scale),
+                interpolation=cv2.INTER_NEAREST,
             )
         if frame.ndim == 2:
             frame = cv2.cvtColor(frame, cv2.COLOR_GRAY2RGB)

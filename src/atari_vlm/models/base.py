@@ -8,15 +8,24 @@ knows which provider it talks to.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Protocol, Union, runtime_checkable
+from typing import Literal, Protocol, runtime_checkable
 
 import numpy as np
 
 from atari_vlm.errors import ConfigError, ModelError
 
 __all__ = [
-    "Completion", "ConfigError", "ImagePart", "Message", "ModelError", "Part", "Request",
-    "Role", "TextPart", "Usage", "VLM",
+    "VLM",
+    "Completion",
+    "ConfigError",
+    "ImagePart",
+    "Message",
+    "ModelError",
+    "Part",
+    "Request",
+    "Role",
+    "TextPart",
+    "Usage",
 ]
 
 Role = Literal["system", "user", "assistant"]
@@ -43,12 +52,10 @@ class ImagePart:
         if not isinstance(self.pixels, np.ndarray) or self.pixels.dtype != np.uint8:
             raise TypeError("ImagePart.pixels must be a uint8 numpy array")
         if self.pixels.ndim not in (2, 3) or (self.pixels.ndim == 3 and self.pixels.shape[2] != 3):
-            raise ValueError(
-                f"ImagePart.pixels must have shape (H, W) or (H, W, 3), got {self.pixels.shape}"
-            )
+            raise ValueError(f"ImagePart.pixels must have shape (H, W) or (H, W, 3), got {self.pixels.shape}")
 
 
-Part = Union[TextPart, ImagePart]
+Part = TextPart | ImagePart
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,9 @@ DEMO_WARNING = (
     "scores mean nothing"
 )
 DEFAULT_OPENAI_MODEL = "gpt-4o-mini"
-MODEL_FORMS = "'demo', 'auto', 'openai:<model>' (with --base-url for a local server), or a checkpoint directory"
+MODEL_FORMS = (
+    "'demo', 'auto', 'openai:<model>' (with --base-url for a local server), or a checkpoint directory"
+)
 
 
 @dataclass(frozen=True)
