@@ -1,0 +1,127 @@
+"""One retry policy for every remote provider: bounded exponential backoff with full jitter.
+
+Providers differ only in which failures are worth retrying, so each passes a *classifier* that maps
+an exception to :class:`Transient` (retry), :class:`~atari_vlm.errors.ModelError` (fatal: raise it
+now) or ``None`` (not a provider failure: a bug, re-raised untouched). Provider SDKs' own retries
+must be off, or the two policies multiply.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import math
+import random
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import TypeVar
+
+from atari_vlm.errors import ConfigError, ModelError
+
+__all__ = ["Classifier", "RetryPolicy", "Sleep", "Transient", "parse_retry_after", "with_retries"]
+
+T = TypeVar("T")
+
+Sleep = Callable[[float], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Transient:
+    """A failure that may pass if the same request is sent again, and why."""
+
+    reason: str
+    retry_after_s: float | None = None
+    """What the server asked us to wait (Retry-After), if it said."""
+
+
+Classifier = Callable[[Exception], "Transient | ModelError | None"]
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often and how patiently to retry transient failures."""
+
+    max_retries: int = 4
+    backoff_base_s: float = 0.5
+    backoff_max_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        if self.max_retries < 0:
+            raise ConfigError(f"max_retries must be >= 0, got {self.max_retries}")
+        if not (self.backoff_base_s >= 0 and self.backoff_max_s >= 0):
+            raise ConfigError(
+                f"backoff times must be >= 0, got base={self.backoff_base_s} max={self.backoff_max_s}"
+            )
+
+    def delay_s(self, retry: int, rng: random.Random, retry_after_s: float | None = None) -> float:
+        """Seconds to wait before retry number ``retry`` (0-based).
+
+        A server's Retry-After wins (it knows its own rate window) but is capped at ``backoff_max_s``
+        so that a hostile or buggy header cannot stall a run; otherwise full jitter, which spreads
+        many clients that failed together instead of retrying them in lockstep.
+        """
+        if retry_after_s is not None:
+            return min(max(retry_after_s, 0.0), self.backoff_max_s)
+        ceiling = min(self.backoff_max_s, self.backoff_base_s * 2.0 ** min(retry, 62))
+        return rng.uniform(0.0, ceiling)
+
+
+def parse_retry_after(headers: Mapping[str, str]) -> float | None:
+    """Seconds from ``retry-after-ms`` or ``retry-after`` (seconds or an HTTP date); None if absent/bad."""
+    raw_ms = headers.get("retry-after-ms")
+    if raw_ms is not None:
+        try:
+            value = float(raw_ms) / 1000.0
+        except ValueError:
+            value = math.nan
+        if math.isfinite(value) and value >= 0:
+            return value
+    raw = headers.get("retry-after")
+    if raw is None:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(raw)
+        except (TypeError, ValueError):
+            return None
+        return max(when.timestamp() - time.time(), 0.0)
+    return value if math.isfinite(value) and value >= 0 else None
+
+
+async def with_retries(
+    attempt: Callable[[], Awaitable[T]],
+    *,
+    classify: Classifier,
+    policy: RetryPolicy,
+    rng: random.Random,
+    sleep: Sleep = asyncio.sleep,
+    what: str = "request",
+) -> tuple[T, int]:
+    """Run ``attempt`` until it succeeds; return its result and how many retries it took.
+
+    Raises the classifier's :class:`ModelError` at once for fatal failures, and a :class:`ModelError`
+    naming the number of tries and the last failure once ``policy.max_retries`` retries are spent.
+    ModelErrors are raised ``from None``: provider exceptions carry request objects (headers with
+    credentials) that must not travel up in ``__cause__``.
+    """
+    retry = 0
+    while True:
+        try:
+            return await attempt(), retry
+        except Exception as exc:
+            verdict = classify(exc)
+            if verdict is None:
+                raise
+            if isinstance(verdict, ModelError):
+                raise verdict from None
+            if retry >= policy.max_retries:
+                tries = retry + 1
+                raise ModelError(
+                    f"{what} failed {tries} time{'s' if tries != 1 else ''} "
+                    f"({policy.max_retries} retries allowed); last error: {verdict.reason}"
+                ) from None
+            await sleep(policy.delay_s(retry, rng, verdict.retry_after_s))
+            retry += 1

@@ -1,0 +1,607 @@
+"""A small, real OpenAI-compatible HTTP server for tests and benchmarks (stdlib only, loopback only).
+
+Real sockets and real HTTP make the client's whole path run (SDK, connection pool, timeouts, resets),
+which a mocked transport would skip. Faults are scripted per request, so a test can say "the next
+request gets a 429 with Retry-After: 1, then answer normally" and assert on exactly what was sent.
+
+In-process::
+
+    with serve_in_thread(model="m", reply="ACTION: UP") as server:
+        server.add_faults(429, "reset")
+        ...  # point a client at server.base_url
+        server.requests[-1].body  # the exact JSON the client sent
+
+As a subprocess (prints ``LISTENING <port>`` once bound)::
+
+    python -m atari_vlm.testing.openai_server --port 0 --latency 0.2 --reply "ACTION: UP"
+
+and script faults with ``POST /control/faults`` (a JSON list of fault specs, see :meth:`Fault.parse`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import itertools
+import json
+import logging
+import signal
+import socket
+import struct
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+__all__ = ["FAULT_KINDS", "FakeOpenAIServer", "Fault", "RecordedRequest", "main", "serve_in_thread"]
+
+log = logging.getLogger(__name__)
+
+HOST = "127.0.0.1"
+FAULT_KINDS = ("status", "hang", "reset", "truncated", "not_json", "empty", "null_content")
+MAX_BODY_BYTES = 32 * 1024 * 1024
+MAX_FAULTS = 10_000
+MAX_HANG_S = 300.0
+ROLES = ("system", "developer", "user", "assistant", "tool")
+DETAILS = ("auto", "low", "high")
+
+Reply = str | Callable[[dict[str, Any]], str]
+
+
+@dataclass(frozen=True)
+class Fault:
+    """What to do to one chat request instead of answering it normally.
+
+    ``status``: answer with HTTP ``status`` and an OpenAI-style error body (optional Retry-After /
+    retry-after-ms headers, message and code). ``hang``: wait ``hang_s`` (the server's) before
+    answering, past a short client timeout. ``reset``: send part of the headers, then an RST.
+    ``truncated``: promise a full JSON body, send half, close. ``not_json``: a 200 whose body is HTML.
+    ``empty`` / ``null_content``: a normal 200 whose message content is ``""`` / ``null``.
+    """
+
+    kind: str
+    status: int = 500
+    retry_after: str | None = None
+    retry_after_ms: int | None = None
+    message: str | None = None
+    code: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in FAULT_KINDS:
+            raise ValueError(f"unknown fault kind {self.kind!r}; expected one of {FAULT_KINDS}")
+        if not 400 <= self.status <= 599:
+            raise ValueError(f"a status fault needs a 4xx/5xx status, got {self.status}")
+
+    @classmethod
+    def parse(cls, spec: FaultSpec) -> Fault:
+        """``429`` or ``"503"`` (a status), ``"reset"`` (a kind), or a dict of the fields."""
+        if isinstance(spec, Fault):
+            return spec
+        if isinstance(spec, bool):
+            raise ValueError(f"not a fault spec: {spec!r}")
+        if isinstance(spec, int) or (isinstance(spec, str) and spec.isdigit()):
+            return cls("status", status=int(spec))
+        if isinstance(spec, str):
+            return cls(spec)
+        if isinstance(spec, Mapping):
+            unknown = set(spec) - {"kind", "status", "retry_after", "retry_after_ms", "message", "code"}
+            if unknown:
+                raise ValueError(f"unknown fault fields {sorted(unknown)}")
+            fields = dict(spec)
+            if "retry_after" in fields and fields["retry_after"] is not None:
+                fields["retry_after"] = str(fields["retry_after"])
+            fields.setdefault("kind", "status")
+            return cls(**fields)
+        raise ValueError(f"not a fault spec: {spec!r}")
+
+
+FaultSpec = Fault | str | int | Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class RecordedRequest:
+    """One request as the server received it: the parsed JSON body (or the raw text if not JSON)."""
+
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: Any
+    fault: Fault | None = None
+    received_at: float = field(default_factory=time.monotonic)
+
+
+class _BadRequest(Exception):
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+def _validate_chat(body: Any) -> None:
+    """Raise :class:`_BadRequest` where the body is not a chat completion request a server accepts."""
+    if not isinstance(body, dict):
+        raise _BadRequest("request body must be a JSON object")
+    if not isinstance(body.get("model"), str) or not body["model"]:
+        raise _BadRequest("'model' must be a non-empty string", "model")
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise _BadRequest("'messages' must be a non-empty list", "messages")
+    for i, message in enumerate(messages):
+        where = f"messages[{i}]"
+        if not isinstance(message, dict) or message.get("role") not in ROLES:
+            raise _BadRequest(f"{where} must be an object with a role in {ROLES}", where)
+        content = message.get("content")
+        if isinstance(content, str):
+            continue
+        if not isinstance(content, list) or not content:
+            raise _BadRequest(f"{where}.content must be a string or a non-empty list of parts", where)
+        for j, part in enumerate(content):
+            _validate_part(part, f"{where}.content[{j}]")
+    max_tokens = body.get("max_tokens")
+    if max_tokens is not None and (not isinstance(max_tokens, int) or max_tokens < 1):
+        raise _BadRequest("'max_tokens' must be a positive integer", "max_tokens")
+    temperature = body.get("temperature")
+    if temperature is not None and (
+        not isinstance(temperature, (int, float))
+        or isinstance(temperature, bool)
+        or not 0 <= temperature <= 2
+    ):
+        raise _BadRequest("'temperature' must be a number in [0, 2]", "temperature")
+
+
+def _validate_part(part: Any, where: str) -> None:
+    if not isinstance(part, dict):
+        raise _BadRequest(f"{where} must be an object", where)
+    if part.get("type") == "text":
+        if not isinstance(part.get("text"), str):
+            raise _BadRequest(f"{where}.text must be a string", where)
+    elif part.get("type") == "image_url":
+        image = part.get("image_url")
+        if not isinstance(image, dict) or not isinstance(image.get("url"), str):
+            raise _BadRequest(f"{where}.image_url must be an object with a string 'url'", where)
+        if not image["url"].startswith(("data:image/", "http://", "https://")):
+            raise _BadRequest(f"{where}.image_url.url must be a data:image/ URL or http(s) URL", where)
+        if image.get("detail", "auto") not in DETAILS:
+            raise _BadRequest(f"{where}.image_url.detail must be one of {DETAILS}", where)
+    else:
+        raise _BadRequest(f"{where}.type must be 'text' or 'image_url'", where)
+
+
+def _count_prompt(body: dict[str, Any]) -> tuple[int, int]:
+    """(words of text, number of images) in the request's messages."""
+    words = images = 0
+    for message in body["messages"]:
+        content = message["content"]
+        parts = [{"type": "text", "text": content}] if isinstance(content, str) else content
+        for part in parts:
+            if part["type"] == "text":
+                words += len(part["text"].split())
+            else:
+                images += 1
+    return words, images
+
+
+def _error_body(
+    message: str, *, type_: str = "invalid_request_error", param: str | None = None, code: str | None = None
+) -> dict[str, Any]:
+    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+class FakeOpenAIServer(ThreadingHTTPServer):
+    """The server: configuration, the fault queue and what it received. Binds 127.0.0.1 only.
+
+    Everything is bounded: request bodies (32 MiB), the fault queue, recorded requests
+    (``max_recorded``, oldest dropped), hang time, open connections (``max_connections``), idle
+    keep-alive connections (closed after ``idle_timeout_s``).
+    """
+
+    daemon_threads = True
+    block_on_close = False
+    allow_reuse_address = True
+
+    def __init__(
+        self,
+        port: int = 0,
+        *,
+        model: str | None = None,
+        reply: Reply = "ACTION: NOOP",
+        latency_s: float = 0.0,
+        api_key: str | None = None,
+        image_tokens: int = 85,
+        prompt_overhead_tokens: int = 3,
+        hang_s: float = 10.0,
+        max_recorded: int = 1000,
+        max_connections: int = 64,
+        idle_timeout_s: float = 30.0,
+    ) -> None:
+        if latency_s < 0 or not 0 <= hang_s <= MAX_HANG_S:
+            raise ValueError(f"need latency_s >= 0 and 0 <= hang_s <= {MAX_HANG_S}")
+        self.model = model
+        self.reply = reply
+        self.latency_s = latency_s
+        self.api_key = api_key
+        self.image_tokens = image_tokens
+        self.prompt_overhead_tokens = prompt_overhead_tokens
+        self.hang_s = hang_s
+        self.idle_timeout_s = idle_timeout_s
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._faults: deque[Fault] = deque()
+        self._requests: deque[RecordedRequest] = deque(maxlen=max_recorded)
+        self._connections = threading.BoundedSemaphore(max_connections)
+        self._ids = itertools.count(1)
+        self._in_flight = 0
+        self._max_in_flight = 0
+        self._chat_requests = 0
+        super().__init__((HOST, port), _Handler)
+
+    # -- what tests look at ----------------------------------------------------------------------
+
+    @property
+    def port(self) -> int:
+        return int(self.server_address[1])
+
+    @property
+    def base_url(self) -> str:
+        """What an OpenAI client takes as ``base_url``."""
+        return f"http://{HOST}:{self.port}/v1"
+
+    @property
+    def requests(self) -> list[RecordedRequest]:
+        """Chat requests received (all of them, faulted ones included), oldest first."""
+        with self._lock:
+            return list(self._requests)
+
+    @property
+    def max_in_flight(self) -> int:
+        """The most chat requests this server was handling at the same moment."""
+        with self._lock:
+            return self._max_in_flight
+
+    @property
+    def pending_faults(self) -> int:
+        with self._lock:
+            return len(self._faults)
+
+    def stats(self) -> dict[str, int]:
+        with self._lock:
+            return {
+                "chat_requests": self._chat_requests,
+                "in_flight": self._in_flight,
+                "max_in_flight": self._max_in_flight,
+                "pending_faults": len(self._faults),
+            }
+
+    # -- scripting ---------------------------------------------------------------------------------
+
+    def add_faults(self, *specs: FaultSpec) -> None:
+        """Queue faults; each chat request consumes the next one (none left: answer normally)."""
+        faults = [Fault.parse(spec) for spec in specs]
+        with self._lock:
+            if len(self._faults) + len(faults) > MAX_FAULTS:
+                raise ValueError(f"at most {MAX_FAULTS} faults may be queued")
+            self._faults.extend(faults)
+
+    def clear_faults(self) -> None:
+        with self._lock:
+            self._faults.clear()
+
+    def reset(self) -> None:
+        """Forget faults, recorded requests and counters (between benchmark phases)."""
+        with self._lock:
+            self._faults.clear()
+            self._requests.clear()
+            self._max_in_flight = self._in_flight
+            self._chat_requests = 0
+
+    def stop(self) -> None:
+        """Stop serving; wakes requests sleeping in a hang or in latency so they end promptly."""
+        self._stopping.set()
+        self.shutdown()
+        self.server_close()
+
+    # -- used by the handler -----------------------------------------------------------------------
+
+    def _begin_chat(self, record: Callable[[Fault | None], RecordedRequest]) -> Fault | None:
+        with self._lock:
+            fault = self._faults.popleft() if self._faults else None
+            self._requests.append(record(fault))
+            self._chat_requests += 1
+            self._in_flight += 1
+            self._max_in_flight = max(self._max_in_flight, self._in_flight)
+        return fault
+
+    def _end_chat(self) -> None:
+        with self._lock:
+            self._in_flight -= 1
+
+    def _wait(self, seconds: float) -> None:
+        """Sleep that ends early when the server stops, so no handler outlives it by long."""
+        if seconds > 0:
+            self._stopping.wait(seconds)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        self._connections.acquire()
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._connections.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._connections.release()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # Clients that hang up (timeouts, resets we caused) are expected here, not worth a traceback.
+        if isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
+            return
+        super().handle_error(request, client_address)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive, as real servers and pooled clients use
+    server: FakeOpenAIServer
+
+    def setup(self) -> None:
+        self.timeout = self.server.idle_timeout_s
+        super().setup()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("%s " + format, self.address_string(), *args)
+
+    # -- routing ---------------------------------------------------------------------------------------
+
+    def do_GET(self) -> None:
+        path = self.path.split("?", 1)[0].rstrip("/")
+        if path == "/v1/models":
+            ids = [self.server.model or "fake-model"]
+            data = [{"id": i, "object": "model", "created": 0, "owned_by": "atari-vlm"} for i in ids]
+            self._send_json(200, {"object": "list", "data": data})
+        elif path == "/control/stats":
+            self._send_json(200, self.server.stats())
+        else:
+            self._send_json(404, _error_body(f"no route GET {path}", code="not_found"))
+
+    def do_POST(self) -> None:
+        path = self.path.split("?", 1)[0].rstrip("/")
+        raw = self._read_body()
+        if raw is None:
+            return
+        if path == "/v1/chat/completions":
+            self._chat(raw)
+        elif path == "/control/faults":
+            try:
+                specs = json.loads(raw)
+                if not isinstance(specs, list):
+                    raise ValueError("expected a JSON list of fault specs")
+                self.server.add_faults(*specs)
+            except (ValueError, TypeError) as exc:
+                self._send_json(400, _error_body(f"bad fault list: {exc}"))
+                return
+            self._send_json(200, {"pending_faults": self.server.pending_faults})
+        elif path == "/control/reset":
+            self.server.reset()
+            self._send_json(200, self.server.stats())
+        else:
+            self._send_json(404, _error_body(f"no route POST {path}", code="not_found"))
+
+    def do_DELETE(self) -> None:
+        path = self.path.split("?", 1)[0].rstrip("/")
+        if path == "/control/faults":
+            self.server.clear_faults()
+            self._send_json(200, {"pending_faults": 0})
+        else:
+            self._send_json(404, _error_body(f"no route DELETE {path}", code="not_found"))
+
+    # -- chat completions -----------------------------------------------------------------------------
+
+    def _chat(self, raw: bytes) -> None:
+        try:
+            body: Any = json.loads(raw)
+        except ValueError:
+            body = None
+        recorded_body = body if body is not None else raw[:4096].decode("utf-8", "replace")
+        headers = {k.lower(): v for k, v in self.headers.items()}
+        fault = self.server._begin_chat(
+            lambda f: RecordedRequest("POST", self.path, headers, recorded_body, f)
+        )
+        try:
+            self.server._wait(self.server.latency_s)
+            if fault is not None and fault.kind in ("status", "hang", "reset", "truncated", "not_json"):
+                self._fault(fault)
+                return
+            if body is None:
+                self._send_json(400, _error_body("request body is not valid JSON"))
+                return
+            self._answer(body, fault)
+        finally:
+            self.server._end_chat()
+
+    def _answer(self, body: Any, fault: Fault | None) -> None:
+        server = self.server
+        if server.api_key is not None and self.headers.get("Authorization") != f"Bearer {server.api_key}":
+            # Echo the key the client sent, as some servers do: tests check clients never repeat it.
+            sent = (self.headers.get("Authorization") or "").removeprefix("Bearer ")
+            message = f"Incorrect API key provided: {sent}."
+            self._send_json(401, _error_body(message, code="invalid_api_key"))
+            return
+        try:
+            _validate_chat(body)
+        except _BadRequest as exc:
+            self._send_json(400, _error_body(str(exc), param=exc.param))
+            return
+        if server.model is not None and body["model"] != server.model:
+            message = f"The model `{body['model']}` does not exist or you do not have access to it."
+            self._send_json(404, _error_body(message, code="model_not_found"))
+            return
+        try:
+            text = server.reply(body) if callable(server.reply) else server.reply
+        except Exception as exc:  # a broken reply callable is the test's bug: say so loudly
+            self._send_json(500, _error_body(f"reply callable failed: {exc!r}", type_="server_error"))
+            return
+        words = text.split()
+        finish_reason = "stop"
+        max_tokens = body.get("max_tokens")
+        if max_tokens is not None and len(words) > max_tokens:
+            words, finish_reason = words[:max_tokens], "length"
+            text = " ".join(words)
+        prompt_words, images = _count_prompt(body)
+        image_tokens = images * server.image_tokens
+        prompt_tokens = prompt_words + image_tokens + server.prompt_overhead_tokens * len(body["messages"])
+        content: str | None = text
+        if fault is not None:
+            content = "" if fault.kind == "empty" else None
+            words = []
+        self._send_json(
+            200,
+            {
+                "id": f"chatcmpl-{next(server._ids)}",
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": body["model"],
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": content},
+                        "finish_reason": finish_reason,
+                    }
+                ],
+                "usage": {
+                    "prompt_tokens": prompt_tokens,
+                    "completion_tokens": len(words),
+                    "total_tokens": prompt_tokens + len(words),
+                    "prompt_tokens_details": {"image_tokens": image_tokens},
+                },
+            },
+        )
+
+    def _fault(self, fault: Fault) -> None:
+        if fault.kind == "status":
+            headers = {}
+            if fault.retry_after is not None:
+                headers["Retry-After"] = fault.retry_after
+            if fault.retry_after_ms is not None:
+                headers["retry-after-ms"] = str(fault.retry_after_ms)
+            message = fault.message or f"injected fault: HTTP {fault.status}"
+            type_ = "server_error" if fault.status >= 500 else "invalid_request_error"
+            self._send_json(fault.status, _error_body(message, type_=type_, code=fault.code), headers)
+        elif fault.kind == "hang":
+            self.server._wait(self.server.hang_s)
+            self._send_json(503, _error_body("hung request finally answered", type_="server_error"))
+        elif fault.kind == "reset":
+            self._reset_connection()
+        elif fault.kind == "truncated":
+            payload = json.dumps({"id": "chatcmpl-truncated", "choices": []}).encode() + b" " * 64
+            self._send_head(200, "application/json", len(payload))
+            self.wfile.write(payload[: len(payload) // 2])
+            self.close_connection = True
+        elif fault.kind == "not_json":
+            payload = b"<html><body>502 Bad Gateway (but sent as 200)</body></html>"
+            self._send_head(200, "application/json", len(payload))
+            self.wfile.write(payload)
+
+    def _reset_connection(self) -> None:
+        """Start a response, then abort the TCP connection (RST, not FIN)."""
+        self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n")
+        self.wfile.flush()
+        self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.rfile.close()  # the file holds a reference that would delay the close
+        self.connection.close()
+        self.rfile, self.wfile = io.BytesIO(), io.BytesIO()  # type: ignore[assignment]
+        self.close_connection = True
+
+    # -- plumbing ----------------------------------------------------------------------------------------
+
+    def _read_body(self) -> bytes | None:
+        try:
+            length = int(self.headers.get("Content-Length", "0"))
+        except ValueError:
+            length = -1
+        if not 0 <= length <= MAX_BODY_BYTES:
+            self.close_connection = True
+            self._send_json(413, _error_body(f"body must declare a length of at most {MAX_BODY_BYTES}"))
+            return None
+        return self.rfile.read(length)
+
+    def _send_head(
+        self, status: int, content_type: str, length: int, headers: Mapping[str, str] | None = None
+    ) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(length))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        if self.close_connection:
+            self.send_header("Connection", "close")
+        self.end_headers()
+
+    def _send_json(self, status: int, obj: Any, headers: Mapping[str, str] | None = None) -> None:
+        payload = json.dumps(obj).encode()
+        try:
+            self._send_head(status, "application/json", len(payload), headers)
+            self.wfile.write(payload)
+        except (BrokenPipeError, ConnectionResetError):  # the client gave up (its timeout): fine
+            self.close_connection = True
+
+
+@contextlib.contextmanager
+def serve_in_thread(**options: Any) -> Iterator[FakeOpenAIServer]:
+    """Run a :class:`FakeOpenAIServer` (same keyword options) in a daemon thread for a ``with`` block."""
+    server = FakeOpenAIServer(**options)
+    thread = threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="fake-openai", daemon=True
+    )
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+        thread.join(timeout=5)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m atari_vlm.testing.openai_server",
+        description="A fake OpenAI-compatible chat completions server for tests and benchmarks.",
+    )
+    parser.add_argument("--host", default=HOST, choices=[HOST], help="only loopback is served")
+    parser.add_argument("--port", type=int, default=0, help="0 picks a free port (printed)")
+    parser.add_argument("--model", default=None, help="answer 404 model_not_found for other models")
+    parser.add_argument("--reply", default="ACTION: NOOP", help="the text of every answer")
+    parser.add_argument("--latency", type=float, default=0.0, help="seconds added to every chat request")
+    parser.add_argument("--api-key", default=None, help="answer 401 unless this bearer key is sent")
+    parser.add_argument("--image-tokens", type=int, default=85, help="prompt tokens counted per image")
+    parser.add_argument("--hang", type=float, default=10.0, help="seconds a 'hang' fault waits")
+    parser.add_argument("--faults", default="[]", help="JSON list of fault specs to start with")
+    args = parser.parse_args(argv)
+    server = FakeOpenAIServer(
+        args.port,
+        model=args.model,
+        reply=args.reply,
+        latency_s=args.latency,
+        api_key=args.api_key,
+        image_tokens=args.image_tokens,
+        hang_s=args.hang,
+    )
+    server.add_faults(*json.loads(args.faults))
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    print(f"LISTENING {server.port}", flush=True)
+    try:
+        server.serve_forever(poll_interval=0.1)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server._stopping.set()
+        server.server_close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
