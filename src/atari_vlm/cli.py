@@ -68,8 +68,11 @@ def build_parser() -> argparse.ArgumentParser:
     m = play.add_argument_group("model")
     m.add_argument("--base-url", default=None, help="OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1")
     m.add_argument("--api-key", default=None, help="else read from OPENAI_API_KEY; never written anywhere")
-    m.add_argument("--prompt", default="basic", help="prompt style or a template .txt file")
-    m.add_argument("--max-tokens", type=int, default=32)
+    m.add_argument("--prompt", default="basic", help="basic | cot | expert | a template .txt file")
+    m.add_argument("--answer-format", choices=["line", "json"], default="line", help="ACTION: line or JSON")
+    m.add_argument("--history-steps", type=int, default=0, help="past decisions recalled in text")
+    m.add_argument("--history-images", type=int, default=0, help="past frames shown again")
+    m.add_argument("--max-tokens", type=int, default=None, help="default: the prompt style's own")
     m.add_argument("--temperature", type=float, default=0.0)
     m.add_argument("--device", default="cpu", help="local models: cpu, cuda, cuda:1, mps")
     m.add_argument("--dtype", default="auto", help="local models: auto, float32, bfloat16, float16")
@@ -127,6 +130,9 @@ def _cmd_play(args: argparse.Namespace) -> int:
         prompt=args.prompt,
         max_tokens=args.max_tokens,
         temperature=args.temperature,
+        answer_format=args.answer_format,
+        history_steps=args.history_steps,
+        history_images=args.history_images,
         video=args.video,
         overwrite=args.overwrite,
         model_options=ModelOptions(

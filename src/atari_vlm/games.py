@@ -24,6 +24,7 @@ class GameInfo:
     env_id: str  # e.g. "ALE/SpaceInvaders-v5"
     description: str  # one or two sentences: the goal and what the player controls
     action_hints: str  # what the less obvious actions do in this game ("" when nothing to add)
+    expert_tips: str  # strategy lines for the expert prompt (generic ones for games without notes)
     rich_state: bool  # whether the state text reads positions from RAM (see state_text)
 
 
@@ -61,6 +62,45 @@ _NOTES: dict[str, tuple[str, str]] = {
         "FIRE shoots torpedoes in the direction you face; UP surfaces; the diagonals combine moves.",
     ),
 }
+
+# Strategy an expert player would give, for the ``expert`` prompt style.
+_EXPERT_TIPS: dict[str, str] = {
+    "Pong": (
+        "- Keep your paddle level with the ball, and move early: read the ball's direction from its motion.\n"
+        "- When the ball moves away from you, return the paddle toward the middle.\n"
+        "- Hitting the ball with the edge of the paddle sends it at a steeper angle the opponent misses."
+    ),
+    "Breakout": (
+        "- Keep the paddle under the ball; never let it fall past you.\n"
+        "- Press FIRE to launch the ball when none is in play.\n"
+        "- Break a channel up one side: a ball trapped above the bricks scores many points for free."
+    ),
+    "SpaceInvaders": (
+        "- Shoot the lowest invaders first: the grid speeds up and drops as it nears you.\n"
+        "- Stay under the shields when bombs fall; step out only to shoot.\n"
+        "- Shoot the mystery ship crossing the top for bonus points when it is safe."
+    ),
+    "MsPacman": (
+        "- Clear the dots corridor by corridor and keep moving; stopping gets you caught.\n"
+        "- Keep the nearest ghost far away; turn before it reaches your corridor.\n"
+        "- Save the power pellets for when ghosts are close, then chase the blue ghosts."
+    ),
+    "Qbert": (
+        "- Change every cube to the target colour; plan a path that visits each cube once.\n"
+        "- Never hop off the pyramid's edge unless a flying disc is there.\n"
+        "- Watch the red balls and Coily falling from the top; move away from their path."
+    ),
+    "Seaquest": (
+        "- Watch the oxygen bar: surface (UP) before it runs out, ideally with divers aboard.\n"
+        "- Shoot sharks and subs in your lane; change depth to avoid the ones you cannot hit.\n"
+        "- Pick up divers by touching them; six divers on board make surfacing pay a bonus."
+    ),
+}
+_GENERIC_TIPS = (
+    "- Work out from the screen which object you control and what gives points.\n"
+    "- Avoid whatever costs lives; take small safe gains over risky moves.\n"
+    "- If the game waits for you, FIRE usually starts it."
+)
 
 _SUFFIX = re.compile(r"(noframeskip)?-v\d+$", re.IGNORECASE)
 
@@ -130,5 +170,6 @@ def game_info(name: str) -> GameInfo:
         env_id=f"ALE/{canonical}-v5",
         description=description,
         action_hints=hints,
+        expert_tips=_EXPERT_TIPS.get(canonical, _GENERIC_TIPS),
         rich_state=canonical in RICH_GAMES,
     )

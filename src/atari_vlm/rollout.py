@@ -12,7 +12,7 @@ import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -74,6 +74,22 @@ class EpisodeResult:
 StepCallback = Callable[[int], None]
 
 
+class EpisodeSink(Protocol):
+    """Receives one episode as it is played (the trajectory memory is one): what the model saw, what
+    it did, and what came of it. ``finish`` is called when the episode ends, ``abort`` if it fails."""
+
+    def add(
+        self, image: np.ndarray, state_text: str, action: int, action_name: str, reward: float, lives: int
+    ) -> None: ...
+
+    def finish(self, episode_return: float) -> Any: ...
+
+    def abort(self) -> None: ...
+
+
+SinkFactory = Callable[[int, EpisodeSeeds], "EpisodeSink | None"]
+
+
 async def play_episode(
     env: AtariVLMEnv,
     agent: Agent,
@@ -84,10 +100,12 @@ async def play_episode(
     video: bool = False,
     on_step: StepCallback | None = None,
     uses_model: bool = True,
+    sink: EpisodeSink | None = None,
 ) -> EpisodeResult:
     """Play one episode to its end (or truncation), logging every decision as it happens."""
     start = time.perf_counter()
     result = EpisodeResult(episode=episode, seed=seeds.env)
+    finished = False
     agent.reset(seeds.agent)
     obs, info = env.reset(seed=seeds.env)
     writer = None
@@ -98,7 +116,11 @@ async def play_episode(
     try:
         while True:
             decision: Decision = await agent.act(obs)
+            if sink is not None:
+                seen_image, seen_text = obs["image"], obs["text"]
             obs, reward, terminated, truncated, info = env.step(decision.action)
+            if sink is not None:
+                sink.add(seen_image, seen_text, decision.action, decision.action_name, reward, info["lives"])
             result.steps += 1
             result.episode_return += reward
             if uses_model:
@@ -133,7 +155,13 @@ async def play_episode(
             if terminated or truncated:
                 result.terminated, result.truncated = terminated, truncated
                 break
+        finished = True
     finally:
+        if sink is not None:
+            if finished:
+                sink.finish(result.episode_return)
+            else:
+                sink.abort()
         if writer is not None:
             path = writer.close()
             if path is not None and run is not None:
@@ -153,11 +181,17 @@ async def play_episodes(
     on_step: StepCallback | None = None,
     on_episode: Callable[[EpisodeResult], None] | None = None,
     uses_model: bool = True,
+    make_sink: SinkFactory | None = None,
+    episode_offset: int = 0,
 ) -> list[EpisodeResult]:
-    """Play ``episodes`` episodes on ``num_envs`` concurrent workers; results in episode order."""
-    seeds = episode_seeds(root_seed, episodes)
+    """Play ``episodes`` episodes on ``num_envs`` concurrent workers; results in episode order.
+
+    Episodes are numbered from ``episode_offset`` (a resumed or continued run keeps its numbering and
+    its seeds: episode ``i`` always gets the ``i``-th seeds of ``root_seed``).
+    """
+    seeds = episode_seeds(root_seed, episode_offset + episodes)
     queue: asyncio.Queue[int] = asyncio.Queue()
-    for i in range(episodes):
+    for i in range(episode_offset, episode_offset + episodes):
         queue.put_nowait(i)
     results: dict[int, EpisodeResult] = {}
 
@@ -175,6 +209,7 @@ async def play_episodes(
                     video=video,
                     on_step=on_step,
                     uses_model=uses_model,
+                    sink=make_sink(i, seeds[i]) if make_sink is not None else None,
                 )
                 results[i] = result
                 if run is not None:
@@ -185,4 +220,4 @@ async def play_episodes(
             env.close()
 
     await asyncio.gather(*(worker() for _ in range(max(1, min(num_envs, episodes)))))
-    return [results[i] for i in range(episodes)]
+    return [results[i] for i in range(episode_offset, episode_offset + episodes)]

@@ -43,8 +43,11 @@ class PlaySettings:
     num_envs: int = 1
     env: dict[str, Any] = field(default_factory=dict)
     prompt: str = "basic"
-    max_tokens: int = 32
+    max_tokens: int | None = None  # None: the prompt style's default
     temperature: float = 0.0
+    answer_format: str = "line"
+    history_steps: int = 0
+    history_images: int = 0
     video: bool = True
     overwrite: bool = False
     model_options: ModelOptions = field(default_factory=ModelOptions)
@@ -55,8 +58,10 @@ class PlaySettings:
         for name, value, low in (
             ("episodes", self.episodes, 1),
             ("num_envs", self.num_envs, 1),
-            ("max_tokens", self.max_tokens, 1),
+            ("max_tokens", 1 if self.max_tokens is None else self.max_tokens, 1),
             ("seed", self.seed, 0),
+            ("history_steps", self.history_steps, 0),
+            ("history_images", self.history_images, 0),
         ):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ConfigError(f"{name} must be an integer >= {low}, got {value!r}")
@@ -122,6 +127,9 @@ def _make_worker_factory(
                 frame_layout=env_config.frame_layout,
                 max_tokens=settings.max_tokens,
                 temperature=settings.temperature,
+                answer_format=settings.answer_format,
+                history_steps=settings.history_steps,
+                history_images=settings.history_images,
             )
         return env, agent
 
@@ -145,7 +153,12 @@ def run_play(
         # Render the prompt once, before the (slow) model load: a bad prompt file fails at once.
         probe_env = AtariVLMEnv(env_config)
         probe_env.close()
-        render_system_prompt(settings.prompt, game_info(env_config.game), probe_env.action_names)
+        render_system_prompt(
+            settings.prompt,
+            game_info(env_config.game),
+            probe_env.action_names,
+            answer_format=settings.answer_format,
+        )
     model = None if settings.agent == "random" else load_model(settings.model, settings.model_options)
     factory = _make_worker_factory(settings, env_config, model)
     config = {
@@ -159,6 +172,9 @@ def run_play(
         "prompt": settings.prompt,
         "max_tokens": settings.max_tokens,
         "temperature": settings.temperature,
+        "answer_format": settings.answer_format,
+        "history_steps": settings.history_steps,
+        "history_images": settings.history_images,
         "episodes": settings.episodes,
         "seed": settings.seed,
         "num_envs": settings.num_envs,

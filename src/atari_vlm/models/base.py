@@ -85,6 +85,7 @@ class Request:
     messages: tuple[Message, ...]
     max_tokens: int = 128
     temperature: float = 0.0
+    json_mode: bool = False  # ask for a JSON object where the provider supports structured output
 
     @property
     def num_images(self) -> int:

@@ -154,12 +154,15 @@ class OpenAICompatVLM:
         ``max_tokens`` is always sent: servers running random or small models may never emit a stop
         token on their own.
         """
-        return {
+        body: dict[str, Any] = {
             "model": self.model,
             "messages": [self._message(m) for m in request.messages],
             "max_tokens": request.max_tokens,
             "temperature": request.temperature,
         }
+        if request.json_mode:
+            body["response_format"] = {"type": "json_object"}
+        return body
 
     def _message(self, message: Message) -> dict[str, Any]:
         if message.role != "user":

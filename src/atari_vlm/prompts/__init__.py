@@ -1,8 +1,10 @@
 """Prompts: what the model is told, rendered from template files a user can read and override.
 
 Templates use ``string.Template`` syntax (``${name}``), so braces in game text never break them.
-Variables of the system template: ``title``, ``description``, ``action_hints``, ``view``, ``actions``.
-Variables of the per-turn template: ``state``, ``feedback``.
+
+System template variables: ``title``, ``description``, ``action_hints``, ``expert_tips``, ``view``,
+``actions``, ``answer_instruction``. Turn template variables: ``state``, ``feedback``, ``history``,
+``turn_instruction``. A user's own template (``--prompt my.txt``) may use any of the system ones.
 """
 
 from __future__ import annotations
@@ -17,8 +19,11 @@ from atari_vlm.games import GameInfo
 from atari_vlm.prompts.parse import ParsedAction, parse_action
 
 __all__ = [
+    "ANSWER_FORMATS",
+    "DEFAULT_MAX_TOKENS",
     "PROMPT_STYLES",
     "ParsedAction",
+    "answer_instruction",
     "invalid_answer_feedback",
     "parse_action",
     "render_system_prompt",
@@ -26,7 +31,11 @@ __all__ = [
     "view_phrase",
 ]
 
-PROMPT_STYLES: tuple[str, ...] = ("basic",)
+PROMPT_STYLES: tuple[str, ...] = ("basic", "cot", "expert")
+ANSWER_FORMATS: tuple[str, ...] = ("line", "json")
+# Tokens a style needs to finish its answer: reasoning styles need room to reason before the action.
+DEFAULT_MAX_TOKENS: dict[str, int] = {"basic": 32, "cot": 256, "expert": 160}
+SYSTEM_VARIABLES = "title, description, action_hints, expert_tips, view, actions, answer_instruction"
 
 
 @functools.lru_cache(maxsize=32)
@@ -42,9 +51,21 @@ def _template_for(style_or_path: str) -> string.Template:
     if path.suffix == ".txt" or path.exists():
         try:
             return string.Template(path.read_text(encoding="utf-8"))
-        except OSError as exc:
-            raise ConfigError(f"cannot read prompt file {str(path)!r}: {exc.strerror}") from exc
-    raise ConfigError(f"unknown prompt style {style_or_path!r}; choose one of {PROMPT_STYLES} or a .txt file")
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = getattr(exc, "strerror", None) or str(exc)
+            raise ConfigError(f"cannot read prompt file {str(path)!r}: {reason}") from exc
+    raise ConfigError(
+        f"unknown prompt style {style_or_path!r}; choose one of {PROMPT_STYLES} or a .txt template file"
+    )
+
+
+def answer_instruction(answer_format: str = "line") -> str:
+    """The sentence that tells the model how to give its action (it follows "Then" in templates)."""
+    if answer_format == "line":
+        return "end your answer with one line: ACTION: <name>"
+    if answer_format == "json":
+        return 'reply with only a JSON object: {"reasoning": "<one short sentence>", "action": "<name>"}'
+    raise ConfigError(f"answer format must be one of {ANSWER_FORMATS}, got {answer_format!r}")
 
 
 def view_phrase(frame_stack: int, layout: str) -> str:
@@ -60,7 +81,13 @@ def view_phrase(frame_stack: int, layout: str) -> str:
 
 
 def render_system_prompt(
-    style: str, info: GameInfo, action_names: list[str], *, frame_stack: int = 1, layout: str = "grid"
+    style: str,
+    info: GameInfo,
+    action_names: list[str],
+    *,
+    frame_stack: int = 1,
+    layout: str = "grid",
+    answer_format: str = "line",
 ) -> str:
     """The system prompt for a game: the goal, what the image shows, the legal actions, the format."""
     actions = "\n".join(f"{i}: {name}" for i, name in enumerate(action_names))
@@ -69,13 +96,14 @@ def render_system_prompt(
             title=info.name,
             description=info.description,
             action_hints=info.action_hints,
+            expert_tips=info.expert_tips,
             view=view_phrase(frame_stack, layout),
             actions=actions,
+            answer_instruction=answer_instruction(answer_format),
         )
     except (KeyError, ValueError) as exc:
         raise ConfigError(
-            f"prompt template {style!r} uses an unknown or malformed variable ({exc}); "
-            "known: title, description, action_hints, view, actions"
+            f"prompt template {style!r} uses an unknown or malformed variable ({exc}); known: {SYSTEM_VARIABLES}"
         ) from exc
     return "\n".join(line for line in text.splitlines() if line.strip()) + "\n"
 
@@ -83,10 +111,16 @@ def render_system_prompt(
 def invalid_answer_feedback(fallback: str) -> str:
     return (
         f"Your previous answer did not name a legal action, so {fallback} was played. "
-        "End your answer with ACTION: <name>.\n"
+        "Remember to give your action in the required format.\n"
     )
 
 
-def render_turn_prompt(state: str, feedback: str = "") -> str:
+def render_turn_prompt(state: str, feedback: str = "", history: str = "", answer_format: str = "line") -> str:
     """The text that goes with each turn's image(s)."""
-    return _template("turn").substitute(state=state, feedback=feedback)
+    instruction = answer_instruction(answer_format)
+    return _template("turn").substitute(
+        state=state,
+        feedback=feedback,
+        history=history,
+        turn_instruction=f"Choose your next action; {instruction}.",
+    )

@@ -1,6 +1,6 @@
 """Turn a model's free-form answer into a legal action, or say that it holds none.
 
-Models write "ACTION: UP", "action: 2", "**Action:** Move Up", or reason about several actions before
+Models write "ACTION: UP", "action: 2", "**Action:** Move Up", ``{"action": "UP"}``, or reason about several actions before
 deciding. The rule: the last ``ACTION: X`` line wins; without one, an answer that is only an action name
 or number counts; otherwise exactly one distinct legal action named in the text counts. Anything else
 is unparsable, and the caller falls back (and counts it).
@@ -11,7 +11,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-_ACTION_LINE = re.compile(r"action\s*[:=\-]\s*\**\s*([A-Za-z0-9_ \-]{1,40})", re.IGNORECASE)
+# "ACTION: UP", "**Action:** up", "action = 2", and the JSON answer format's "action": "UP".
+_ACTION_LINE = re.compile(r"action[\"']?\s*[:=\-]\s*[*\"'`]*\s*([A-Za-z0-9_ \-]{1,40})", re.IGNORECASE)
 _WORD = re.compile(r"[A-Za-z]+|\d+")
 
 
@@ -21,6 +22,11 @@ class ParsedAction:
     how: str  # "action_line", "bare", "mention" or "none"
 
 
+def _is_number(token: str) -> bool:
+    """ASCII digits only: "²".isdigit() is True in Python, and int("²") raises."""
+    return token.isascii() and token.isdigit() and len(token) <= 6
+
+
 def _norm(text: str) -> str:
     return re.sub(r"[\s_\-*`'\".]", "", text).upper()
 
@@ -28,7 +34,7 @@ def _norm(text: str) -> str:
 def _match(candidate: str, names: list[str]) -> int | None:
     """Index of the action that ``candidate`` spells, by name (any case/spacing) or number."""
     token = _norm(candidate)
-    if token.isdigit():
+    if _is_number(token):
         index = int(token)
         return index if index < len(names) else None
     lookup = {_norm(name): i for i, name in enumerate(names)}
@@ -40,7 +46,7 @@ def _match(candidate: str, names: list[str]) -> int | None:
         key = _norm("".join(words[:end]))
         if key in lookup:
             return lookup[key]
-        if key.isdigit():
+        if _is_number(key):
             index = int(key)
             return index if index < len(names) else None
     return None
@@ -58,7 +64,7 @@ def parse_action(text: str, action_names: list[str]) -> ParsedAction:
     bare = text.strip().strip(".!*`'\"")
     if len(bare) <= 40:
         index = _match(bare, action_names) if _norm(bare) else None
-        if index is not None and (_norm(bare) in {_norm(n) for n in action_names} or _norm(bare).isdigit()):
+        if index is not None and (_norm(bare) in {_norm(n) for n in action_names} or _is_number(_norm(bare))):
             return ParsedAction(index, "bare")
     lookup = {_norm(name): i for i, name in enumerate(action_names)}
     # Only words written in capitals count as mentions: "wrap up" is not the action UP.
