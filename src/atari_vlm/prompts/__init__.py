@@ -103,7 +103,8 @@ def render_system_prompt(
         )
     except (KeyError, ValueError) as exc:
         raise ConfigError(
-            f"prompt template {style!r} uses an unknown or malformed variable ({exc}); known: {SYSTEM_VARIABLES}"
+            f"prompt template {style!r} uses an unknown or malformed variable ({exc}); "
+            f"known: {SYSTEM_VARIABLES}"
         ) from exc
     return "\n".join(line for line in text.splitlines() if line.strip()) + "\n"
 
