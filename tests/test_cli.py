@@ -141,3 +141,31 @@ def test_an_existing_run_is_not_overwritten_by_accident(tmp_path):
     assert main(args) == 2
     assert main([*args, "--overwrite"]) == 0
     assert len(read_jsonl(tmp_path / "episodes.jsonl")) == 1
+
+
+def test_play_with_the_demo_model_end_to_end(tmp_path):
+    """The README's `make play` path, shortened: a real local VLM, real files, real videos."""
+    out = tmp_path / "demo"
+    result = run_cli(
+        "play",
+        "--game",
+        "Pong",
+        "--model",
+        "demo",
+        "--episodes",
+        "2",
+        "--max-steps",
+        "12",
+        "--seed",
+        "0",
+        "--out",
+        str(out),
+    )
+    assert result.returncode == 0, result.stderr
+    config, steps, eps = check_run_dir(out, 2, 12, model_calls=True)
+    assert config["model"] == {"spec": "demo", "provider": "local", "random_weights": True}
+    assert "RANDOM WEIGHTS" in result.stderr and "RANDOM WEIGHTS" in result.stdout
+    assert all(s["input_tokens"] > 0 and 0 < s["output_tokens"] <= 32 for s in steps)
+    assert sum(e["unparsed"] for e in eps) == sum(not s["parsed"] for s in steps)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["decisions"] == 24 and summary["input_tokens"] == sum(s["input_tokens"] for s in steps)

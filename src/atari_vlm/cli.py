@@ -176,7 +176,7 @@ def _cmd_play(args: argparse.Namespace) -> int:
 def _print_summary(summary) -> None:
     data = summary.to_dict()
     table = Table(title=f"{data['game']} played by {data['model']['spec']}")
-    for col in ("episode", "return", "steps", "decisions", "unparsed", "tokens in", "tokens out", "wall s"):
+    for col in ("episode", "return", "steps", "calls", "unparsed", "tok in", "tok out", "wall s"):
         table.add_column(col, justify="right")
     for e in summary.episodes:
         table.add_row(

@@ -242,6 +242,7 @@ class LocalVLM:
         if quantization is not None:
             load_kwargs["quantization_config"] = quantization
             load_kwargs["device_map"] = device
+        t.utils.logging.disable_progress_bar()  # atari-vlm shows its own progress; keep the terminal clean
         try:
             self.model = t.AutoModelForImageTextToText.from_pretrained(self.path, **load_kwargs)
         except (OSError, ValueError) as exc:

@@ -1,9 +1,9 @@
 """Turn a model's free-form answer into a legal action, or say that it holds none.
 
 Models write "ACTION: UP", "action: 2", "**Action:** Move Up", ``{"action": "UP"}``, or reason
-about several actions before deciding. The rule: the last ``ACTION: X`` line wins; without one, an answer that is only an action name
-or number counts; otherwise exactly one distinct legal action named in the text counts. Anything else
-is unparsable, and the caller falls back (and counts it).
+about several actions before deciding. The rule: the last ``ACTION: X`` line wins; without one, an
+answer that is only an action name or number counts; otherwise exactly one distinct legal action
+named in the text counts. Anything else is unparsable, and the caller falls back (and counts it).
 """
 
 from __future__ import annotations
