@@ -55,6 +55,11 @@ def build_parser() -> argparse.ArgumentParser:
     play.add_argument("--seed", type=int, default=0, help="root seed of the whole run")
     play.add_argument("--out", default=None, help="run directory (default: runs/<game>-<model>-s<seed>)")
     play.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
+    play.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --out: keep finished episodes, redo the rest",
+    )
     play.add_argument("--num-envs", type=int, default=1, help="games played concurrently")
     play.add_argument("--no-video", dest="video", action="store_false", help="skip the mp4 per episode")
     g = play.add_argument_group("environment")
@@ -135,6 +140,7 @@ def _cmd_play(args: argparse.Namespace) -> int:
         history_images=args.history_images,
         video=args.video,
         overwrite=args.overwrite,
+        resume=args.resume,
         model_options=ModelOptions(
             base_url=args.base_url,
             api_key=args.api_key,

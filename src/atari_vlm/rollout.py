@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -50,6 +50,29 @@ class EpisodeResult:
     terminated: bool = False
     truncated: bool = False
     video: str | None = None
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> EpisodeResult:
+        """Back from an ``episodes.jsonl`` line (a resumed run reports the episodes it kept)."""
+        return cls(
+            episode=int(record["episode"]),
+            seed=int(record["seed"]),
+            episode_return=float(record["return"]),
+            steps=int(record["steps"]),
+            decisions=int(record["decisions"]),
+            unparsed=int(record["unparsed"]),
+            retries=int(record.get("retries", 0)),
+            usage=Usage(
+                int(record.get("input_tokens") or 0),
+                int(record.get("output_tokens") or 0),
+                record.get("image_tokens"),
+            ),
+            model_latency_s=float(record.get("model_latency_s") or 0.0),
+            wall_s=float(record.get("wall_s") or 0.0),
+            terminated=bool(record.get("terminated")),
+            truncated=bool(record.get("truncated")),
+            video=record.get("video"),
+        )
 
     def to_record(self) -> dict[str, Any]:
         return {
@@ -183,15 +206,24 @@ async def play_episodes(
     uses_model: bool = True,
     make_sink: SinkFactory | None = None,
     episode_offset: int = 0,
+    episode_ids: Sequence[int] | None = None,
 ) -> list[EpisodeResult]:
     """Play ``episodes`` episodes on ``num_envs`` concurrent workers; results in episode order.
 
-    Episodes are numbered from ``episode_offset`` (a resumed or continued run keeps its numbering and
-    its seeds: episode ``i`` always gets the ``i``-th seeds of ``root_seed``).
+    Episodes are numbered from ``episode_offset``, or are exactly ``episode_ids`` when given (a resumed
+    run plays only the ones it lacks). Episode ``i`` always gets the ``i``-th seeds of ``root_seed``,
+    so numbering, not scheduling, decides what an episode is.
     """
-    seeds = episode_seeds(root_seed, episode_offset + episodes)
+    ids = (
+        list(episode_ids)
+        if episode_ids is not None
+        else list(range(episode_offset, episode_offset + episodes))
+    )
+    if not ids:
+        return []
+    seeds = episode_seeds(root_seed, max(ids) + 1)
     queue: asyncio.Queue[int] = asyncio.Queue()
-    for i in range(episode_offset, episode_offset + episodes):
+    for i in ids:
         queue.put_nowait(i)
     results: dict[int, EpisodeResult] = {}
 
@@ -219,5 +251,5 @@ async def play_episodes(
         finally:
             env.close()
 
-    await asyncio.gather(*(worker() for _ in range(max(1, min(num_envs, episodes)))))
-    return [results[i] for i in range(episode_offset, episode_offset + episodes)]
+    await asyncio.gather(*(worker() for _ in range(max(1, min(num_envs, len(ids))))))
+    return [results[i] for i in ids]

@@ -50,11 +50,15 @@ def _finite(value: Any) -> Any:
     return value
 
 
-class RunDir:
-    """One run's directory. ``open`` checks it can be written before any play starts.
+# Settings a resumed run may change: how many episodes in all, how many at once, where videos go.
+RESUMABLE_CHANGES = frozenset({"episodes", "num_envs", "atari_vlm_version", "python", "video"})
 
-    Raises:
-        ConfigError: the directory already holds a run (and ``overwrite`` is off), or cannot be written.
+
+class RunDir:
+    """One run's directory. ``open`` locks it and checks it can be written before any play starts.
+
+    A second process pointed at the same directory is refused while the first holds the lock (an
+    ``flock``: the kernel drops it when the holder dies, even by ``kill -9``).
     """
 
     def __init__(self, path: str | Path):
@@ -62,15 +66,18 @@ class RunDir:
         self.videos = self.path / "videos"
         self._steps: Any = None
         self._episodes: Any = None
+        self._lock: Any = None
+        self.kept_episodes: list[dict[str, Any]] = []  # finished episodes found by a resume
 
-    def open(self, config: dict[str, Any], *, overwrite: bool = False) -> RunDir:
-        if (self.path / "steps.jsonl").exists() or (self.path / "config.json").exists():
-            if not overwrite:
-                raise ConfigError(
-                    f"{self.path} already holds a run; choose another --out or pass --overwrite to replace it"
-                )
-            for name in ("steps.jsonl", "episodes.jsonl", "config.json"):
-                (self.path / name).unlink(missing_ok=True)
+    def open(self, config: dict[str, Any], *, overwrite: bool = False, resume: bool = False) -> RunDir:
+        """Lock the directory and start (or resume) the run recorded in it.
+
+        Raises:
+            ConfigError: the directory is in use, already holds a run (without ``overwrite`` or
+                ``resume``), holds a different run than the one resumed, or cannot be written.
+        """
+        if overwrite and resume:
+            raise ConfigError("--overwrite and --resume contradict each other; choose one")
         try:
             self.videos.mkdir(parents=True, exist_ok=True)
             probe = self.path / ".write-probe"
@@ -78,10 +85,93 @@ class RunDir:
             probe.unlink()
         except OSError as exc:
             raise ConfigError(f"cannot write the run directory {self.path}: {exc.strerror or exc}") from exc
-        write_json_atomic(self.path / "config.json", scrub_secrets(config))
+        self._acquire_lock()
+        try:
+            self._prepare(scrub_secrets(config), overwrite=overwrite, resume=resume)
+        except BaseException:
+            self._release_lock()
+            raise
         self._steps = open(self.path / "steps.jsonl", "a", encoding="utf-8")  # noqa: SIM115
         self._episodes = open(self.path / "episodes.jsonl", "a", encoding="utf-8")  # noqa: SIM115
         return self
+
+    def _acquire_lock(self) -> None:
+        import fcntl
+
+        handle = open(self.path / ".lock", "a+", encoding="utf-8")  # noqa: SIM115
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            handle.close()
+            raise ConfigError(
+                f"{self.path} is in use by another atari-vlm run (pid {holder}); "
+                "wait for it to finish or choose another --out"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        self._lock = handle
+
+    def _release_lock(self) -> None:
+        if self._lock is not None:
+            self._lock.close()  # closing drops the flock
+            self._lock = None
+
+    def _prepare(self, config: dict[str, Any], *, overwrite: bool, resume: bool) -> None:
+        config_path = self.path / "config.json"
+        has_run = (self.path / "steps.jsonl").exists() or config_path.exists()
+        if resume:
+            if not config_path.exists():
+                raise ConfigError(f"nothing to resume in {self.path}: it holds no config.json")
+            self._check_same_run(config_path, config)
+            self._drop_unfinished()
+            return
+        if has_run and not overwrite:
+            raise ConfigError(
+                f"{self.path} already holds a run; pass --resume to continue it, --overwrite to replace it, "
+                "or choose another --out"
+            )
+        for name in ("steps.jsonl", "episodes.jsonl", "config.json", "summary.json"):
+            (self.path / name).unlink(missing_ok=True)
+        for video in self.videos.glob("*.mp4*"):
+            video.unlink()
+        write_json_atomic(config_path, config)
+
+    def _check_same_run(self, config_path: Path, config: dict[str, Any]) -> None:
+        try:
+            old = json.loads(config_path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ConfigError(f"cannot resume: {config_path} is unreadable or corrupt ({exc})") from exc
+        if not isinstance(old, dict):
+            raise ConfigError(f"cannot resume: {config_path} does not hold a JSON object")
+        keys = (set(old) | set(config)) - RESUMABLE_CHANGES
+        changed = sorted(k for k in keys if old.get(k) != json.loads(json.dumps(config.get(k), default=str)))
+        if changed:
+            raise ConfigError(
+                f"cannot resume {self.path}: these settings differ from the recorded run: {', '.join(changed)}"
+            )
+        merged = {**old, **{k: config[k] for k in RESUMABLE_CHANGES if k in config}}
+        write_json_atomic(config_path, merged)
+
+    def _drop_unfinished(self) -> None:
+        """Keep every finished episode once; remove what an interrupted one left (its steps, its video)."""
+        episodes_path, steps_path = self.path / "episodes.jsonl", self.path / "steps.jsonl"
+        kept: dict[int, dict[str, Any]] = {}
+        if episodes_path.exists():
+            for record in read_jsonl(episodes_path):
+                if isinstance(record.get("episode"), int):
+                    kept.setdefault(record["episode"], record)
+        self.kept_episodes = [kept[i] for i in sorted(kept)]
+        _rewrite_jsonl(episodes_path, self.kept_episodes)
+        if steps_path.exists():
+            _rewrite_jsonl(steps_path, [r for r in read_jsonl(steps_path) if r.get("episode") in kept])
+        wanted = {self.video_path(i).name for i in kept}
+        for video in self.videos.glob("*.mp4*"):
+            if video.name not in wanted:
+                video.unlink()
 
     def log_step(self, record: dict[str, Any]) -> None:
         self._write(self._steps, record)
@@ -103,6 +193,7 @@ class RunDir:
             if handle is not None:
                 handle.close()
         self._steps = self._episodes = None
+        self._release_lock()
 
     def __enter__(self) -> RunDir:
         return self
@@ -111,13 +202,31 @@ class RunDir:
         self.close()
 
 
+def _rewrite_jsonl(path: Path, records: list[dict[str, Any]]) -> None:
+    """Replace a JSONL file atomically (a crash mid-rewrite leaves the old file whole)."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            for record in records:
+                f.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
-    """Every record of a JSONL file (a torn last line, from a crash mid-write, is skipped)."""
+    """Every JSON object of a JSONL file (a torn last line, from a crash mid-write, is skipped)."""
     records = []
     with open(path, encoding="utf-8") as f:
         for line in f:
             try:
-                records.append(json.loads(line))
+                record = json.loads(line)
             except json.JSONDecodeError:
                 continue
+            if isinstance(record, dict):
+                records.append(record)
     return records

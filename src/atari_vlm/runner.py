@@ -50,6 +50,7 @@ class PlaySettings:
     history_images: int = 0
     video: bool = True
     overwrite: bool = False
+    resume: bool = False
     model_options: ModelOptions = field(default_factory=ModelOptions)
 
     def validate(self) -> EnvConfig:
@@ -180,9 +181,11 @@ def run_play(
         "num_envs": settings.num_envs,
         "video": settings.video,
     }
-    run = RunDir(settings.out).open(config, overwrite=settings.overwrite)
+    run = RunDir(settings.out).open(config, overwrite=settings.overwrite, resume=settings.resume)
+    kept = [EpisodeResult.from_record(r) for r in run.kept_episodes if r["episode"] < settings.episodes]
+    todo = sorted(set(range(settings.episodes)) - {e.episode for e in kept})
     if on_start is not None:
-        total = settings.episodes * env_config.max_steps if env_config.max_steps else None
+        total = len(todo) * env_config.max_steps if env_config.max_steps else None
         on_start(model, total)
     start = time.perf_counter()
     try:
@@ -190,7 +193,8 @@ def run_play(
             _play_and_close(
                 factory,
                 model,
-                episodes=settings.episodes,
+                episodes=len(todo),
+                episode_ids=todo,
                 root_seed=settings.seed,
                 num_envs=settings.num_envs,
                 run=run,
@@ -205,7 +209,7 @@ def run_play(
         out=run.path,
         game=env_config.game,
         model=model.describe() if model else {"spec": "random", "provider": "none", "random_weights": False},
-        episodes=results,
+        episodes=sorted(kept + results, key=lambda e: e.episode),
         wall_s=time.perf_counter() - start,
         warning=model.warning if model else None,
     )
