@@ -148,10 +148,12 @@ class RunDir:
         if not isinstance(old, dict):
             raise ConfigError(f"cannot resume: {config_path} does not hold a JSON object")
         keys = (set(old) | set(config)) - RESUMABLE_CHANGES
-        changed = sorted(k for k in keys if old.get(k) != json.loads(json.dumps(config.get(k), default=str)))
+        as_recorded = json.loads(json.dumps(config, default=str))  # tuples become lists, as in the file
+        changed = sorted(k for k in keys if old.get(k) != as_recorded.get(k))
         if changed:
             raise ConfigError(
-                f"cannot resume {self.path}: these settings differ from the recorded run: {', '.join(changed)}"
+                f"cannot resume {self.path}: these settings differ from the recorded run: "
+                f"{', '.join(changed)}"
             )
         merged = {**old, **{k: config[k] for k in RESUMABLE_CHANGES if k in config}}
         write_json_atomic(config_path, merged)
