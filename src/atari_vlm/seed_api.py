@@ -83,7 +83,7 @@ class AtariVLMEnvironment(gym.Wrapper):
         )
 
 
-class VLMAgent:
+class ModelAgent:
     """``select_action(obs, prompt) -> int`` over any model atari-vlm can load.
 
     Args:
@@ -138,13 +138,37 @@ class VLMAgent:
         self._loop.close()
 
 
-class DemoAgent(VLMAgent):
+class DemoAgent(ModelAgent):
     """The tiny random-weight local VLM: runs anywhere, plays noise."""
 
     default_model = "demo"
 
 
-class GPT4VAgent(VLMAgent):
+class GPT4VAgent(ModelAgent):
     """OpenAI's vision models (GPT-4o by default); key from ``api_key`` or ``OPENAI_API_KEY``."""
 
     default_model = "openai:gpt-4o"
+
+
+class ClaudeAgent(ModelAgent):
+    """Anthropic's Claude (the ``claude-3.5-sonnet`` preset); key from ``ANTHROPIC_API_KEY``."""
+
+    default_model = "claude-3.5-sonnet"
+
+
+class GeminiAgent(ModelAgent):
+    """Google's Gemini (the ``gemini-1.5-pro`` preset); key from ``GEMINI_API_KEY``/``GOOGLE_API_KEY``."""
+
+    default_model = "gemini-1.5-pro"
+
+
+class QwenVLAgent(ModelAgent):
+    """Qwen2-VL-7B-Instruct in-process (the ``qwen-vl`` preset), or pass a checkpoint directory."""
+
+    default_model = "qwen-vl"
+
+
+class LLaVAAgent(ModelAgent):
+    """LLaVA-1.6 in-process (the ``llava-1.6`` preset), or pass a checkpoint directory."""
+
+    default_model = "llava-1.6"
