@@ -169,3 +169,33 @@ def test_play_with_the_demo_model_end_to_end(tmp_path):
     assert sum(e["unparsed"] for e in eps) == sum(not s["parsed"] for s in steps)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["decisions"] == 24 and summary["input_tokens"] == sum(s["input_tokens"] for s in steps)
+
+
+def test_auto_uses_a_configured_server_and_its_served_model(tmp_path):
+    from atari_vlm.testing.openai_server import serve_in_thread
+
+    with serve_in_thread(model="served/tiny-vlm", reply="ACTION: FIRE") as server:
+        env = {"OPENAI_BASE_URL": server.base_url, "OPENAI_API_KEY": "", "ATARI_VLM_OPENAI_MODEL": ""}
+        result = run_cli(
+            "play",
+            "--game",
+            "Pong",
+            "--model",
+            "auto",
+            "--max-steps",
+            "3",
+            "--no-video",
+            "--out",
+            str(tmp_path / "run"),
+            env=env,
+        )
+        assert result.returncode == 0, result.stderr
+        assert {r.body["model"] for r in server.requests if r.path.endswith("completions")} == {
+            "served/tiny-vlm"
+        }
+    steps = read_jsonl(tmp_path / "run" / "steps.jsonl")
+    assert [s["action_name"] for s in steps] == ["FIRE"] * 3
+    assert (
+        json.loads((tmp_path / "run" / "config.json").read_text())["model"]["spec"]
+        == "openai:served/tiny-vlm"
+    )

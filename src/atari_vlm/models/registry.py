@@ -7,8 +7,9 @@ Accepted forms:
 - ``openai:<model>``: the OpenAI API, or any OpenAI-compatible server with ``base_url``
   (vLLM, Ollama, LM Studio, SGLang, ``transformers serve``).
 - a directory holding a Hugging Face image-text-to-text checkpoint: loaded in-process.
-- ``auto``: ``openai:$ATARI_VLM_OPENAI_MODEL`` (default gpt-4o-mini) when ``OPENAI_API_KEY`` is set; a
-  server named by ``OPENAI_BASE_URL`` when set; otherwise ``demo``.
+- ``auto``: a server named by ``--base-url`` or ``OPENAI_BASE_URL`` (its first listed model, unless
+  ``ATARI_VLM_OPENAI_MODEL`` names one); else the OpenAI API when ``OPENAI_API_KEY`` is set
+  (``$ATARI_VLM_OPENAI_MODEL``, default gpt-4o-mini); otherwise ``demo``, with a warning.
 
 Each provider is a lazily imported module: nothing here imports an SDK until that provider is used.
 """
@@ -99,10 +100,34 @@ def _load_demo(options: ModelOptions) -> LoadedModel:
     return _load_local(str(demo_checkpoint()), options, random_weights=True)
 
 
+def _served_model(base_url: str, api_key: str | None) -> str:
+    """The first model a server lists at ``/models`` (vLLM, Ollama and friends serve one or a few)."""
+    import json
+    import urllib.request
+
+    url = base_url.rstrip("/") + "/models"
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {api_key or 'not-needed'}"})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            models = [m["id"] for m in json.loads(response.read())["data"]]
+    except Exception as exc:  # any failure means the same to the user: no usable server there
+        raise ConfigError(
+            f"'auto' found the server {base_url} but could not list its models at {url} "
+            f"({type(exc).__name__}); name the model with --model openai:<served name>"
+        ) from None
+    if not models:
+        raise ConfigError(
+            f"the server {base_url} lists no models; name one with --model openai:<served name>"
+        )
+    return models[0]
+
+
 def _load_auto(options: ModelOptions) -> LoadedModel:
     base_url = options.base_url or os.environ.get("OPENAI_BASE_URL")
     if options.api_key or os.environ.get("OPENAI_API_KEY") or base_url:
-        model = os.environ.get("ATARI_VLM_OPENAI_MODEL", DEFAULT_OPENAI_MODEL)
+        model = os.environ.get("ATARI_VLM_OPENAI_MODEL")
+        if not model:
+            model = _served_model(base_url, options.api_key) if base_url else DEFAULT_OPENAI_MODEL
         return _load_openai(model, ModelOptions(**{**options.__dict__, "base_url": base_url}))
     loaded = _load_demo(options)
     loaded.warning = f"no API key or server configured, so 'auto' chose 'demo'. {DEMO_WARNING}"
