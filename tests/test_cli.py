@@ -199,3 +199,38 @@ def test_auto_uses_a_configured_server_and_its_served_model(tmp_path):
         json.loads((tmp_path / "run" / "config.json").read_text())["model"]["spec"]
         == "openai:served/tiny-vlm"
     )
+
+
+def test_report_and_results_commands(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    for agent_seed in (0, 1):
+        assert (
+            main(
+                [
+                    "play",
+                    "--game",
+                    "Breakout",
+                    "--agent",
+                    "random",
+                    "--episodes",
+                    "2",
+                    "--max-steps",
+                    "30",
+                    "--seed",
+                    str(agent_seed),
+                    "--out",
+                    str(runs / f"r{agent_seed}"),
+                ]
+            )
+            == 0
+        )
+        assert (runs / f"r{agent_seed}" / "report.html").exists()  # written at the end of every run
+    (runs / "r0" / "report.html").unlink()
+    assert main(["report", str(runs / "r0")]) == 0
+    assert "<html" in (runs / "r0" / "report.html").read_text()
+    capsys.readouterr()
+    assert main(["results", str(runs), "--out", str(tmp_path / "results"), "--reps", "200"]) == 0
+    text = capsys.readouterr().out
+    assert "| Breakout | random |" in text and "Published, not measured" in text
+    assert {p.name for p in (tmp_path / "results").iterdir()} == {"results.md", "results.csv", "results.json"}
+    assert main(["report", str(tmp_path / "nowhere")]) == 2

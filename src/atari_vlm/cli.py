@@ -10,6 +10,7 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from rich.console import Console
 from rich.markup import escape
@@ -83,6 +84,18 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--dtype", default="auto", help="local models: auto, float32, bfloat16, float16")
     m.add_argument("--quantize", choices=["4bit", "8bit"], default=None, help="local models: bitsandbytes")
     m.add_argument("--concurrency", type=int, default=8, help="API requests in flight at most")
+
+    play.add_argument("--no-report", dest="report", action="store_false", help="skip report.html")
+
+    report = sub.add_parser("report", help="write report.html (summary, plots, episode viewer) for a run")
+    report.add_argument("run_dir", help="a run directory written by `atari-vlm play`")
+    report.add_argument("--max-frames", type=int, default=600, help="frames embedded per episode at most")
+
+    results = sub.add_parser("results", help="score tables (human-normalized, bootstrap CIs) over runs")
+    results.add_argument("paths", nargs="+", help="run directories, or folders holding them")
+    results.add_argument("--out", required=True, help="where results.md, results.csv, results.json go")
+    results.add_argument("--table", default="dqn_nature", help="reference scores: dqn_nature | atari57")
+    results.add_argument("--reps", type=int, default=2000, help="bootstrap resamples")
 
     games = sub.add_parser("games", help="list every playable game")
     games.add_argument("--rich-only", action="store_true", help="only games with a RAM state description")
@@ -176,7 +189,20 @@ def _cmd_play(args: argparse.Namespace) -> int:
     finally:
         progress.stop()
     _print_summary(summary)
+    if args.report:
+        _write_report_if_possible(summary.out)
     return 0
+
+
+def _write_report_if_possible(run_dir: Path) -> None:
+    """A report at the end of every run, when the report extra is installed; a hint when it is not."""
+    from atari_vlm.errors import DependencyNotInstalled
+    from atari_vlm.report import write_report
+
+    try:
+        out.print(f"report: {write_report(run_dir)}")
+    except DependencyNotInstalled as exc:
+        err.print(f"[yellow]no report:[/yellow] {escape(str(exc))}")
 
 
 def _print_summary(summary) -> None:
@@ -206,7 +232,24 @@ def _print_summary(summary) -> None:
     out.print(f"run directory: {summary.out}")
 
 
-COMMANDS = {"play": _cmd_play, "games": _cmd_games}
+def _cmd_report(args: argparse.Namespace) -> int:
+    from atari_vlm.report import write_report
+
+    path = write_report(args.run_dir, max_frames_per_episode=args.max_frames)
+    out.print(f"report: {path}")
+    return 0
+
+
+def _cmd_results(args: argparse.Namespace) -> int:
+    from atari_vlm.bench import write_results
+
+    data = write_results(args.paths, args.out, table=args.table, reps=args.reps)
+    sys.stdout.write((Path(args.out) / "results.md").read_text(encoding="utf-8"))  # markdown, unwrapped
+    out.print(f"written: {', '.join(str(f) for f in data['files'].values())}")
+    return 0
+
+
+COMMANDS = {"play": _cmd_play, "games": _cmd_games, "report": _cmd_report, "results": _cmd_results}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

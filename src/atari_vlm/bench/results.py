@@ -1,0 +1,407 @@
+"""The results table of a set of run directories: per game x model x prompt, with honest error bars.
+
+Every row says how many episodes it rests on, gives the mean raw return and the human-normalized
+mean with stratified bootstrap 95% intervals (episodes are the resampled runs), and, when a random-agent
+run played the same episode seeds under the same env settings, that random baseline beside it.
+Aggregates over games (mean, median, IQM) follow. Published numbers (Atari-GPT) are listed apart and
+labelled "published, not measured": they were not produced by these runs.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from atari_vlm.bench.scores import (
+    DEFAULT_TABLE,
+    PUBLISHED,
+    TABLES,
+    has_reference,
+    human_normalized,
+    stratified_bootstrap_ci,
+)
+from atari_vlm.errors import ConfigError
+from atari_vlm.rundir import read_jsonl, write_json_atomic
+
+NO_VALUE = "-"
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """What the results table needs from one run directory."""
+
+    path: Path
+    game: str
+    agent: str
+    model: str
+    prompt: str
+    protocol: str
+    random_weights: bool
+    env: dict[str, Any]  # env settings without the seed: runs compare only under equal settings
+    episodes: tuple[dict[str, Any], ...]
+
+    @property
+    def returns(self) -> list[float]:
+        return [float(e["return"]) for e in self.episodes]
+
+
+def load_run(path: str | Path) -> RunRecord:
+    """Read one run directory's config.json and episodes.jsonl.
+
+    Raises:
+        ConfigError: not a run directory, or its config.json is unreadable.
+    """
+    path = Path(path)
+    config_path = path / "config.json"
+    if not config_path.is_file():
+        raise ConfigError(f"{path} is not a run directory: it has no config.json")
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"cannot read {config_path}: {exc}") from exc
+    if not isinstance(config, dict) or not isinstance(config.get("game"), str):
+        raise ConfigError(f"{config_path} has no 'game' field: not an atari-vlm run")
+    episodes_path = path / "episodes.jsonl"
+    episodes = read_jsonl(episodes_path) if episodes_path.is_file() else []
+    episodes = [e for e in episodes if isinstance(e, dict) and _finite(e.get("return"))]
+    agent = str(config.get("agent", "vlm"))
+    model = config.get("model") if isinstance(config.get("model"), dict) else {}
+    protocol = config.get("protocol")
+    if isinstance(protocol, dict):
+        protocol = protocol.get("name")
+    env = dict(config.get("env") or {})
+    env.pop("seed", None)
+    return RunRecord(
+        path=path,
+        game=config["game"],
+        agent=agent,
+        model="random" if agent == "random" else str(model.get("spec", agent)),
+        prompt=NO_VALUE if agent == "random" else str(config.get("prompt", NO_VALUE)),
+        protocol=str(protocol) if protocol else NO_VALUE,
+        random_weights=bool(model.get("random_weights", False)),
+        env=env,
+        episodes=tuple(episodes),
+    )
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def collect_run_dirs(paths: Iterable[str | Path]) -> list[Path]:
+    """Run directories among ``paths``: each path is a run directory or a folder searched for them.
+
+    Raises:
+        ConfigError: a path does not exist, or no run directory was found.
+    """
+    found: list[Path] = []
+    for p in map(Path, paths):
+        if not p.exists():
+            raise ConfigError(f"{p} does not exist")
+        if (p / "config.json").is_file():
+            found.append(p)
+        else:
+            found.extend(sorted(c.parent for c in p.rglob("config.json")))
+    if not found:
+        raise ConfigError("no run directories found (a run directory holds config.json)")
+    return list(dict.fromkeys(found))
+
+
+def _interval(values: Sequence[float], *, reps: int, seed: int, confidence: float) -> dict[str, float]:
+    return stratified_bootstrap_ci(
+        np.asarray(values, dtype=float), "mean", reps=reps, seed=seed, confidence=confidence
+    ).to_dict()
+
+
+def _random_baseline(group: list[RunRecord], randoms: list[RunRecord]) -> dict[str, Any] | None:
+    """Mean return of random-agent episodes that used the same env seeds and the same env settings."""
+    wanted = {(e.get("seed"), json.dumps(r.env, sort_keys=True)) for r in group for e in r.episodes}
+    matched = [
+        float(e["return"])
+        for r in randoms
+        for e in r.episodes
+        if (e.get("seed"), json.dumps(r.env, sort_keys=True)) in wanted
+    ]
+    if not matched:
+        return None
+    return {"mean_return": float(np.mean(matched)), "episodes": len(matched)}
+
+
+def build_results(
+    run_dirs: Iterable[str | Path],
+    *,
+    table: str = DEFAULT_TABLE,
+    reps: int = 2000,
+    seed: int = 0,
+    confidence: float = 0.95,
+) -> dict[str, Any]:
+    """The results of ``run_dirs`` as plain data (what ``results.json`` holds).
+
+    Raises:
+        ConfigError: a path is not a run directory, no run has a finished episode, or a bad option.
+    """
+    if table not in TABLES:
+        raise ConfigError(f"unknown reference table {table!r}; choose one of {sorted(TABLES)}")
+    runs = [load_run(p) for p in collect_run_dirs(run_dirs)]
+    skipped = [{"path": str(r.path), "reason": "no finished episode"} for r in runs if not r.episodes]
+    runs = [r for r in runs if r.episodes]
+    if not runs:
+        raise ConfigError("none of the run directories has a finished episode (episodes.jsonl is empty)")
+    groups: dict[tuple[str, str, str, str], list[RunRecord]] = defaultdict(list)
+    for r in runs:
+        groups[(r.game, r.model, r.prompt, r.protocol)].append(r)
+    ci = {"reps": reps, "seed": seed, "confidence": confidence}
+    rows = []
+    normalized: dict[tuple[str, str, str], dict[str, list[float]]] = defaultdict(dict)
+    for (game, model, prompt, protocol), group in sorted(groups.items()):
+        returns = [x for r in group for x in r.returns]
+        episodes = [e for r in group for e in r.episodes]
+        costs = [float(e["cost_usd"]) for e in episodes if _finite(e.get("cost_usd"))]
+        decisions = sum(int(e.get("decisions") or 0) for e in episodes)
+        row: dict[str, Any] = {
+            "game": game,
+            "model": model,
+            "prompt": prompt,
+            "protocol": protocol,
+            "agent": group[0].agent,
+            "random_weights": any(r.random_weights for r in group),
+            "runs": len(group),
+            "run_dirs": [str(r.path) for r in group],
+            "episodes": len(returns),
+            "mean_return": _interval(returns, **ci),
+            "human_normalized": None,
+            "random_same_seeds": None,
+            "decisions": decisions,
+            "unparsed": sum(int(e.get("unparsed") or 0) for e in episodes),
+            # Reference scores are for whole games: a return cut short by a step cap is not comparable.
+            "truncated_episodes": sum(bool(e.get("truncated")) for e in episodes),
+            "cost_usd": sum(costs) if costs else None,
+        }
+        if has_reference(game, table):
+            hns = [float(human_normalized(game, x, table)) for x in returns]
+            row["human_normalized"] = _interval(hns, **ci)
+            normalized[(model, prompt, protocol)][game] = hns
+        if group[0].agent != "random":
+            randoms = [r for r in runs if r.agent == "random" and r.game == game]
+            row["random_same_seeds"] = _random_baseline(group, randoms)
+        rows.append(row)
+    aggregates = []
+    for (model, prompt, protocol), per_game in sorted(normalized.items()):
+        mine = [r for r in rows if (r["model"], r["prompt"], r["protocol"]) == (model, prompt, protocol)]
+        measured = sorted({r["game"] for r in mine})
+        aggregates.append(
+            {
+                "model": model,
+                "prompt": prompt,
+                "protocol": protocol,
+                "games": sorted(per_game),
+                "games_without_reference": [g for g in measured if g not in per_game],
+                "random_weights": any(r["random_weights"] for r in mine),
+                "truncated_episodes": sum(r["truncated_episodes"] for r in mine if r["game"] in per_game),
+                **{
+                    name: stratified_bootstrap_ci(per_game, name, **ci).to_dict()
+                    for name in ("mean", "median", "iqm")
+                },
+            }
+        )
+    ref = TABLES[table]
+    return {
+        "table": {"name": ref.name, "title": ref.title, "source": ref.source},
+        "bootstrap": ci,
+        "rows": rows,
+        "aggregates": aggregates,
+        "published": [
+            {
+                "model": p.model,
+                "value": p.value,
+                "metric": p.metric,
+                "protocol": p.protocol,
+                "games": list(p.games),
+                "source": p.source,
+                "label": p.label,
+            }
+            for p in PUBLISHED
+        ],
+        "skipped": skipped,
+    }
+
+
+# --- writing ------------------------------------------------------------------------------------------
+
+
+def _md(text: Any) -> str:
+    """A table cell: run data is untrusted, so no pipes, newlines or raw HTML get through."""
+    s = str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return s.replace("|", "\\|").replace("\r", " ").replace("\n", " ")
+
+
+def _num(x: float | None, digits: int = 1) -> str:
+    return NO_VALUE if x is None else f"{x:.{digits}f}"
+
+
+def _ci_text(interval: dict[str, float] | None, *, percent: bool = False) -> str:
+    if interval is None:
+        return NO_VALUE
+    scale, digits, unit = (100.0, 1, "%") if percent else (1.0, 1, "")
+    p, lo, hi = (interval[k] * scale for k in ("point", "low", "high"))
+    return f"{p:.{digits}f}{unit} [{lo:.{digits}f}, {hi:.{digits}f}]"
+
+
+_TRUNCATED_NOTE = (
+    "\\* Some episodes were cut short by a step cap: the reference scores are for whole games, so these "
+    "human-normalized numbers are not comparable to them."
+)
+
+
+def _markdown(results: dict[str, Any]) -> str:
+    table, ci = results["table"], results["bootstrap"]
+    level = f"{ci['confidence'] * 100:g}%"
+    show_protocol = any(r["protocol"] != NO_VALUE for r in results["rows"])
+    lines = [
+        "# Results",
+        "",
+        f"Human-normalized with the {table['title']} reference scores ({table['source']}): "
+        "0% plays like the random policy, 100% like the human tester.",
+        f"Intervals: {level} stratified bootstrap ({ci['reps']} resamples, seed {ci['seed']}); "
+        "episodes are the resampled runs.",
+        "",
+        "## Per game",
+        "",
+    ]
+    head = ["game", "model", "prompt", *(["protocol"] if show_protocol else [])]
+    head += ["episodes", f"mean return [{level} CI]", "random, same seeds", f"human-normalized [{level} CI]"]
+    head += ["unparsed", "cost $"]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in results["rows"]:
+        model = r["model"] + (" (RANDOM WEIGHTS)" if r["random_weights"] else "")
+        hns = _ci_text(r["human_normalized"], percent=True)
+        if r["human_normalized"] and r["truncated_episodes"]:
+            hns += " *"
+        base = r["random_same_seeds"]
+        cells = [r["game"], model, r["prompt"], *([r["protocol"]] if show_protocol else [])]
+        cells += [
+            r["episodes"],
+            _ci_text(r["mean_return"]),
+            f"{base['mean_return']:.1f} (n={base['episodes']})" if base else NO_VALUE,
+            hns,
+            f"{r['unparsed']}/{r['decisions']}" if r["decisions"] else NO_VALUE,
+            _num(r["cost_usd"], 4),
+        ]
+        lines.append("| " + " | ".join(_md(c) for c in cells) + " |")
+    truncated = any(r["truncated_episodes"] and r["human_normalized"] for r in results["rows"])
+    if truncated:
+        lines += ["", _TRUNCATED_NOTE]
+    lines += ["", "## Aggregates over games (human-normalized)", ""]
+    if results["aggregates"]:
+        head = ["model", "prompt", *(["protocol"] if show_protocol else []), "games", "mean", "median", "IQM"]
+        lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for a in results["aggregates"]:
+            games = ", ".join(a["games"])
+            if a["games_without_reference"]:
+                games += f" (no reference: {', '.join(a['games_without_reference'])})"
+            model = a["model"] + (" (RANDOM WEIGHTS)" if a["random_weights"] else "")
+            cells = [model, a["prompt"], *([a["protocol"]] if show_protocol else []), games]
+            mark = " *" if a["truncated_episodes"] else ""
+            cells += [_ci_text(a[k], percent=True) + mark for k in ("mean", "median", "iqm")]
+            lines.append("| " + " | ".join(_md(c) for c in cells) + " |")
+        if truncated:
+            lines += ["", _TRUNCATED_NOTE]
+    else:
+        lines.append(f"No measured game has a reference score in the {table['name']} table.")
+    lines += [
+        "",
+        "## Published, not measured",
+        "",
+        "Numbers reported in papers, for orientation only: they were NOT produced by the runs above, and "
+        "come from a different protocol, games, human scores and model versions.",
+        "",
+        "| model | value | metric | protocol | source |",
+        "|---|---|---|---|---|",
+    ]
+    for p in results["published"]:
+        cells = [p["model"], f"{p['value'] * 100:.1f}%", p["metric"], p["protocol"], p["source"]]
+        lines.append("| " + " | ".join(_md(c) for c in cells) + " |")
+    if results["skipped"]:
+        lines += [
+            "",
+            "Skipped: " + "; ".join(_md(f"{s['path']} ({s['reason']})") for s in results["skipped"]),
+        ]
+    return "\n".join(lines) + "\n"
+
+
+_CSV_COLUMNS = (
+    *("game", "model", "prompt", "protocol", "agent", "random_weights", "runs", "episodes"),
+    *("mean_return", "return_ci_low", "return_ci_high", "hns_mean", "hns_ci_low", "hns_ci_high"),
+    *("random_same_seeds_mean_return", "random_same_seeds_episodes"),
+    *("decisions", "unparsed", "truncated_episodes", "cost_usd"),
+)
+
+
+def _csv_row(r: dict[str, Any]) -> dict[str, Any]:
+    ret, hns, base = r["mean_return"], r["human_normalized"] or {}, r["random_same_seeds"] or {}
+    return {
+        **{k: r[k] for k in ("game", "model", "prompt", "protocol", "agent", "random_weights", "runs")},
+        "episodes": r["episodes"],
+        "mean_return": ret["point"],
+        "return_ci_low": ret["low"],
+        "return_ci_high": ret["high"],
+        "hns_mean": hns.get("point"),
+        "hns_ci_low": hns.get("low"),
+        "hns_ci_high": hns.get("high"),
+        "random_same_seeds_mean_return": base.get("mean_return"),
+        "random_same_seeds_episodes": base.get("episodes"),
+        "decisions": r["decisions"],
+        "unparsed": r["unparsed"],
+        "truncated_episodes": r["truncated_episodes"],
+        "cost_usd": r["cost_usd"],
+    }
+
+
+def _csv(results: dict[str, Any]) -> str:
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=_CSV_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for r in results["rows"]:
+        writer.writerow(_csv_row(r))
+    return out.getvalue()
+
+
+def write_results(
+    run_dirs: Iterable[str | Path],
+    out_dir: str | Path,
+    *,
+    table: str = DEFAULT_TABLE,
+    reps: int = 2000,
+    seed: int = 0,
+    confidence: float = 0.95,
+) -> dict[str, Any]:
+    """Build the results of ``run_dirs`` and write ``results.md``, ``results.csv`` and ``results.json``
+    into ``out_dir``; returns the results with a ``files`` entry naming what was written.
+
+    Example:
+        >>> write_results(["runs/pong_gpt", "runs/pong_random"], "results/")  # doctest: +SKIP
+
+    Raises:
+        ConfigError: as :func:`build_results`, or ``out_dir`` cannot be written.
+    """
+    results = build_results(run_dirs, table=table, reps=reps, seed=seed, confidence=confidence)
+    out = Path(out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        files = {"markdown": out / "results.md", "csv": out / "results.csv", "json": out / "results.json"}
+        files["markdown"].write_text(_markdown(results), encoding="utf-8")
+        files["csv"].write_text(_csv(results), encoding="utf-8")
+        results["files"] = {k: str(v) for k, v in files.items()}
+        write_json_atomic(files["json"], results)
+    except OSError as exc:
+        raise ConfigError(f"cannot write results to {out}: {exc.strerror or exc}") from exc
+    return results

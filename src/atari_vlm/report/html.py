@@ -1,0 +1,681 @@
+"""``report.html``: one self-contained page that shows what a run did, step by step.
+
+No network is needed to view it: CSS and JS are inline, plots are PNG data URLs, and the episode
+viewer's frames are JPEG thumbnails taken from the run's videos (subsampled to a cap, which the page
+states). A strict Content-Security-Policy allows only the page's own script (by nonce) and data: images.
+
+Model answers are untrusted text: server-side text goes through :func:`html.escape`; run data reaches
+the script as JSON in a ``<script type="application/json">`` block (every ``<``, ``>``, ``&`` escaped as
+``\\u003c`` etc., so neither ``</`` nor ``<!--`` can appear), and
+the script writes it only through ``textContent``.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import math
+import re
+import secrets
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from atari_vlm.errors import ConfigError, require
+from atari_vlm.rundir import read_jsonl
+
+MAX_FRAMES_PER_EPISODE = 600
+MAX_FRAMES_TOTAL = 6000  # keeps a many-episode report loadable (~6 KB per thumbnail)
+JPEG_QUALITY = 80
+LEARNING_CURVE_FILES = ("learning_curve.jsonl", "curves.jsonl", "learning_curve.csv")
+
+# One row per decision in the viewer's JSON, as lists in this column order (smaller than dicts).
+STEP_COLUMNS = (
+    "step",
+    "action",
+    "action_name",
+    "parsed",
+    "reward",
+    "return",
+    "lives",
+    "input_tokens",
+    "output_tokens",
+    "image_tokens",
+    "latency_s",
+    "retries",
+    "cost_usd",
+    "text",
+)
+
+
+# --- reading the run -----------------------------------------------------------------------------------
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"cannot read {path}: {exc}") from exc
+
+
+def _num(value: Any) -> float | None:
+    """A finite number from run data, else None (run files are data from outside: never trust types)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def _episode_key(number: Any) -> tuple[int, float, str]:
+    """Sort episodes by number; anything odd in a hand-made file sorts after, by its text."""
+    n = _num(number)
+    return (0, n, "") if n is not None else (1, 0.0, str(number))
+
+
+def _clean(value: Any) -> Any:
+    """JSON has no NaN/inf (and a hand-made steps.jsonl may hold them): show them as missing."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _sum(records: Iterable[Mapping[str, Any]], key: str) -> float | None:
+    values = [v for v in (_num(r.get(key)) for r in records) if v is not None]
+    return sum(values) if values else None
+
+
+def _learning_curve(run_dir: Path) -> list[dict[str, float]]:
+    """Records of the trainer's learning curve (first file found of LEARNING_CURVE_FILES)."""
+    import csv
+
+    for name in LEARNING_CURVE_FILES:
+        path = run_dir / name
+        if not path.is_file():
+            continue
+        if path.suffix == ".csv":
+            with open(path, encoding="utf-8", newline="") as f:
+                raw: list[dict[str, Any]] = list(csv.DictReader(f))
+        else:
+            raw = read_jsonl(path)
+        records = []
+        for r in raw:
+            row = {
+                k: _num(_to_float(r.get(k)))
+                for k in ("episode", "eval_mean_return", "eval_std", "random_mean_return")
+            }
+            if row["episode"] is not None and row["eval_mean_return"] is not None:
+                records.append(row)
+        return sorted(records, key=lambda r: r["episode"])
+    return []
+
+
+def _to_float(value: Any) -> Any:
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return None
+    return value
+
+
+# --- frames ----------------------------------------------------------------------------------------------
+
+
+def _video_path(run_dir: Path, episode: Mapping[str, Any] | None, number: Any) -> Path | None:
+    """The episode's video, only if it lies inside the run directory (the field is run data)."""
+    rel = episode.get("video") if episode else None
+    if not isinstance(rel, str) and isinstance(number, int):
+        rel = f"videos/episode_{number:04d}.mp4"
+    if not isinstance(rel, str):
+        return None
+    root = run_dir.resolve()
+    path = (run_dir / rel).resolve()
+    if not path.is_relative_to(root) or not path.is_file():
+        return None
+    return path
+
+
+def _pick_steps(n_steps: int, cap: int) -> list[int]:
+    """Which decision steps (1-based) get their own frame: all, or ``cap`` spread evenly."""
+    if n_steps <= cap:
+        return list(range(1, n_steps + 1))
+    return sorted({round(float(x)) for x in np.linspace(1, n_steps, cap)})
+
+
+def _thumbnails(video: Path, steps: Sequence[int]) -> dict[int, str]:
+    """JPEG data URLs of the frame the agent saw before each of ``steps`` (video frame ``step - 1``)."""
+    import cv2
+    import imageio_ffmpeg
+
+    wanted = {s - 1: s for s in steps}
+    last = max(wanted, default=-1)
+    out: dict[int, str] = {}
+    reader = imageio_ffmpeg.read_frames(str(video))
+    try:
+        meta = next(reader)
+        w, h = meta["size"]
+        for index, raw in enumerate(reader):
+            if index > last:
+                break
+            if index not in wanted:
+                continue
+            frame = np.frombuffer(raw, dtype=np.uint8).reshape(h, w, 3)
+            # Videos are stored at 2x; the native size is what the agent's frame was.
+            small = cv2.resize(frame, (max(1, w // 2), max(1, h // 2)), interpolation=cv2.INTER_AREA)
+            ok, jpeg = cv2.imencode(
+                ".jpg", cv2.cvtColor(small, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY]
+            )
+            if ok:
+                out[wanted[index]] = "data:image/jpeg;base64," + base64.b64encode(jpeg.tobytes()).decode()
+    except (OSError, RuntimeError, StopIteration):
+        pass  # an unreadable or truncated video: the viewer shows the frames read so far
+    finally:
+        reader.close()
+    return out
+
+
+# --- the viewer's data -----------------------------------------------------------------------------------
+
+
+def _viewer_data(
+    run_dir: Path,
+    steps: list[dict[str, Any]],
+    episodes: list[dict[str, Any]],
+    *,
+    max_frames_per_episode: int,
+    max_frames_total: int,
+) -> dict[str, Any]:
+    by_episode: dict[Any, list[dict[str, Any]]] = defaultdict(list)
+    for s in steps:
+        by_episode[s.get("episode")].append(s)
+    ep_records = {e.get("episode"): e for e in episodes}
+    order = sorted(by_episode, key=_episode_key)
+    cap = max(1, min(max_frames_per_episode, max_frames_total // max(1, len(order))))
+    out = []
+    for number in order:
+        rows = sorted(by_episode[number], key=lambda s: _num(s.get("step")) or 0)
+        record = ep_records.get(number)
+        video = _video_path(run_dir, record, number)
+        chosen = _pick_steps(len(rows), cap) if video else []
+        frames = _thumbnails(video, chosen) if video else {}
+        images: list[str] = []
+        frame_of_step: list[int] = []  # index into images of the frame shown at each step (-1: none)
+        frame_step: list[int] = []  # which step's frame that is
+        current, current_step = -1, 0
+        for i in range(1, len(rows) + 1):
+            if i in frames:
+                images.append(frames[i])
+                current, current_step = len(images) - 1, i
+            frame_of_step.append(current)
+            frame_step.append(current_step)
+        last_return = rows[-1].get("return") if rows else None
+        out.append(
+            {
+                "episode": number,
+                "return": _clean(record.get("return") if record else last_return),
+                "finished": record is not None,
+                "steps": [[_clean(s.get(c)) for c in STEP_COLUMNS] for s in rows],
+                "images": images,
+                "frame_of_step": frame_of_step,
+                "frame_step": frame_step,
+                "frames_note": _frames_note(len(rows), len(images), video is not None),
+            }
+        )
+    return {"columns": list(STEP_COLUMNS), "episodes": out}
+
+
+def _frames_note(n_steps: int, n_frames: int, has_video: bool) -> str:
+    if not has_video:
+        return "No video for this episode: the viewer shows the decisions without frames."
+    if n_frames >= n_steps:
+        return f"Every step has its frame ({n_frames} frames)."
+    return (
+        f"{n_frames} of {n_steps} frames embedded (evenly subsampled to keep the page small); a step "
+        "without its own frame shows the nearest earlier one, and says so. The full video is in the run "
+        "directory."
+    )
+
+
+def _json_for_script(data: Any) -> str:
+    """JSON that cannot end its <script> block early (``</``) or open an HTML comment (``<!--``) in it.
+
+    Every ``<``, ``>`` and ``&`` becomes a JSON unicode escape (as Django's ``json_script`` does), which
+    covers both, and any other markup, while ``JSON.parse`` gives back the exact text.
+    """
+    text = json.dumps(data, ensure_ascii=False, allow_nan=False, default=str)
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
+# --- the page --------------------------------------------------------------------------------------------
+
+
+def _e(value: Any) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _fmt(value: Any, digits: int = 1) -> str:
+    n = _num(value)
+    if n is None:
+        return "-"
+    if n == int(n) and abs(n) < 1e15:
+        return f"{int(n):,}"
+    return f"{n:,.{digits}f}"
+
+
+def _img(png: bytes, alt: str) -> str:
+    return f'<img class="plot" alt="{_e(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
+
+
+def _summary(
+    config: dict[str, Any], steps: list[dict[str, Any]], episodes: list[dict[str, Any]]
+) -> list[tuple[str, str]]:
+    returns = [r for r in (_num(e.get("return")) for e in episodes) if r is not None]
+    decisions = _sum(episodes, "decisions") or 0
+    unparsed = _sum(episodes, "unparsed") or 0
+    latencies = [v for v in (_num(s.get("latency_s")) for s in steps) if v is not None]
+    cost = _sum(episodes, "cost_usd")
+    if cost is None:
+        cost = _sum(steps, "cost_usd")
+    items = [
+        ("episodes", _fmt(len(episodes))),
+        ("mean return", _fmt(np.mean(returns), 2) if returns else "-"),
+        (
+            "returns",
+            ", ".join(_fmt(r) for r in returns)
+            if len(returns) <= 12
+            else f"{min(returns):g} to {max(returns):g}",
+        ),
+        ("steps", _fmt(_sum(episodes, "steps"))),
+        ("model decisions", _fmt(decisions)),
+        (
+            "unparsable answers",
+            f"{_fmt(unparsed)} ({unparsed / decisions:.1%})" if decisions else _fmt(unparsed),
+        ),
+        ("retries", _fmt(_sum(episodes, "retries"))),
+        ("input tokens", _fmt(_sum(episodes, "input_tokens"))),
+        ("output tokens", _fmt(_sum(episodes, "output_tokens"))),
+        ("image tokens", _fmt(_sum(episodes, "image_tokens"))),
+        ("mean latency", f"{np.mean(latencies):.3f} s" if decisions and latencies else "-"),
+        ("wall time", f"{_fmt(_sum(episodes, 'wall_s'), 1)} s"),
+    ]
+    if cost is not None:
+        items.insert(10, ("cost", f"${cost:,.4f}"))
+    return items
+
+
+def _settings(config: dict[str, Any]) -> list[tuple[str, str]]:
+    model = config.get("model") if isinstance(config.get("model"), dict) else {}
+    items = [
+        ("game", config.get("game")),
+        ("agent", config.get("agent")),
+        ("model", model.get("spec", "-") if model else "-"),
+        ("provider", model.get("provider", "-") if model else "-"),
+        ("prompt", config.get("prompt") if config.get("agent") != "random" else "-"),
+        ("max tokens", config.get("max_tokens")),
+        ("temperature", config.get("temperature")),
+        ("seed", config.get("seed")),
+        ("episodes", config.get("episodes")),
+        ("concurrent envs", config.get("num_envs")),
+        ("base URL", config.get("base_url") or "-"),
+        ("atari-vlm", config.get("atari_vlm_version")),
+    ]
+    env = config.get("env") if isinstance(config.get("env"), dict) else {}
+    items += [(f"env {k}", v) for k, v in sorted(env.items()) if k not in ("game", "seed")]
+    return [
+        (k, "-" if v is None else json.dumps(v) if isinstance(v, (list, dict)) else str(v)) for k, v in items
+    ]
+
+
+def _episodes_table(episodes: list[dict[str, Any]]) -> str:
+    cols = (
+        ("episode", "episode"),
+        ("return", "return"),
+        ("steps", "steps"),
+        ("decisions", "decisions"),
+        ("unparsed", "unparsed"),
+        ("input_tokens", "tokens in"),
+        ("output_tokens", "tokens out"),
+        ("cost_usd", "cost $"),
+        ("model_latency_s", "model s"),
+        ("wall_s", "wall s"),
+    )
+    has_cost = any(_num(e.get("cost_usd")) is not None for e in episodes)
+    cols = tuple(c for c in cols if c[0] != "cost_usd" or has_cost)
+    head = "".join(f"<th>{_e(label)}</th>" for _, label in cols) + "<th>end</th>"
+    body = []
+    for e in episodes:
+        end = (
+            "game over" if e.get("terminated") is True else "step cap" if e.get("truncated") is True else "-"
+        )
+        cells = "".join(f"<td>{_e(_fmt(e.get(k), 4 if k == 'cost_usd' else 2))}</td>" for k, _ in cols)
+        body.append(f"<tr>{cells}<td>{_e(end)}</td></tr>")
+    return f"<table class='grid'><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def _plots(
+    steps: list[dict[str, Any]], episodes: list[dict[str, Any]], curve: list[dict[str, float]]
+) -> list[str]:
+    from atari_vlm.report import plots
+
+    out = []
+    if curve:
+        out.append(_img(plots.learning_curve_plot(curve), "learning curve"))
+    finished = [(e.get("episode"), _num(e.get("return"))) for e in episodes]
+    finished = [(n, r) for n, r in finished if r is not None]
+    if finished:
+        out.append(
+            _img(plots.returns_plot([n for n, _ in finished], [r for _, r in finished]), "return per episode")
+        )
+    cumulative: dict[Any, list[float]] = defaultdict(list)
+    for s in sorted(steps, key=lambda s: (_episode_key(s.get("episode")), _num(s.get("step")) or 0)):
+        value = _num(s.get("return"))
+        if value is not None:
+            cumulative[s.get("episode")].append(value)
+    if cumulative:
+        out.append(_img(plots.cumulative_reward_plot(dict(cumulative)), "cumulative reward"))
+    latencies = [v for v in (_num(s.get("latency_s")) for s in steps) if v is not None]
+    if latencies and max(latencies) > 0:
+        out.append(_img(plots.latency_histogram(latencies), "latency histogram"))
+    return out
+
+
+def _dl(items: Sequence[tuple[str, str]]) -> str:
+    return "".join(f"<div class='kv'><span>{_e(k)}</span><b>{_e(v)}</b></div>" for k, v in items)
+
+
+def render_report(
+    run_dir: str | Path,
+    *,
+    max_frames_per_episode: int = MAX_FRAMES_PER_EPISODE,
+    max_frames_total: int = MAX_FRAMES_TOTAL,
+) -> str:
+    """The report page of ``run_dir`` as an HTML string (see :func:`write_report`)."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.json").is_file():
+        raise ConfigError(f"{run_dir} is not a run directory: it has no config.json")
+    for name, value in (
+        ("max_frames_per_episode", max_frames_per_episode),
+        ("max_frames_total", max_frames_total),
+    ):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"{name} must be an integer >= 1, got {value!r}")
+    require("matplotlib", extra="report")
+    config = _read_json(run_dir / "config.json")
+    if not isinstance(config, dict):
+        raise ConfigError(f"{run_dir / 'config.json'} is not a JSON object")
+    steps = read_jsonl(run_dir / "steps.jsonl") if (run_dir / "steps.jsonl").is_file() else []
+    episodes = read_jsonl(run_dir / "episodes.jsonl") if (run_dir / "episodes.jsonl").is_file() else []
+    steps = [s for s in steps if isinstance(s, dict)]
+    episodes = sorted(
+        (e for e in episodes if isinstance(e, dict)), key=lambda e: _episode_key(e.get("episode"))
+    )
+    summary = _read_json(run_dir / "summary.json") if (run_dir / "summary.json").is_file() else {}
+    model = config.get("model") if isinstance(config.get("model"), dict) else {}
+    viewer = _viewer_data(
+        run_dir,
+        steps,
+        episodes,
+        max_frames_per_episode=max_frames_per_episode,
+        max_frames_total=max_frames_total,
+    )
+    viewer["agent"] = config.get("agent")
+    banner = ""
+    if model.get("random_weights") is True:
+        warning = summary.get("warning") if isinstance(summary, dict) else None
+        banner = (
+            "<div class='banner' role='alert'><b>RANDOM WEIGHTS.</b> This run's model "
+            f"({_e(model.get('spec', '?'))}) has random weights: its moves are noise. These numbers measure "
+            "the pipeline, not any real model's play."
+            + (f"<br><small>{_e(warning)}</small>" if warning else "")
+            + "</div>"
+        )
+    title = f"{config.get('game', '?')} played by {model.get('spec') or config.get('agent', '?')}"
+    plots_html = "".join(_plots(steps, episodes, _learning_curve(run_dir))) or "<p>No data to plot.</p>"
+    nonce = secrets.token_urlsafe(16)
+    parts = dict(
+        title=_e(title),
+        run_dir=_e(run_dir.resolve().name),
+        banner=banner,
+        summary=_dl(_summary(config, steps, episodes)),
+        settings=_dl(_settings(config)),
+        episodes=_episodes_table(episodes) if episodes else "<p>No finished episode.</p>",
+        plots=plots_html,
+        data=_json_for_script(viewer),
+        nonce=nonce,
+        css=_CSS,
+        js=_JS,
+    )
+    # One pass over the template only: substituted text (run data included) is never scanned again.
+    return re.sub(r"@@(\w+)@@", lambda m: parts[m.group(1)], _PAGE)
+
+
+def write_report(
+    run_dir: str | Path,
+    *,
+    max_frames_per_episode: int = MAX_FRAMES_PER_EPISODE,
+    max_frames_total: int = MAX_FRAMES_TOTAL,
+) -> Path:
+    """Write ``report.html`` into ``run_dir``: summary, plots and a step-by-step episode viewer, in one
+    self-contained file that opens offline in any browser. Returns its path.
+
+    Example:
+        >>> write_report("runs/demo")  # doctest: +SKIP
+        PosixPath('runs/demo/report.html')
+
+    Args:
+        run_dir: a run directory (config.json, steps.jsonl, episodes.jsonl, videos/).
+        max_frames_per_episode: frames embedded per episode at most (evenly subsampled beyond).
+        max_frames_total: frames embedded over all episodes at most.
+
+    Raises:
+        ConfigError: not a run directory, or a bad cap.
+        DependencyNotInstalled: matplotlib is missing (``pip install "atari-vlm[report]"``).
+    """
+    page = render_report(
+        run_dir, max_frames_per_episode=max_frames_per_episode, max_frames_total=max_frames_total
+    )
+    path = Path(run_dir) / "report.html"
+    tmp = path.with_name(".report.html.tmp")
+    tmp.write_text(page, encoding="utf-8")
+    tmp.replace(path)
+    return path
+
+
+_CSS = """
+:root { --fg:#111827; --muted:#6b7280; --line:#e5e7eb; --bg:#f9fafb; --accent:#2563eb; }
+* { box-sizing: border-box; }
+body { margin: 0; font: 14px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: var(--fg);
+  background: var(--bg); }
+main { max-width: 1100px; margin: 0 auto; padding: 20px 24px 60px; }
+h1 { font-size: 22px; margin: 0 0 2px; } h2 { font-size: 17px; margin: 28px 0 10px; }
+.sub { color: var(--muted); margin-bottom: 14px; }
+.banner { background: #fef2f2; border: 2px solid #dc2626; color: #991b1b; padding: 12px 16px;
+  border-radius: 8px; margin: 12px 0 4px; font-size: 15px; }
+.cards { display: grid; grid-template-columns: repeat(auto-fill, minmax(165px, 1fr)); gap: 8px; }
+.kv { background: #fff; border: 1px solid var(--line); border-radius: 8px; padding: 8px 10px; }
+.kv span { display: block; color: var(--muted); font-size: 12px; }
+.kv b { font-weight: 600; word-break: break-word; }
+details { margin-top: 10px; } summary { cursor: pointer; color: var(--muted); }
+table.grid { border-collapse: collapse; background: #fff; width: 100%; font-variant-numeric: tabular-nums; }
+table.grid th, table.grid td { border: 1px solid var(--line); padding: 4px 8px; text-align: right; }
+table.grid th { background: #f3f4f6; font-weight: 600; }
+.plots { display: grid; grid-template-columns: repeat(auto-fill, minmax(480px, 1fr)); gap: 12px; }
+.plot { width: 100%; background: #fff; border: 1px solid var(--line); border-radius: 8px; }
+.viewer { display: grid; grid-template-columns: 340px 1fr; gap: 16px; background: #fff;
+  border: 1px solid var(--line); border-radius: 8px; padding: 14px; }
+.controls { display: flex; gap: 8px; align-items: center; flex-wrap: wrap; margin-bottom: 10px; }
+.controls input[type=range] { flex: 1; min-width: 200px; }
+button, select { font: inherit; padding: 4px 10px; border: 1px solid #d1d5db; border-radius: 6px;
+  background: #fff; cursor: pointer; }
+button:hover { border-color: var(--accent); }
+#frame { width: 320px; height: 420px; image-rendering: pixelated; background: #000; border-radius: 4px;
+  display: block; }
+#frame-note, .note { color: var(--muted); font-size: 12px; margin-top: 6px; }
+#step-label { font-weight: 600; font-size: 16px; min-width: 130px; }
+.fields { display: grid; grid-template-columns: repeat(auto-fill, minmax(120px, 1fr)); gap: 6px; }
+#answer { white-space: pre-wrap; word-break: break-word; background: #f3f4f6; border-radius: 6px;
+  padding: 10px; min-height: 60px; max-height: 260px; overflow: auto; margin: 6px 0 0;
+  font: 13px/1.4 ui-monospace, SFMono-Regular, Menlo, monospace; }
+.bad { color: #b91c1c; } .good { color: #047857; }
+kbd { border: 1px solid #d1d5db; border-radius: 4px; padding: 0 4px; font-size: 12px; }
+"""
+
+_JS = r"""
+(function () {
+  "use strict";
+  var data = JSON.parse(document.getElementById("run-data").textContent);
+  var col = {};
+  data.columns.forEach(function (name, i) { col[name] = i; });
+  var $ = function (id) { return document.getElementById(id); };
+  var select = $("episode"), slider = $("slider"), img = $("frame");
+  var ep = 0, pos = 0;
+
+  function text(id, value) { $(id).textContent = value; }
+  function num(v, digits) {
+    if (v === null || v === undefined || v === "") return "-";
+    if (typeof v !== "number") return String(v);
+    return Number.isInteger(v) ? String(v) : v.toFixed(digits === undefined ? 2 : digits);
+  }
+
+  if (!data.episodes.length) {
+    $("viewer").hidden = true;
+    $("viewer-empty").hidden = false;
+    return;
+  }
+  data.episodes.forEach(function (e, i) {
+    var option = document.createElement("option");
+    option.value = String(i);
+    option.textContent = "episode " + e.episode + " (" + e.steps.length + " steps, return " +
+      num(e["return"], 1) + (e.finished ? "" : ", unfinished") + ")";
+    select.appendChild(option);
+  });
+
+  function show() {
+    var e = data.episodes[ep];
+    var n = e.steps.length;
+    slider.max = String(Math.max(0, n - 1));
+    slider.value = String(pos);
+    text("frames-note", e.frames_note);
+    if (!n) { text("step-label", "no steps"); return; }
+    var s = e.steps[pos];
+    var step = s[col.step];
+    text("step-label", "step " + step + " / " + n);
+    var f = e.frame_of_step[pos];
+    if (f >= 0 && typeof e.images[f] === "string" && e.images[f].indexOf("data:image/jpeg;base64,") === 0) {
+      img.src = e.images[f];
+      img.hidden = false;
+      var own = e.frame_step[pos] === pos + 1;
+      text("frame-note", own ? "The frame the agent saw before step " + step + "."
+        : "Nearest earlier embedded frame: the one before step " + e.frame_step[pos] + ".");
+    } else {
+      img.removeAttribute("src");
+      img.hidden = true;
+      text("frame-note", "No frame for this step.");
+    }
+    text("f-action", s[col.action_name] + " (" + num(s[col.action]) + ")");
+    var parsed = s[col.parsed] === true;
+    text("f-parsed", parsed ? "yes" : "no (fallback action)");
+    $("f-parsed").className = parsed ? "good" : "bad";
+    text("f-reward", num(s[col.reward], 1));
+    text("f-return", num(s[col["return"]], 1));
+    text("f-lives", num(s[col.lives]));
+    var images = s[col.image_tokens];
+    text("f-tokens", num(s[col.input_tokens]) + " / " + num(s[col.output_tokens]) +
+      (images === null || images === undefined ? "" : " / " + num(images)));
+    text("f-latency", s[col.latency_s] === null ? "-" : num(s[col.latency_s], 3) + " s");
+    text("f-retries", num(s[col.retries]));
+    var cost = s[col.cost_usd];
+    text("f-cost", cost === null || cost === undefined ? "-" : "$" + num(cost, 5));
+    var answer = s[col.text];
+    if (answer === null || answer === undefined || answer === "") {
+      answer = data.agent === "random" ? "(no answer: the random agent has no model)" : "(empty answer)";
+    }
+    text("answer", String(answer));
+  }
+
+  function go(delta) {
+    var n = data.episodes[ep].steps.length;
+    pos = Math.min(Math.max(0, pos + delta), Math.max(0, n - 1));
+    show();
+  }
+
+  select.addEventListener("change", function () { ep = Number(select.value); pos = 0; show(); });
+  slider.addEventListener("input", function () { pos = Number(slider.value); show(); });
+  $("prev").addEventListener("click", function () { go(-1); });
+  $("next").addEventListener("click", function () { go(1); });
+  document.addEventListener("keydown", function (event) {
+    if (event.target === slider || event.target === select) return;  // they handle arrows themselves
+    if (event.key === "ArrowRight") { go(1); event.preventDefault(); }
+    else if (event.key === "ArrowLeft") { go(-1); event.preventDefault(); }
+    else if (event.key === "Home") { pos = 0; show(); }
+    else if (event.key === "End") { go(1e9); }
+  });
+  show();
+})();
+"""
+
+_PAGE = """<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<meta http-equiv="Content-Security-Policy"
+  content="default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src 'nonce-@@nonce@@'; \
+base-uri 'none'; form-action 'none'">
+<title>@@title@@</title>
+<style>@@css@@</style>
+</head>
+<body>
+<main>
+<h1>@@title@@</h1>
+<div class="sub">atari-vlm run report &middot; @@run_dir@@</div>
+@@banner@@
+<h2>Summary</h2>
+<div class="cards">@@summary@@</div>
+<details><summary>Settings</summary><div class="cards" style="margin-top:8px">@@settings@@</div></details>
+<h2>Episodes</h2>
+@@episodes@@
+<h2>Plots</h2>
+<div class="plots">@@plots@@</div>
+<h2>Episode viewer</h2>
+<p id="viewer-empty" hidden>No decisions were recorded.</p>
+<div class="viewer" id="viewer">
+  <div>
+    <img id="frame" alt="the frame the agent saw">
+    <div id="frame-note"></div>
+  </div>
+  <div>
+    <div class="controls">
+      <select id="episode" aria-label="episode"></select>
+      <button id="prev" type="button" title="previous step (left arrow)">&larr; prev</button>
+      <span id="step-label"></span>
+      <button id="next" type="button" title="next step (right arrow)">next &rarr;</button>
+    </div>
+    <div class="controls"><input id="slider" type="range" min="0" max="0" value="0" aria-label="step"></div>
+    <div class="fields">
+      <div class="kv"><span>action</span><b id="f-action"></b></div>
+      <div class="kv"><span>parsed</span><b id="f-parsed"></b></div>
+      <div class="kv"><span>reward</span><b id="f-reward"></b></div>
+      <div class="kv"><span>return so far</span><b id="f-return"></b></div>
+      <div class="kv"><span>lives</span><b id="f-lives"></b></div>
+      <div class="kv"><span>tokens in / out / image</span><b id="f-tokens"></b></div>
+      <div class="kv"><span>latency</span><b id="f-latency"></b></div>
+      <div class="kv"><span>retries</span><b id="f-retries"></b></div>
+      <div class="kv"><span>cost</span><b id="f-cost"></b></div>
+    </div>
+    <div class="note">The model's answer (shown as plain text):</div>
+    <pre id="answer"></pre>
+    <div class="note" id="frames-note"></div>
+    <div class="note">Keys: <kbd>&larr;</kbd> <kbd>&rarr;</kbd> step,
+      <kbd>Home</kbd> <kbd>End</kbd> jump.</div>
+  </div>
+</div>
+</main>
+<script type="application/json" id="run-data">@@data@@</script>
+<script nonce="@@nonce@@">@@js@@</script>
+</body>
+</html>
+"""
