@@ -179,3 +179,47 @@ def test_every_game_makes_and_steps():
         obs, *_ = env.step(env.action_space.n - 1)
         assert obs in env.observation_space, game
         env.close()
+
+
+def test_decision_interval_plays_the_filler_between_decisions():
+    env = make_env("Pong", decision_interval=2, repeat_action_probability=0.0)
+    env.reset(seed=0)
+    _, _, _, _, info = env.step(1)
+    assert info["env_steps"] == 2 and info["step"] == 1 and info["episode_frame_number"] == 8
+    env.close()
+    with pytest.raises(ConfigError, match="filler_action 'JUMP' is not an action of Pong"):
+        make_env("Pong", decision_interval=2, filler_action="jump")
+
+
+def test_noop_starts_are_seeded_and_vary():
+    def first_frame_number(seed):
+        env = make_env("Breakout", noop_max=30, repeat_action_probability=0.0)
+        _, info = env.reset(seed=seed)
+        env.close()
+        return info["episode_frame_number"]
+
+    frames = [first_frame_number(s) for s in range(6)]
+    assert frames == [first_frame_number(s) for s in range(6)]
+    assert len(set(frames)) > 1 and max(frames) <= 30 * 4
+
+
+def test_budget_with_reset_on_game_over_accumulates_across_games():
+    env = make_env("Breakout", total_env_steps=800, reset_on_game_over=True, repeat_action_probability=0.0)
+    env.reset(seed=0)
+    steps, terminated, truncated, info = 0, False, False, {}
+    while not (terminated or truncated):
+        _, _, terminated, truncated, info = env.step(1)  # FIRE, never moving: games end quickly
+        steps += 1
+    assert steps == 800 and truncated and not terminated
+    assert info["env_steps"] == 800 and info["game_overs"] >= 1
+    env.close()
+    with pytest.raises(ConfigError, match="reset_on_game_over needs a total_env_steps budget"):
+        EnvConfig(game="Pong", reset_on_game_over=True)
+
+
+def test_max_episode_frames_truncates_through_ale():
+    env = make_env("Pong", max_episode_frames=40)
+    env.reset(seed=0)
+    flags = [env.step(0)[3] for _ in range(10)]
+    assert flags.index(True) == 9  # 10 steps x 4 frames
+    env.close()

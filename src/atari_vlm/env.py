@@ -47,6 +47,8 @@ class StepInfo(TypedDict):
 
     lives: int
     step: int  # decisions taken in this episode
+    env_steps: int  # env steps in this episode (more than decisions with a decision interval)
+    game_overs: int  # games restarted within this episode (reset_on_game_over)
     episode_frame_number: int
     episode_return: float
 
@@ -66,6 +68,16 @@ class EnvConfig:
         max_steps: truncate an episode after this many decisions; ``None`` keeps the game's own cap.
         full_action_space: all 18 Atari actions instead of the game's minimal set.
         seed: seed of the first reset; later resets continue the emulator's RNG unless given a seed.
+        noop_max: at each reset, play a random number in [0, noop_max] of NOOP steps first (DQN-style
+            no-op starts; 0 off). Drawn from the env's seeded RNG.
+        decision_interval: each ``step`` plays the chosen action once, then ``filler_action`` on the
+            next ``decision_interval - 1`` env steps (the Atari-GPT protocol decides every other step).
+        filler_action: the action name played between decisions (normally "NOOP").
+        max_episode_frames: truncate after this many emulator frames (ALE's own cap; 108,000 = 30 min).
+        total_env_steps: a budget of env steps for one episode of this env; with
+            ``reset_on_game_over`` the game restarts on game over and rewards keep accumulating until
+            the budget is spent (the Atari-GPT protocol's "1000 steps").
+        reset_on_game_over: see ``total_env_steps``.
     """
 
     game: str
@@ -78,6 +90,12 @@ class EnvConfig:
     max_steps: int | None = None
     full_action_space: bool = False
     seed: int | None = None
+    noop_max: int = 0
+    decision_interval: int = 1
+    filler_action: str = "NOOP"
+    max_episode_frames: int | None = None
+    total_env_steps: int | None = None
+    reset_on_game_over: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "game", resolve_game(self.game))
@@ -107,6 +125,23 @@ class EnvConfig:
             raise ConfigError(f"full_action_space must be True or False, got {self.full_action_space!r}")
         if self.seed is not None:
             _check_int("seed", self.seed, 0, 2**32 - 1)
+        _check_int("noop_max", self.noop_max, 0, 1000)
+        _check_int("decision_interval", self.decision_interval, 1, 100)
+        if not isinstance(self.filler_action, str) or not self.filler_action.strip():
+            raise ConfigError(
+                f"filler_action must be an action name such as 'NOOP', got {self.filler_action!r}"
+            )
+        object.__setattr__(self, "filler_action", self.filler_action.strip().upper())
+        if self.max_episode_frames is not None:
+            _check_int("max_episode_frames", self.max_episode_frames, 1, 10_000_000)
+        if self.total_env_steps is not None:
+            _check_int("total_env_steps", self.total_env_steps, 1, 10_000_000)
+        if not isinstance(self.reset_on_game_over, bool):
+            raise ConfigError(f"reset_on_game_over must be True or False, got {self.reset_on_game_over!r}")
+        if self.reset_on_game_over and self.total_env_steps is None:
+            raise ConfigError(
+                "reset_on_game_over needs a total_env_steps budget (else every game ends the episode)"
+            )
 
     @property
     def frame_shape(self) -> tuple[int, ...]:
@@ -146,6 +181,7 @@ class AtariVLMEnv(gym.Env):
             frameskip=config.frame_skip,
             repeat_action_probability=float(config.repeat_action_probability),
             full_action_space=config.full_action_space,
+            max_num_frames_per_episode=config.max_episode_frames,
             render_mode="rgb_array",
         )
         self._inner = inner
@@ -172,6 +208,17 @@ class AtariVLMEnv(gym.Env):
             }
         )
         self.action_space = spaces.Discrete(len(self.action_names))
+        if config.decision_interval > 1 and config.filler_action not in self.action_names:
+            raise ConfigError(
+                f"filler_action {config.filler_action!r} is not an action of {self.game}; "
+                f"its actions: {', '.join(self.action_names)}"
+            )
+        # (Backgammon, say, has no NOOP: the filler only matters with a decision interval.)
+        names = self.action_names
+        self._filler = names.index(config.filler_action) if config.filler_action in names else 0
+        self._noop = self.action_names.index("NOOP") if "NOOP" in self.action_names else 0
+        self._env_steps = 0
+        self._game_overs = 0
         self._frames: deque[np.ndarray] = deque(maxlen=config.frame_stack)
         self._pending_seed = config.seed
         self._prev_ram: np.ndarray | None = None
@@ -196,8 +243,10 @@ class AtariVLMEnv(gym.Env):
             seed = self._pending_seed
         self._pending_seed = None
         super().reset(seed=seed)
-        rgb, ale_info = self._inner.reset(seed=seed, options=options)
+        rgb, ale_info = self._start_game(seed=seed, options=options)
         self._step = 0
+        self._env_steps = 0
+        self._game_overs = 0
         self._return = 0.0
         self._prev_ram = None
         frame = self._process(rgb)
@@ -206,19 +255,48 @@ class AtariVLMEnv(gym.Env):
             self._frames.append(frame)
         return self._observe(rgb, ale_info)
 
+    def _start_game(
+        self, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[np.ndarray, dict[str, Any]]:
+        """Reset the emulator, then play the no-op start (its length from the env's seeded RNG)."""
+        rgb, ale_info = self._inner.reset(seed=seed, options=options)
+        noops = int(self.np_random.integers(0, self.config.noop_max + 1)) if self.config.noop_max else 0
+        for _ in range(noops):
+            rgb, _, terminated, truncated, ale_info = self._inner.step(self._noop)
+            if terminated or truncated:
+                rgb, ale_info = self._inner.reset()
+        return rgb, ale_info
+
     def step(self, action: int) -> tuple[dict[str, Any], float, bool, bool, StepInfo]:
         if not self.action_space.contains(action):
             raise ValueError(
                 f"action must be an integer in [0, {self.action_space.n}) for {self.game}, got {action!r}"
             )
-        rgb, reward, terminated, truncated, ale_info = self._inner.step(int(action))
+        config = self.config
+        reward, terminated, truncated = 0.0, False, False
+        for i in range(config.decision_interval):
+            rgb, r, terminated, truncated, ale_info = self._inner.step(
+                int(action) if i == 0 else self._filler
+            )
+            self._env_steps += 1
+            reward += float(r)
+            budget_spent = config.total_env_steps is not None and self._env_steps >= config.total_env_steps
+            if (terminated or truncated) and config.reset_on_game_over and not budget_spent:
+                self._game_overs += 1  # the protocol plays on: a new game, rewards keep adding up
+                rgb, ale_info = self._start_game()
+                terminated = truncated = False
+                break
+            if budget_spent:
+                truncated = True
+            if terminated or truncated:
+                break
         self._step += 1
-        self._return += float(reward)
+        self._return += reward
         self._frames.append(self._process(rgb))
-        if self.config.max_steps is not None and self._step >= self.config.max_steps:
+        if config.max_steps is not None and self._step >= config.max_steps:
             truncated = True
         obs, info = self._observe(rgb, ale_info)
-        return obs, float(reward), bool(terminated), bool(truncated), info
+        return obs, reward, bool(terminated), bool(truncated), info
 
     def render(self) -> np.ndarray | None:  # type: ignore[override]
         return self._last_rgb
@@ -256,6 +334,8 @@ class AtariVLMEnv(gym.Env):
         info: StepInfo = {
             "lives": self._lives,
             "step": self._step,
+            "env_steps": self._env_steps,
+            "game_overs": self._game_overs,
             "episode_frame_number": int(ale_info.get("episode_frame_number", 0)),
             "episode_return": self._return,
         }
