@@ -37,6 +37,28 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
+def _add_view_args(parser: argparse.ArgumentParser) -> None:
+    """How frames are shown to the model (shared by play and bench: protocols leave these open)."""
+    g = parser.add_argument_group("what the model sees")
+    g.add_argument("--resize", type=_shape, default=None, metavar="HxW", help="frame size the model sees")
+    g.add_argument("--grayscale", action="store_true")
+    g.add_argument("--frame-stack", type=int, default=1)
+    g.add_argument("--frame-layout", choices=["grid", "sequence"], default="grid")
+
+
+def _add_model_args(parser: argparse.ArgumentParser) -> None:
+    m = parser.add_argument_group("model")
+    m.add_argument("--base-url", default=None, help="OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1")
+    m.add_argument("--api-key", default=None, help="else read from the provider's env var; never written")
+    m.add_argument("--max-tokens", type=int, default=None, help="default: the prompt style's own")
+    m.add_argument("--temperature", type=float, default=0.0)
+    m.add_argument("--device", default="cpu", help="local models: cpu, cuda, cuda:1, mps")
+    m.add_argument("--dtype", default="auto", help="local models: auto, float32, bfloat16, float16")
+    m.add_argument("--quantize", choices=["4bit", "8bit"], default=None, help="local models: bitsandbytes")
+    m.add_argument("--concurrency", type=int, default=8, help="API requests in flight at most")
+    m.add_argument("--num-envs", type=int, default=1, help="games played concurrently")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="atari-vlm", description="Vision-language models play Atari 2600 games.")
     parser.add_argument("--version", action="version", version=f"atari-vlm {__version__}")
@@ -61,31 +83,33 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="continue the run in --out: keep finished episodes, redo the rest",
     )
-    play.add_argument("--num-envs", type=int, default=1, help="games played concurrently")
     play.add_argument("--no-video", dest="video", action="store_false", help="skip the mp4 per episode")
+    play.add_argument("--no-report", dest="report", action="store_false", help="skip report.html")
+    _add_view_args(play)
     g = play.add_argument_group("environment")
-    g.add_argument("--resize", type=_shape, default=None, metavar="HxW", help="frame size the model sees")
-    g.add_argument("--grayscale", action="store_true")
-    g.add_argument("--frame-stack", type=int, default=1)
-    g.add_argument("--frame-layout", choices=["grid", "sequence"], default="grid")
     g.add_argument("--frame-skip", type=int, default=4)
     g.add_argument("--sticky", type=float, default=0.25, help="repeat_action_probability (ALE v5: 0.25)")
     g.add_argument("--full-action-space", action="store_true")
-    m = play.add_argument_group("model")
-    m.add_argument("--base-url", default=None, help="OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1")
-    m.add_argument("--api-key", default=None, help="else read from OPENAI_API_KEY; never written anywhere")
-    m.add_argument("--prompt", default="basic", help="basic | cot | expert | a template .txt file")
-    m.add_argument("--answer-format", choices=["line", "json"], default="line", help="ACTION: line or JSON")
-    m.add_argument("--history-steps", type=int, default=0, help="past decisions recalled in text")
-    m.add_argument("--history-images", type=int, default=0, help="past frames shown again")
-    m.add_argument("--max-tokens", type=int, default=None, help="default: the prompt style's own")
-    m.add_argument("--temperature", type=float, default=0.0)
-    m.add_argument("--device", default="cpu", help="local models: cpu, cuda, cuda:1, mps")
-    m.add_argument("--dtype", default="auto", help="local models: auto, float32, bfloat16, float16")
-    m.add_argument("--quantize", choices=["4bit", "8bit"], default=None, help="local models: bitsandbytes")
-    m.add_argument("--concurrency", type=int, default=8, help="API requests in flight at most")
+    p = play.add_argument_group("prompt")
+    p.add_argument("--prompt", default="basic", help="basic | cot | expert | a template .txt file")
+    p.add_argument("--answer-format", choices=["line", "json"], default="line", help="ACTION: line or JSON")
+    p.add_argument("--history-steps", type=int, default=0, help="past decisions recalled in text")
+    p.add_argument("--history-images", type=int, default=0, help="past frames shown again")
+    _add_model_args(play)
 
-    play.add_argument("--no-report", dest="report", action="store_false", help="skip report.html")
+    bench = sub.add_parser(
+        "bench", help="every game x model x prompt on the same seeds, plus the random agent"
+    )
+    bench.add_argument("--games", default="", help="comma-separated (default: the protocol's games)")
+    bench.add_argument("--models", required=True, help="comma-separated --model values")
+    bench.add_argument("--prompts", default="basic", help="comma-separated prompt styles or template files")
+    bench.add_argument("--seeds", default=None, help="e.g. 0-4 or 1,5,9 (default: the protocol's runs)")
+    bench.add_argument("--protocol", default=None, help="atari-gpt | machado | a JSON/TOML protocol file")
+    bench.add_argument("--max-steps", type=int, default=None, help="cap decisions (quick looks; flagged)")
+    bench.add_argument("--out", required=True, help="the sweep's folder: one run directory per combination")
+    bench.add_argument("--video", action="store_true", help="record videos (off by default in sweeps)")
+    _add_view_args(bench)
+    _add_model_args(bench)
 
     report = sub.add_parser("report", help="write report.html (summary, plots, episode viewer) for a run")
     report.add_argument("run_dir", help="a run directory written by `atari-vlm play`")
@@ -100,6 +124,62 @@ def build_parser() -> argparse.ArgumentParser:
     games = sub.add_parser("games", help="list every playable game")
     games.add_argument("--rich-only", action="store_true", help="only games with a RAM state description")
     return parser
+
+
+def _view_options(args: argparse.Namespace) -> dict:
+    return {
+        "resize_shape": args.resize,
+        "grayscale": args.grayscale,
+        "frame_stack": args.frame_stack,
+        "frame_layout": args.frame_layout,
+    }
+
+
+def _model_options(args: argparse.Namespace):
+    from atari_vlm.models.registry import ModelOptions
+
+    return ModelOptions(
+        base_url=args.base_url,
+        api_key=args.api_key,
+        device=args.device,
+        dtype=args.dtype,
+        quantize=args.quantize,
+        concurrency=args.concurrency,
+    )
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from atari_vlm.bench.sweep import BenchSpec, parse_seeds, run_bench
+
+    split = lambda text: tuple(t.strip() for t in text.split(",") if t.strip())  # noqa: E731
+    spec = BenchSpec(
+        out=Path(args.out),
+        games=split(args.games),
+        models=split(args.models),
+        prompts=split(args.prompts) or ("basic",),
+        seeds=parse_seeds(args.seeds) if args.seeds else None,
+        protocol=args.protocol,
+        max_steps=args.max_steps,
+        env=_view_options(args),
+        model_options=_model_options(args),
+        num_envs=args.num_envs,
+        video=args.video,
+        max_tokens=args.max_tokens,
+        temperature=args.temperature,
+    )
+
+    def on_combination(combo, summary) -> None:
+        label = f"{combo.game} x {combo.model} x {combo.prompt}"
+        if summary is None:
+            err.print(f"[dim]done already:[/dim] {escape(label)}")
+            return
+        data = summary.to_dict()
+        out.print(f"{escape(label)}: mean return {data['mean_return']:g} over {data['episodes']} episodes")
+
+    data = run_bench(spec, on_combination=on_combination)
+    sys.stdout.write(Path(data["files"]["markdown"]).read_text(encoding="utf-8"))
+    out.print(f"written: {', '.join(str(f) for f in data['files'].values())}")
+    return 0
 
 
 def _cmd_games(args: argparse.Namespace) -> int:
@@ -120,17 +200,13 @@ def _cmd_games(args: argparse.Namespace) -> int:
 def _cmd_play(args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from atari_vlm.models.registry import ModelOptions
     from atari_vlm.runner import PlaySettings, run_play
 
     model_label = "random" if args.agent == "random" else args.model
     safe_label = "".join(c if c.isalnum() or c in "-_." else "-" for c in model_label.split("/")[-1])
     out_dir = args.out or os.path.join("runs", f"{args.game.split('/')[-1]}-{safe_label}-s{args.seed}")
     env_options = {
-        "resize_shape": args.resize,
-        "grayscale": args.grayscale,
-        "frame_stack": args.frame_stack,
-        "frame_layout": args.frame_layout,
+        **_view_options(args),
         "frame_skip": args.frame_skip,
         "repeat_action_probability": args.sticky,
         "max_steps": args.max_steps,
@@ -154,14 +230,7 @@ def _cmd_play(args: argparse.Namespace) -> int:
         video=args.video,
         overwrite=args.overwrite,
         resume=args.resume,
-        model_options=ModelOptions(
-            base_url=args.base_url,
-            api_key=args.api_key,
-            device=args.device,
-            dtype=args.dtype,
-            quantize=args.quantize,
-            concurrency=args.concurrency,
-        ),
+        model_options=_model_options(args),
     )
     progress = Progress(
         TextColumn("[bold]{task.description}"),
@@ -249,7 +318,13 @@ def _cmd_results(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"play": _cmd_play, "games": _cmd_games, "report": _cmd_report, "results": _cmd_results}
+COMMANDS = {
+    "play": _cmd_play,
+    "bench": _cmd_bench,
+    "games": _cmd_games,
+    "report": _cmd_report,
+    "results": _cmd_results,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

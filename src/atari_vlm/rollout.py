@@ -35,6 +35,11 @@ def episode_seeds(root_seed: int, episodes: int) -> list[EpisodeSeeds]:
     return [EpisodeSeeds(*(int(s) for s in child.generate_state(2))) for child in children]
 
 
+def explicit_seeds(env_seeds: Sequence[int]) -> list[EpisodeSeeds]:
+    """Episodes on the given env seeds (a benchmark's "seeds 0-4"), each agent seed derived from its own."""
+    return [EpisodeSeeds(int(s), int(np.random.SeedSequence(int(s)).generate_state(1)[0])) for s in env_seeds]
+
+
 @dataclass
 class EpisodeResult:
     episode: int
@@ -133,7 +138,7 @@ async def play_episode(
     obs, info = env.reset(seed=seeds.env)
     writer = None
     if video and run is not None:
-        fps = 60.0 / env.config.frame_skip
+        fps = 60.0 / (env.config.frame_skip * env.config.decision_interval)
         writer = VideoWriter(run.video_path(episode), fps=fps)
         writer.add(env.last_rgb_frame)
     try:
@@ -207,12 +212,14 @@ async def play_episodes(
     make_sink: SinkFactory | None = None,
     episode_offset: int = 0,
     episode_ids: Sequence[int] | None = None,
+    env_seeds: Sequence[int] | None = None,
 ) -> list[EpisodeResult]:
     """Play ``episodes`` episodes on ``num_envs`` concurrent workers; results in episode order.
 
     Episodes are numbered from ``episode_offset``, or are exactly ``episode_ids`` when given (a resumed
     run plays only the ones it lacks). Episode ``i`` always gets the ``i``-th seeds of ``root_seed``,
-    so numbering, not scheduling, decides what an episode is.
+    so numbering, not scheduling, decides what an episode is; with ``env_seeds``, episode ``i`` is
+    played on env seed ``env_seeds[i]`` instead.
     """
     ids = (
         list(episode_ids)
@@ -221,7 +228,12 @@ async def play_episodes(
     )
     if not ids:
         return []
-    seeds = episode_seeds(root_seed, max(ids) + 1)
+    if env_seeds is not None:
+        if max(ids) >= len(env_seeds):
+            raise ValueError(f"episode {max(ids)} has no seed: only {len(env_seeds)} env seeds were given")
+        seeds = explicit_seeds(env_seeds)
+    else:
+        seeds = episode_seeds(root_seed, max(ids) + 1)
     queue: asyncio.Queue[int] = asyncio.Queue()
     for i in ids:
         queue.put_nowait(i)

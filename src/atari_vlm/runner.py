@@ -48,6 +48,8 @@ class PlaySettings:
     answer_format: str = "line"
     history_steps: int = 0
     history_images: int = 0
+    env_seeds: tuple[int, ...] | None = None  # play episode i on env seed env_seeds[i] (benchmarks)
+    protocol: dict[str, Any] | None = None  # recorded in config.json; its settings are already in env
     video: bool = True
     overwrite: bool = False
     resume: bool = False
@@ -66,6 +68,8 @@ class PlaySettings:
         ):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ConfigError(f"{name} must be an integer >= {low}, got {value!r}")
+        if self.env_seeds is not None and len(self.env_seeds) != self.episodes:
+            raise ConfigError(f"{len(self.env_seeds)} env seeds given for {self.episodes} episodes")
         if not 0.0 <= float(self.temperature) <= 2.0:
             raise ConfigError(f"temperature must be between 0 and 2, got {self.temperature}")
         return EnvConfig(game=self.game, **self.env)
@@ -143,8 +147,12 @@ def run_play(
     on_start: Callable[[LoadedModel | None, int | None], None] | None = None,
     on_step: Callable[[int], None] | None = None,
     on_episode: Callable[[EpisodeResult], None] | None = None,
+    loaded: LoadedModel | None = None,
 ) -> RunSummary:
     """Play ``settings.episodes`` episodes and write the run directory; returns the summary.
+
+    ``loaded`` reuses a model already loaded (a benchmark plays many runs with one model); the caller
+    then closes it.
 
     Raises:
         ConfigError: any bad setting, found before anything is written.
@@ -160,7 +168,12 @@ def run_play(
             probe_env.action_names,
             answer_format=settings.answer_format,
         )
-    model = None if settings.agent == "random" else load_model(settings.model, settings.model_options)
+    if settings.agent == "random":
+        model = None
+    elif loaded is not None:
+        model = loaded
+    else:
+        model = load_model(settings.model, settings.model_options)
     factory = _make_worker_factory(settings, env_config, model)
     config = {
         "atari_vlm_version": __version__,
@@ -179,6 +192,8 @@ def run_play(
         "episodes": settings.episodes,
         "seed": settings.seed,
         "num_envs": settings.num_envs,
+        "env_seeds": list(settings.env_seeds) if settings.env_seeds is not None else None,
+        "protocol": settings.protocol,
         "video": settings.video,
     }
     run = RunDir(settings.out).open(config, overwrite=settings.overwrite, resume=settings.resume)
@@ -193,6 +208,7 @@ def run_play(
             _play_and_close(
                 factory,
                 model,
+                close_model=loaded is None,
                 episodes=len(todo),
                 episode_ids=todo,
                 root_seed=settings.seed,
@@ -201,6 +217,7 @@ def run_play(
                 video=settings.video,
                 on_step=on_step,
                 on_episode=on_episode,
+                env_seeds=settings.env_seeds,
             )
         )
     finally:
@@ -217,9 +234,11 @@ def run_play(
     return summary
 
 
-async def _play_and_close(factory, model: LoadedModel | None, **kwargs: Any) -> list[EpisodeResult]:
+async def _play_and_close(
+    factory, model: LoadedModel | None, *, close_model: bool, **kwargs: Any
+) -> list[EpisodeResult]:
     try:
         return await play_episodes(factory, uses_model=model is not None, **kwargs)
     finally:
-        if model is not None:
+        if model is not None and close_model:
             await model.vlm.aclose()

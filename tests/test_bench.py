@@ -1,0 +1,81 @@
+"""`atari-vlm bench`: every combination on the same seeds, the random baseline beside it, resumable."""
+
+import json
+
+import pytest
+
+from atari_vlm.bench.sweep import BenchSpec, parse_seeds, plan
+from atari_vlm.cli import main
+from atari_vlm.errors import ConfigError
+from atari_vlm.rundir import read_jsonl
+
+
+@pytest.mark.parametrize(
+    ("text", "seeds"), [("0-4", (0, 1, 2, 3, 4)), ("1,5,9", (1, 5, 9)), ("0-1,7", (0, 1, 7))]
+)
+def test_parse_seeds(text, seeds):
+    assert parse_seeds(text) == seeds
+
+
+@pytest.mark.parametrize("bad", ["", "a-b", "4-1", "1,1", "-3"])
+def test_bad_seeds(bad):
+    with pytest.raises(ConfigError, match="seed"):
+        parse_seeds(bad)
+
+
+def test_plan_puts_the_random_baseline_beside_every_game(tmp_path):
+    combos, protocol, seeds = plan(
+        BenchSpec(
+            out=tmp_path,
+            games=("pong", "Breakout"),
+            models=("demo",),
+            prompts=("basic", "cot"),
+            protocol="atari-gpt",
+        )
+    )
+    assert [(c.game, c.model, c.prompt) for c in combos] == [
+        ("Pong", "random", "-"),
+        ("Pong", "demo", "basic"),
+        ("Pong", "demo", "cot"),
+        ("Breakout", "random", "-"),
+        ("Breakout", "demo", "basic"),
+        ("Breakout", "demo", "cot"),
+    ]
+    assert protocol.name == "atari-gpt" and len(seeds) == protocol.runs
+    with pytest.raises(ConfigError, match="unknown game"):
+        plan(BenchSpec(out=tmp_path, games=("Pongg",), models=("demo",)))
+
+
+def test_bench_sweep_end_to_end_and_resumable(tmp_path, capsys):
+    args = [
+        "bench",
+        "--games",
+        "Pong",
+        "--models",
+        "demo",
+        "--prompts",
+        "basic",
+        "--seeds",
+        "3,4",
+        "--protocol",
+        "atari-gpt",
+        "--max-steps",
+        "4",
+        "--max-tokens",
+        "6",
+        "--out",
+        str(tmp_path),
+    ]
+    assert main(args) == 0
+    first = capsys.readouterr()
+    assert "| Pong |" in first.out and "Published, not measured" in first.out
+    for run in (tmp_path / "Pong" / "random", tmp_path / "Pong" / "demo" / "basic"):
+        config = json.loads((run / "config.json").read_text())
+        assert config["env_seeds"] == [3, 4] and config["protocol"]["name"] == "atari-gpt"
+        assert config["env"]["decision_interval"] == 2 and config["env"]["total_env_steps"] == 1000
+        assert [e["seed"] for e in read_jsonl(run / "episodes.jsonl")] == [3, 4]
+    demo_config = json.loads((tmp_path / "Pong" / "demo" / "basic" / "config.json").read_text())
+    assert demo_config["history_images"] == 4  # the protocol's rolling context of 4 frame/answer pairs
+    assert main(args) == 0  # a second call finds everything done
+    assert capsys.readouterr().err.count("done already") == 2
+    assert {p.name for p in (tmp_path / "results").iterdir()} == {"results.md", "results.csv", "results.json"}
