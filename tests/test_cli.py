@@ -234,3 +234,26 @@ def test_report_and_results_commands(tmp_path, capsys):
     assert "| Breakout | random |" in text and "Published, not measured" in text
     assert {p.name for p in (tmp_path / "results").iterdir()} == {"results.md", "results.csv", "results.json"}
     assert main(["report", str(tmp_path / "nowhere")]) == 2
+
+
+def test_video_overlay_adds_a_caption_strip(tmp_path):
+    out = tmp_path / "run"
+    assert (
+        main(
+            [
+                "play",
+                "--game",
+                "Pong",
+                "--agent",
+                "random",
+                "--max-steps",
+                "5",
+                "--video-overlay",
+                "--no-report",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    assert read_video_info(out / "videos" / "episode_0000.mp4")["size"] == (320, 444)

@@ -84,6 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="continue the run in --out: keep finished episodes, redo the rest",
     )
     play.add_argument("--no-video", dest="video", action="store_false", help="skip the mp4 per episode")
+    play.add_argument("--video-overlay", action="store_true", help="caption each video frame with the action")
     play.add_argument("--no-report", dest="report", action="store_false", help="skip report.html")
     _add_view_args(play)
     g = play.add_argument_group("environment")
@@ -228,6 +229,7 @@ def _cmd_play(args: argparse.Namespace) -> int:
         history_steps=args.history_steps,
         history_images=args.history_images,
         video=args.video,
+        video_overlay=args.video_overlay,
         overwrite=args.overwrite,
         resume=args.resume,
         model_options=_model_options(args),

@@ -126,6 +126,7 @@ async def play_episode(
     seeds: EpisodeSeeds,
     run: RunDir | None = None,
     video: bool = False,
+    video_overlay: bool = False,
     on_step: StepCallback | None = None,
     uses_model: bool = True,
     sink: EpisodeSink | None = None,
@@ -139,8 +140,8 @@ async def play_episode(
     writer = None
     if video and run is not None:
         fps = 60.0 / (env.config.frame_skip * env.config.decision_interval)
-        writer = VideoWriter(run.video_path(episode), fps=fps)
-        writer.add(env.last_rgb_frame)
+        writer = VideoWriter(run.video_path(episode), fps=fps, overlay=video_overlay)
+        writer.add(env.last_rgb_frame, f"episode {episode} start")
     try:
         while True:
             decision: Decision = await agent.act(obs)
@@ -158,7 +159,11 @@ async def play_episode(
                 result.usage = result.usage + decision.usage
                 result.model_latency_s += decision.latency_s
             if writer is not None:
-                writer.add(env.last_rgb_frame)
+                writer.add(
+                    env.last_rgb_frame,
+                    f"step {result.steps}: {decision.action_name}  reward {reward:g}  "
+                    f"return {result.episode_return:g}",
+                )
             if run is not None:
                 run.log_step(
                     {
@@ -206,6 +211,7 @@ async def play_episodes(
     num_envs: int = 1,
     run: RunDir | None = None,
     video: bool = False,
+    video_overlay: bool = False,
     on_step: StepCallback | None = None,
     on_episode: Callable[[EpisodeResult], None] | None = None,
     uses_model: bool = True,
@@ -251,6 +257,7 @@ async def play_episodes(
                     seeds=seeds[i],
                     run=run,
                     video=video,
+                    video_overlay=video_overlay,
                     on_step=on_step,
                     uses_model=uses_model,
                     sink=make_sink(i, seeds[i]) if make_sink is not None else None,

@@ -51,6 +51,7 @@ class PlaySettings:
     env_seeds: tuple[int, ...] | None = None  # play episode i on env seed env_seeds[i] (benchmarks)
     protocol: dict[str, Any] | None = None  # recorded in config.json; its settings are already in env
     video: bool = True
+    video_overlay: bool = False
     overwrite: bool = False
     resume: bool = False
     model_options: ModelOptions = field(default_factory=ModelOptions)
@@ -215,6 +216,7 @@ def run_play(
                 num_envs=settings.num_envs,
                 run=run,
                 video=settings.video,
+                video_overlay=settings.video_overlay,
                 on_step=on_step,
                 on_episode=on_episode,
                 env_seeds=settings.env_seeds,

@@ -22,15 +22,16 @@ class VideoWriter:
         ...     video.add(frame)
     """
 
-    def __init__(self, path: str | Path, *, fps: float = 15.0, scale: int = 2):
+    def __init__(self, path: str | Path, *, fps: float = 15.0, scale: int = 2, overlay: bool = False):
         self.path = Path(path)
         self.fps = fps
         self.scale = scale
+        self.overlay = overlay  # a caption strip under each frame (the action taken, the reward)
         self._part = self.path.with_name(self.path.name + ".part")
         self._writer: Any = None
         self.frames = 0
 
-    def add(self, frame: np.ndarray) -> None:
+    def add(self, frame: np.ndarray, caption: str = "") -> None:
         if self.scale != 1:
             frame = cv2.resize(
                 frame,
@@ -39,6 +40,8 @@ class VideoWriter:
             )
         if frame.ndim == 2:
             frame = cv2.cvtColor(frame, cv2.COLOR_GRAY2RGB)
+        if self.overlay:
+            frame = _with_caption(frame, caption)
         if self._writer is None:
             import imageio_ffmpeg
 
@@ -70,6 +73,17 @@ class VideoWriter:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+CAPTION_HEIGHT = 24
+
+
+def _with_caption(frame: np.ndarray, caption: str) -> np.ndarray:
+    """The frame above a black strip holding ``caption`` (below, so the game stays uncovered)."""
+    strip = np.zeros((CAPTION_HEIGHT, frame.shape[1], 3), np.uint8)
+    text = caption.encode("ascii", "replace").decode("ascii")  # cv2's font draws ASCII only
+    cv2.putText(strip, text, (4, 17), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1, cv2.LINE_AA)
+    return np.vstack([frame, strip])
 
 
 def read_video_info(path: str | Path) -> dict[str, Any]:
