@@ -149,11 +149,13 @@ def run_play(
     on_step: Callable[[int], None] | None = None,
     on_episode: Callable[[EpisodeResult], None] | None = None,
     loaded: LoadedModel | None = None,
+    close_loaded: bool = False,
 ) -> RunSummary:
     """Play ``settings.episodes`` episodes and write the run directory; returns the summary.
 
-    ``loaded`` reuses a model already loaded (a benchmark plays many runs with one model); the caller
-    then closes it.
+    ``loaded`` reuses a model already loaded (a benchmark plays many runs with one local model); the
+    caller closes it, unless ``close_loaded`` hands that over (API clients belong to one event loop, so
+    one made for a single run should be closed inside it).
 
     Raises:
         ConfigError: any bad setting, found before anything is written.
@@ -209,7 +211,7 @@ def run_play(
             _play_and_close(
                 factory,
                 model,
-                close_model=loaded is None,
+                close_model=loaded is None or close_loaded,
                 episodes=len(todo),
                 episode_ids=todo,
                 root_seed=settings.seed,

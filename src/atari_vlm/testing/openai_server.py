@@ -26,6 +26,7 @@ import io
 import itertools
 import json
 import logging
+import random
 import signal
 import socket
 import struct
@@ -215,6 +216,9 @@ class FakeOpenAIServer(ThreadingHTTPServer):
         prompt_overhead_tokens: int = 3,
         hang_s: float = 10.0,
         max_recorded: int = 1000,
+        fault_rate: float = 0.0,
+        fault_mix: Sequence[FaultSpec] = (),
+        fault_seed: int = 0,
         max_connections: int = 64,
         idle_timeout_s: float = 30.0,
     ) -> None:
@@ -231,6 +235,14 @@ class FakeOpenAIServer(ThreadingHTTPServer):
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._faults: deque[Fault] = deque()
+        # Random faults: each chat request (with no scripted fault queued) fails with probability
+        # fault_rate, drawing its fault from fault_mix with a seeded RNG, so a run's faults repeat.
+        if not 0.0 <= fault_rate <= 1.0 or (fault_rate and not fault_mix):
+            raise ValueError("fault_rate must be in [0, 1], and a positive rate needs a fault_mix")
+        self.fault_rate = fault_rate
+        self._fault_mix = [Fault.parse(spec) for spec in fault_mix]
+        self._fault_rng = random.Random(fault_seed)
+        self.random_faults = 0
         self._requests: deque[RecordedRequest] = deque(maxlen=max_recorded)
         self._connections = threading.BoundedSemaphore(max_connections)
         self._ids = itertools.count(1)
@@ -309,6 +321,9 @@ class FakeOpenAIServer(ThreadingHTTPServer):
     def _begin_chat(self, record: Callable[[Fault | None], RecordedRequest]) -> Fault | None:
         with self._lock:
             fault = self._faults.popleft() if self._faults else None
+            if fault is None and self.fault_rate and self._fault_rng.random() < self.fault_rate:
+                fault = self._fault_rng.choice(self._fault_mix)
+                self.random_faults += 1
             self._requests.append(record(fault))
             self._chat_requests += 1
             self._in_flight += 1
