@@ -125,6 +125,7 @@ class Completion:
     model: str = ""
     finish_reason: str = "stop"
     retries: int = 0
+    cost_usd: float | None = None  # USD at the preset's price; None where the price is unknown
 
 
 @runtime_checkable

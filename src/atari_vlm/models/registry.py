@@ -6,6 +6,9 @@ Accepted forms:
   pipeline; its answers are noise, and everything that shows it says so.
 - ``openai:<model>``: the OpenAI API, or any OpenAI-compatible server with ``base_url``
   (vLLM, Ollama, LM Studio, SGLang, ``transformers serve``).
+- ``anthropic:<model>`` / ``gemini:<model>``: Claude / Gemini through their official SDKs.
+- ``local:<hf id or dir>``: a Hugging Face checkpoint from the local cache (never downloaded here).
+- a preset name (``gpt-4o``, ``qwen2.5-vl-3b``, ... see :mod:`atari_vlm.models.presets`).
 - a directory holding a Hugging Face image-text-to-text checkpoint: loaded in-process.
 - ``auto``: a server named by ``--base-url`` or ``OPENAI_BASE_URL`` (its first listed model, unless
   ``ATARI_VLM_OPENAI_MODEL`` names one); else the OpenAI API when ``OPENAI_API_KEY`` is set
@@ -21,9 +24,20 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 from atari_vlm.errors import ConfigError
 from atari_vlm.models.base import VLM
+from atari_vlm.models.presets import (
+    FREE,
+    PROVIDERS,
+    Preset,
+    Prices,
+    find_preset,
+    local_snapshot,
+    preset_for_model,
+    suggest,
+)
 
 DEMO_WARNING = (
     "model 'demo' has RANDOM WEIGHTS: it tests the pipeline end to end, its moves are noise and its "
@@ -31,7 +45,8 @@ DEMO_WARNING = (
 )
 DEFAULT_OPENAI_MODEL = "gpt-4o-mini"
 MODEL_FORMS = (
-    "'demo', 'auto', 'openai:<model>' (with --base-url for a local server), or a checkpoint directory"
+    "'demo', 'auto', a preset name, 'openai:<model>' (with --base-url for a local server), "
+    "'anthropic:<model>', 'gemini:<model>', 'local:<hf id>', or a checkpoint directory"
 )
 
 
@@ -47,6 +62,7 @@ class ModelOptions:
     concurrency: int = 8
     max_batch_size: int = 8
     image_detail: str = "auto"
+    trust_remote_code: bool = False  # run code shipped with a checkpoint (CogVLM2): explicit opt-in only
 
 
 @dataclass
@@ -58,6 +74,8 @@ class LoadedModel:
     provider: str
     random_weights: bool = False
     warning: str | None = None
+    prices: Prices | None = None  # USD per million tokens; None: unknown (a custom server, an unlisted model)
+    preset: str | None = None  # the preset name, when one was used
 
     def describe(self) -> dict[str, Any]:
         return {"spec": self.spec, "provider": self.provider, "random_weights": self.random_weights}
@@ -87,6 +105,7 @@ def _load_local(path: str, options: ModelOptions, *, random_weights: bool = Fals
         dtype=options.dtype,
         quantize=options.quantize,
         max_batch_size=options.max_batch_size,
+        trust_remote_code=options.trust_remote_code,
     )
     spec = "demo" if random_weights else str(path)
     return LoadedModel(
@@ -134,7 +153,92 @@ def _load_auto(options: ModelOptions) -> LoadedModel:
     return loaded
 
 
-_PREFIXES: dict[str, Callable[[str, ModelOptions], LoadedModel]] = {"openai": _load_openai}
+def _load_anthropic(model: str, options: ModelOptions, **backend_options: Any) -> LoadedModel:
+    from atari_vlm.models.anthropic_backend import AnthropicVLM
+
+    if not model:
+        raise ConfigError("'anthropic:' needs a model name, e.g. anthropic:claude-sonnet-4-20250514")
+    vlm = AnthropicVLM(
+        model=model,
+        api_key=options.api_key,
+        base_url=options.base_url,
+        concurrency=options.concurrency,
+        **backend_options,
+    )
+    return LoadedModel(vlm, f"anthropic:{model}", "anthropic")
+
+
+def _load_gemini(model: str, options: ModelOptions, **backend_options: Any) -> LoadedModel:
+    from atari_vlm.models.gemini_backend import GeminiVLM
+
+    if not model:
+        raise ConfigError("'gemini:' needs a model name, e.g. gemini:gemini-2.5-flash")
+    vlm = GeminiVLM(
+        model=model,
+        api_key=options.api_key,
+        base_url=options.base_url,
+        concurrency=options.concurrency,
+        **backend_options,
+    )
+    return LoadedModel(vlm, f"gemini:{model}", "gemini")
+
+
+def _load_local_id(model_id: str, options: ModelOptions) -> LoadedModel:
+    """A checkpoint directory, or a Hugging Face id whose weights are already in the local cache."""
+    snapshot = local_snapshot(model_id)
+    if snapshot is None:
+        raise ConfigError(
+            f"{model_id!r} is not a checkpoint directory and its weights are not in the local Hugging Face "
+            f"cache; download them once with `hf download {model_id}` (needs network), or pass a "
+            "checkpoint directory"
+        )
+    loaded = _load_local(str(snapshot), options)
+    loaded.spec = f"local:{model_id}"
+    return loaded
+
+
+_PREFIXES: dict[str, Callable[..., LoadedModel]] = {
+    "openai": _load_openai,
+    "anthropic": _load_anthropic,
+    "gemini": _load_gemini,
+    "local": _load_local_id,
+}
+
+
+def _load_preset(preset: Preset, options: ModelOptions) -> LoadedModel:
+    """The backend of a preset's provider, with the preset's model id, options and prices."""
+    if preset.trust_remote_code and not options.trust_remote_code:
+        raise ConfigError(
+            f"preset {preset.name!r} ({preset.model_id}) runs Python code from its model repository; "
+            "pass --trust-remote-code if you trust that repository"
+        )
+    api_preset = preset.provider != "local"
+    if api_preset and options.base_url:
+        raise ConfigError(
+            f"preset {preset.name!r} is the {preset.provider} API itself; for a model behind --base-url use "
+            "'openai:<served model name>'"
+        )
+    loaded = _PREFIXES[preset.provider](preset.model_id, options, **preset.backend_options)
+    loaded.spec = loaded.spec if api_preset else preset.name
+    loaded.prices = preset.prices
+    loaded.preset = preset.name
+    if preset.legacy:
+        loaded.warning = f"preset {preset.name!r} is a legacy model: {preset.prices.note}"
+    return loaded
+
+
+def _known_prices(loaded: LoadedModel) -> Prices | None:
+    """Local models cost nothing per token; a model on its provider's own API is priced by its
+    preset, if one lists it; anything behind another URL (a local server, a proxy) is unknown.
+    """
+    if loaded.provider == "local":
+        return FREE
+    provider = PROVIDERS.get(loaded.provider)
+    host = urlparse(str(getattr(loaded.vlm, "base_url", "") or "")).hostname
+    if provider is None or host != provider.api_host:
+        return None
+    preset = preset_for_model(loaded.provider, loaded.spec.partition(":")[2])
+    return preset.prices if preset else None
 
 
 def load_model(spec: str, options: ModelOptions | None = None) -> LoadedModel:
@@ -148,13 +252,21 @@ def load_model(spec: str, options: ModelOptions | None = None) -> LoadedModel:
     if not isinstance(spec, str) or not spec.strip():
         raise ConfigError(f"--model must be one of {MODEL_FORMS}; got {spec!r}")
     spec = spec.strip()
-    if spec == "demo":
-        return _load_demo(options)
-    if spec == "auto":
-        return _load_auto(options)
     prefix, sep, rest = spec.partition(":")
-    if sep and prefix in _PREFIXES:
-        return _PREFIXES[prefix](rest, options)
-    if Path(spec).expanduser().is_dir():
-        return _load_local(str(Path(spec).expanduser()), options)
-    raise ConfigError(f"unknown model {spec!r}: not a directory, and not one of {MODEL_FORMS}")
+    if spec == "demo":
+        loaded = _load_demo(options)
+    elif spec == "auto":
+        loaded = _load_auto(options)
+    elif sep and prefix in _PREFIXES:
+        loaded = _PREFIXES[prefix](rest, options)
+    elif Path(spec).expanduser().is_dir():
+        loaded = _load_local(str(Path(spec).expanduser()), options)
+    elif preset := find_preset(spec):
+        loaded = _load_preset(preset, options)
+    else:
+        raise ConfigError(
+            f"unknown model {spec!r}: not a directory, and not one of {MODEL_FORMS}. {suggest(spec)}"
+        )
+    if loaded.prices is None:
+        loaded.prices = _known_prices(loaded)
+    return loaded

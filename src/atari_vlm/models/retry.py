@@ -19,7 +19,18 @@ from typing import TypeVar
 
 from atari_vlm.errors import ConfigError, ModelError
 
-__all__ = ["Classifier", "RetryPolicy", "Sleep", "Transient", "parse_retry_after", "with_retries"]
+__all__ = [
+    "RETRY_STATUSES",
+    "Classifier",
+    "RetryPolicy",
+    "Sleep",
+    "Transient",
+    "classify_status",
+    "clip",
+    "parse_retry_after",
+    "redact",
+    "with_retries",
+]
 
 T = TypeVar("T")
 
@@ -125,3 +136,60 @@ async def with_retries(
                 ) from None
             await sleep(policy.delay_s(retry, rng, verdict.retry_after_s))
             retry += 1
+
+
+# -- shared failure classification -------------------------------------------------------------------
+# Every HTTP provider maps a status code to "retry" or "stop and say what to fix" the same way; only
+# how a status, a server message and a Retry-After are read out of an SDK's exception differs.
+
+RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504, 529})
+"""Statuses worth retrying: timeouts, rate limits, server errors, and Anthropic's 529 "overloaded"."""
+
+SERVER_MESSAGE_CHARS = 300
+
+
+def clip(text: str, limit: int = SERVER_MESSAGE_CHARS) -> str:
+    """``text`` cut to ``limit`` characters: a server's error page must not flood a log line."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def redact(text: str, *secrets: str | None) -> str:
+    """``text`` with every secret of 4+ characters replaced by ``***``."""
+    for secret in secrets:
+        if secret and len(secret) >= 4:
+            text = text.replace(secret, "***")
+    return text
+
+
+def classify_status(
+    status: int,
+    *,
+    where: str,
+    model: str,
+    server_says: str,
+    key_hint: str,
+    retry_after_s: float | None = None,
+    label: str | None = None,
+) -> Transient | ModelError:
+    """The verdict on an HTTP error status, with a message that says what to fix.
+
+    ``where`` names the endpoint ("the Anthropic API at https://..."), ``key_hint`` says where the key
+    came from, ``label`` how the status is shown when the provider's own code differs from ``status``
+    (Gemini answers a bad key with 400). The server's text is left out of key errors: some servers
+    echo the (masked) key.
+    """
+    shown = label or f"HTTP {status}"
+    if status in RETRY_STATUSES:
+        return Transient(f"{shown}: {clip(server_says)}", retry_after_s)
+    if status in (401, 403):
+        return ModelError(
+            f"{where} rejected the API key ({shown}); {key_hint}, and that it may use model {model!r}"
+        )
+    if status == 404:
+        return ModelError(
+            f"model {model!r} was not found at {where} ({shown}: {clip(server_says)}); check the model "
+            "name (`atari-vlm models` lists the presets; retired models answer 404)"
+        )
+    if status in (400, 413, 422):
+        return ModelError(f"{where} refused the request as bad ({shown}): {clip(server_says)}")
+    return ModelError(f"{where} answered {shown}: {clip(server_says)}")

@@ -1,0 +1,197 @@
+"""Gemini through the official ``google-genai`` SDK (Gemini Developer API), images as inline parts.
+
+The SDK's own retries are off (one attempt): :mod:`atari_vlm.models.retry` decides. The SDK gets an
+``httpx2`` client of ours, so its transport (and the exceptions it raises) is always the same one,
+whether or not aiohttp happens to be installed.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+import re
+from typing import Any
+
+from atari_vlm.errors import ModelError, require
+from atari_vlm.models.base import ImagePart, Message, Request, TextPart, Usage
+from atari_vlm.models.remote import MalformedResponse, Parsed, RemoteVLM
+from atari_vlm.models.retry import Transient, classify_status, clip, parse_retry_after
+
+__all__ = ["DEFAULT_BASE_URL", "GEMINI_KEY_ENV_VARS", "GeminiVLM"]
+
+DEFAULT_BASE_URL = "https://generativelanguage.googleapis.com"
+GEMINI_KEY_ENV_VARS: tuple[str, ...] = ("GEMINI_API_KEY", "GOOGLE_API_KEY")
+
+_FINISH = {"STOP": "stop", "MAX_TOKENS": "length"}
+_ROLES = {"user": "user", "assistant": "model"}
+_DELAY = re.compile(r"^\s*(\d+(?:\.\d+)?)s\s*$")
+
+
+def _httpx() -> Any:
+    """The HTTP library google-genai drives: httpx2 for google-genai 3.x, httpx before."""
+    try:
+        return importlib.import_module("httpx2")
+    except ImportError:
+        return require("httpx", extra="gemini")
+
+
+class GeminiVLM(RemoteVLM):
+    """A :class:`~atari_vlm.models.base.VLM` on the Gemini API (see :class:`RemoteVLM`).
+
+    ``thinking_budget``: thinking tokens allowed to 2.5-series models (0 turns thinking off where
+    the model allows it); None leaves the model's default. Thinking tokens are billed as output.
+    """
+
+    provider = "Gemini"
+    key_env_vars = GEMINI_KEY_ENV_VARS
+    default_base_url = DEFAULT_BASE_URL
+
+    def __init__(
+        self,
+        *,
+        model: str,
+        thinking_budget: int | None = None,
+        http_client: Any = None,
+        **settings: Any,
+    ) -> None:
+        """``http_client``: an ``httpx2.AsyncClient`` for the SDK (tests pass one with a mock transport)."""
+        super().__init__(model=model, **settings)
+        genai = require("google.genai", extra="gemini", package="google-genai")
+        self._genai_errors = require("google.genai.errors", extra="gemini", package="google-genai")
+        self._http = _httpx()
+        self.thinking_budget = thinking_budget
+        self._own_http_client = http_client is None
+        self._http_client = http_client or self._http.AsyncClient(timeout=self.timeout_s)
+        options = genai.types.HttpOptions(
+            base_url=self.base_url,
+            timeout=math.ceil(self.timeout_s * 1000),  # milliseconds
+            retry_options=genai.types.HttpRetryOptions(attempts=1),
+            httpx_async_client=self._http_client,
+        )
+        # vertexai=False: the Gemini Developer API whatever GOOGLE_GENAI_USE_VERTEXAI says.
+        self._client = genai.Client(api_key=self._key, vertexai=False, http_options=options)
+
+    async def aclose(self) -> None:
+        await self._client.aio.aclose()
+        if self._own_http_client:
+            await self._http_client.aclose()
+
+    # -- wire format ---------------------------------------------------------------------------------
+
+    def request_body(self, request: Request) -> dict[str, Any]:
+        """The keyword arguments of ``aio.models.generate_content``, as plain dicts."""
+        config: dict[str, Any] = {
+            "max_output_tokens": request.max_tokens,
+            "temperature": request.temperature,
+        }
+        system = self._system_text(request.messages)
+        if system:
+            config["system_instruction"] = system
+        if request.json_mode:
+            config["response_mime_type"] = "application/json"
+        if self.thinking_budget is not None:
+            config["thinking_config"] = {"thinking_budget": self.thinking_budget}
+        contents = [self._content(m) for m in request.messages if m.role != "system"]
+        return {"model": self.model, "contents": contents, "config": config}
+
+    def _content(self, message: Message) -> dict[str, Any]:
+        if message.role == "assistant" and message.images:
+            raise ValueError("images are only allowed in user messages, not 'assistant'")
+        return {"role": _ROLES[message.role], "parts": [self._part(p) for p in message.parts]}
+
+    def _part(self, part: TextPart | ImagePart) -> dict[str, Any]:
+        if isinstance(part, TextPart):
+            return {"text": part.text}
+        data, mime = self._image_bytes(part)
+        return {"inline_data": {"data": data, "mime_type": mime}}
+
+    async def _send(self, body: dict[str, Any]) -> Any:
+        return await self._client.aio.models.generate_content(**body)
+
+    def _parse(self, response: Any) -> Parsed:
+        usage = _usage(getattr(response, "usage_metadata", None))
+        model = getattr(response, "model_version", None) or ""
+        candidates = getattr(response, "candidates", None)
+        if not candidates:
+            feedback = getattr(response, "prompt_feedback", None)
+            blocked = getattr(feedback, "block_reason", None)
+            if blocked is None:
+                raise MalformedResponse(f"no candidates in the response body: {clip(str(response))!r}")
+            # A refused prompt is an answer, not a failure: it is reported, not retried.
+            return Parsed("", usage, model, f"blocked: {_enum_name(blocked)}")
+        candidate = candidates[0]
+        parts = getattr(candidate.content, "parts", None) or []
+        text = "".join(p.text for p in parts if getattr(p, "text", None) and not getattr(p, "thought", None))
+        reason = _enum_name(candidate.finish_reason) if candidate.finish_reason is not None else "STOP"
+        return Parsed(text, usage, model, _FINISH.get(reason, reason.lower()))
+
+    # -- failures ------------------------------------------------------------------------------------
+
+    def _verdict(self, exc: Exception) -> Transient | ModelError | None:
+        http = self._http
+        if isinstance(exc, http.TimeoutException):
+            return Transient(f"no answer within timeout_s={self.timeout_s}")
+        if isinstance(exc, http.TransportError):
+            return Transient(f"connection error: {type(exc).__name__}: {clip(str(exc))}")
+        if isinstance(exc, self._genai_errors.APIError):
+            status = int(exc.code or 0)
+            message = str(exc.message or exc.status or exc)
+            label = None
+            if status == 400 and _is_key_error(exc.details, message):
+                # Gemini answers a bad key with 400 INVALID_ARGUMENT / API_KEY_INVALID: a key error.
+                status, label = 401, "HTTP 400 API_KEY_INVALID"
+            return classify_status(
+                status,
+                label=label,
+                where=self.where,
+                model=self.model,
+                server_says=f"{exc.status}: {message}" if exc.status else message,
+                key_hint=self.key_hint,
+                retry_after_s=_retry_after(exc),
+            )
+        return None
+
+
+def _usage(meta: Any) -> Usage:
+    """Prompt tokens (cached ones included) in; candidates plus thinking tokens out (both billed)."""
+    if meta is None:
+        return Usage()
+    images = [
+        d.token_count or 0
+        for d in (meta.prompt_tokens_details or [])
+        if _enum_name(getattr(d, "modality", None)) == "IMAGE"
+    ]
+    return Usage(
+        input_tokens=meta.prompt_token_count or 0,
+        output_tokens=(meta.candidates_token_count or 0) + (meta.thoughts_token_count or 0),
+        image_tokens=sum(images) if images else None,
+    )
+
+
+def _enum_name(value: Any) -> str:
+    return str(getattr(value, "value", value))
+
+
+def _error_details(details: Any) -> list[dict[str, Any]]:
+    """The ``error.details`` list of a Google API error body (``google.rpc`` messages)."""
+    error = details.get("error", details) if isinstance(details, dict) else None
+    items = error.get("details") if isinstance(error, dict) else None
+    return [d for d in items if isinstance(d, dict)] if isinstance(items, list) else []
+
+
+def _is_key_error(details: Any, message: str) -> bool:
+    reasons = {str(d.get("reason", "")) for d in _error_details(details)}
+    return any(r.startswith("API_KEY") for r in reasons) or "api key" in message.lower()
+
+
+def _retry_after(exc: Any) -> float | None:
+    """Retry-After headers if any, else the ``google.rpc.RetryInfo`` delay ("30s") in the body."""
+    headers = getattr(getattr(exc, "response", None), "headers", None)
+    if headers is not None and (seconds := parse_retry_after(headers)) is not None:
+        return seconds
+    for detail in _error_details(exc.details):
+        if str(detail.get("@type", "")).endswith("RetryInfo"):
+            match = _DELAY.match(str(detail.get("retryDelay", "")))
+            if match:
+                return float(match.group(1))
+    return None

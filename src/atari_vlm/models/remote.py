@@ -1,0 +1,204 @@
+"""What every hosted-API backend shares: settings, the key, bounded concurrency, retries, redaction.
+
+A provider backend (:mod:`~atari_vlm.models.anthropic_backend`, :mod:`~atari_vlm.models.gemini_backend`)
+only says how a :class:`~atari_vlm.models.base.Request` becomes its SDK call, how the SDK's answer
+becomes text and usage, and how the SDK's exceptions read (status, message, Retry-After). The retry
+loop, the wall-clock latency, the concurrency bound and keeping the key out of every message live
+here once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from atari_vlm import imaging
+from atari_vlm.errors import ConfigError, ModelError
+from atari_vlm.models.base import Completion, ImagePart, Message, Request, Usage
+from atari_vlm.models.retry import RetryPolicy, Sleep, Transient, clip, redact, with_retries
+
+__all__ = ["MalformedResponse", "Parsed", "RemoteVLM", "resolve_key"]
+
+
+class MalformedResponse(Exception):
+    """A 200 whose body is not a usable answer (a proxy's HTML page, a cut-off body): retried."""
+
+
+@dataclass(frozen=True)
+class Parsed:
+    """The parts of a provider's answer that become a :class:`Completion`."""
+
+    text: str
+    usage: Usage
+    model: str
+    finish_reason: str
+
+
+def resolve_key(api_key: str | None, env_vars: tuple[str, ...], provider: str) -> str:
+    """The explicit key, else the first of ``env_vars`` that is set; a ConfigError naming them if none."""
+    if api_key:
+        return api_key
+    for name in env_vars:
+        if value := os.environ.get(name):
+            return value
+    names = " or ".join(env_vars)
+    raise ConfigError(f"no {provider} API key: set the {names} environment variable or pass --api-key")
+
+
+class RemoteVLM(ABC):
+    """A :class:`~atari_vlm.models.base.VLM` behind a hosted API, with this project's retry policy.
+
+    ``latency_s`` of a completion is the wall time of the whole :meth:`generate` call (waiting for
+    a free slot, retries and backoff included): what the agent waited. ``concurrency`` bounds the
+    requests in flight; a request waiting out a backoff does not hold a slot. The key is held only
+    by the SDK client and :meth:`_redact`; it is in no ``repr`` and no error message.
+    """
+
+    provider: ClassVar[str]
+    """Human name of the provider, for messages ("Anthropic")."""
+    key_env_vars: ClassVar[tuple[str, ...]]
+    """Environment variables the key is read from, in order."""
+    default_base_url: ClassVar[str]
+
+    def __init__(
+        self,
+        *,
+        model: str,
+        api_key: str | None = None,
+        base_url: str | None = None,
+        image_format: imaging.ImageFormat = "jpeg",
+        jpeg_quality: int = 90,
+        timeout_s: float = 60.0,
+        max_retries: int = 4,
+        concurrency: int = 8,
+        backoff_base_s: float = 0.5,
+        backoff_max_s: float = 30.0,
+        seed: int | None = None,
+        sleep: Sleep | None = None,
+    ) -> None:
+        if not model:
+            raise ConfigError("model must be a non-empty model name")
+        if image_format not in imaging.IMAGE_FORMATS:
+            raise ConfigError(f"image_format must be one of {imaging.IMAGE_FORMATS}, got {image_format!r}")
+        if not 1 <= jpeg_quality <= 100:
+            raise ConfigError(f"jpeg_quality must be in [1, 100], got {jpeg_quality}")
+        if not timeout_s > 0:
+            raise ConfigError(f"timeout_s must be > 0, got {timeout_s}")
+        if concurrency < 1:
+            raise ConfigError(f"concurrency must be >= 1, got {concurrency}")
+        self._policy = RetryPolicy(max_retries, backoff_base_s, backoff_max_s)
+        self.name = model
+        self.model = model
+        self.base_url = (base_url or self.default_base_url).rstrip("/")
+        self.image_format = image_format
+        self.jpeg_quality = jpeg_quality
+        self.timeout_s = timeout_s
+        self.concurrency = concurrency
+        self._key = resolve_key(api_key, self.key_env_vars, self.provider)
+        self._rng = random.Random(seed)
+        self._sleep: Sleep = sleep or asyncio.sleep
+        self._semaphore = asyncio.Semaphore(concurrency)
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(model={self.model!r}, base_url={self.base_url!r}, "
+            f"image_format={self.image_format!r}, timeout_s={self.timeout_s}, "
+            f"max_retries={self._policy.max_retries}, concurrency={self.concurrency})"
+        )
+
+    __str__ = __repr__
+
+    @property
+    def where(self) -> str:
+        return f"the {self.provider} API at {self.base_url}"
+
+    @property
+    def key_hint(self) -> str:
+        return f"check the key passed with --api-key or set in {' / '.join(self.key_env_vars)}"
+
+    # -- VLM protocol --------------------------------------------------------------------------------
+
+    async def generate(self, request: Request) -> Completion:
+        """Send one request, retrying transient failures (see the class docstring)."""
+        body = self.request_body(request)
+        start = time.perf_counter()
+        parsed, retries = await with_retries(
+            lambda: self._attempt(body),
+            classify=self._classify,
+            policy=self._policy,
+            rng=self._rng,
+            sleep=self._sleep,
+            what=f"request to model {self.model!r} at {self.base_url}",
+        )
+        latency = time.perf_counter() - start
+        return Completion(
+            text=parsed.text,
+            usage=parsed.usage,
+            latency_s=latency,
+            model=parsed.model or self.model,
+            finish_reason=parsed.finish_reason,
+            retries=retries,
+        )
+
+    @abstractmethod
+    async def aclose(self) -> None: ...
+
+    # -- what a provider fills in --------------------------------------------------------------------
+
+    @abstractmethod
+    def request_body(self, request: Request) -> dict[str, Any]:
+        """The keyword arguments of the SDK call for ``request`` (what goes on the wire)."""
+
+    @abstractmethod
+    async def _send(self, body: dict[str, Any]) -> Any:
+        """One SDK call; raises the SDK's exceptions or :class:`MalformedResponse`."""
+
+    @abstractmethod
+    def _parse(self, response: Any) -> Parsed:
+        """Text, usage and finish reason of a response; :class:`MalformedResponse` if it has none."""
+
+    @abstractmethod
+    def _verdict(self, exc: Exception) -> Transient | ModelError | None:
+        """Transient (retry), fatal (a ModelError saying what to fix) or not ours (None: re-raise)."""
+
+    # -- shared helpers ------------------------------------------------------------------------------
+
+    def _image_bytes(self, part: ImagePart) -> tuple[bytes, str]:
+        """The encoded image and its MIME type."""
+        mime = "image/jpeg" if self.image_format == "jpeg" else "image/png"
+        return imaging.encode(part.pixels, self.image_format, self.jpeg_quality), mime
+
+    @staticmethod
+    def _system_text(messages: tuple[Message, ...]) -> str | None:
+        """All system turns joined: both APIs take the system prompt apart from the conversation."""
+        texts = [m.joined_text for m in messages if m.role == "system"]
+        if any(m.images for m in messages if m.role == "system"):
+            raise ValueError("images are not allowed in system messages")
+        return "\n\n".join(texts) if texts else None
+
+    async def _attempt(self, body: dict[str, Any]) -> Parsed:
+        async with self._semaphore:
+            response = await self._send(body)
+        return self._parse(response)  # inside the retry loop: a malformed body is retried
+
+    def _classify(self, exc: Exception) -> Transient | ModelError | None:
+        if isinstance(exc, (MalformedResponse, json.JSONDecodeError)):
+            verdict: Transient | ModelError | None = Transient(
+                f"malformed response ({clip(str(exc))}); is base_url {self.base_url} right?"
+            )
+        else:
+            verdict = self._verdict(exc)
+        if isinstance(verdict, Transient):
+            return Transient(self._redact(verdict.reason), verdict.retry_after_s)
+        if isinstance(verdict, ModelError):
+            return ModelError(self._redact(str(verdict)))
+        return None
+
+    def _redact(self, text: str) -> str:
+        return redact(text, self._key)

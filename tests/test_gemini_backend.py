@@ -1,0 +1,259 @@
+"""GeminiVLM through the real ``google-genai`` SDK and a mock HTTP transport (offline).
+
+Asserts the exact JSON on the wire, the parsing of documented response shapes, and the retry and
+fatal paths; backoff sleeps are recorded, never slept.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from typing import Any
+
+import numpy as np
+import pytest
+
+pytest.importorskip("google.genai")
+
+import httpx2
+
+from atari_vlm.errors import ConfigError, ModelError
+from atari_vlm.models.base import Completion, ImagePart, Message, Request, TextPart
+from atari_vlm.models.gemini_backend import GeminiVLM
+from http_script import HttpScript, decode_image, error
+
+MODEL = "gemini-2.5-flash"
+KEY = "AIzaSy-test-DO-NOT-LEAK-93kd02"
+BASE = "https://gemini.test"
+
+# generateContent's response, as documented (https://ai.google.dev/api/generate-content#v1beta.GenerateContentResponse).
+RESPONSE: dict[str, Any] = {
+    "candidates": [
+        {
+            "content": {"parts": [{"text": "ACTION: UP"}], "role": "model"},
+            "finishReason": "STOP",
+            "index": 0,
+            "safetyRatings": [{"category": "HARM_CATEGORY_HARASSMENT", "probability": "NEGLIGIBLE"}],
+        }
+    ],
+    "usageMetadata": {
+        "promptTokenCount": 300,
+        "candidatesTokenCount": 4,
+        "totalTokenCount": 304,
+        "promptTokensDetails": [
+            {"modality": "TEXT", "tokenCount": 42},
+            {"modality": "IMAGE", "tokenCount": 258},
+        ],
+    },
+    "modelVersion": MODEL,
+    "responseId": "abc123",
+}
+OK = httpx2.Response(200, json=RESPONSE)
+
+
+def google_error(status: int, code: str, message: str, details: list[Any] | None = None, **headers: str):
+    body = {"error": {"code": status, "message": message, "status": code, "details": details or []}}
+    return error(status, body, headers)
+
+
+def make(script: HttpScript, **options: Any) -> GeminiVLM:
+    settings: dict[str, Any] = {
+        "model": MODEL,
+        "api_key": KEY,
+        "base_url": BASE,
+        "http_client": script.client(),
+        "sleep": script.sleep,
+        "seed": 0,
+    }
+    settings.update(options)
+    return GeminiVLM(**settings)
+
+
+def run(vlm: GeminiVLM, request: Request) -> Completion:
+    async def go() -> Completion:
+        try:
+            return await vlm.generate(request)
+        finally:
+            await vlm.aclose()
+
+    return asyncio.run(go())
+
+
+def fails(vlm: GeminiVLM, request: Request) -> ModelError:
+    with pytest.raises(ModelError) as info:
+        run(vlm, request)
+    return info.value
+
+
+FRAME = np.zeros((210, 160, 3), np.uint8)
+FRAME[100:110, 70:80] = 255
+REQUEST = Request(
+    (
+        Message.text("system", "You play Pong."),
+        Message("user", (TextPart("Frame:"), ImagePart(FRAME), TextPart("Your move?"))),
+    ),
+    max_tokens=64,
+    temperature=0.0,
+)
+
+
+def inline_bytes(part: dict[str, Any]) -> tuple[bytes, str]:
+    blob = part.get("inlineData") or part["inline_data"]
+    data = blob["data"]
+    return base64.urlsafe_b64decode(data + "=" * (-len(data) % 4)), blob.get("mimeType") or blob["mime_type"]
+
+
+def test_request_on_the_wire() -> None:
+    script = HttpScript(OK)
+    completion = run(make(script), REQUEST)
+    assert completion.text == "ACTION: UP"
+    (request,) = script.requests
+    assert request.method == "POST"
+    assert str(request.url).startswith(BASE) and request.url.path.endswith(f"/models/{MODEL}:generateContent")
+    assert request.headers["x-goog-api-key"] == KEY
+    body = script.bodies[0]
+    assert body["systemInstruction"]["parts"] == [{"text": "You play Pong."}]
+    assert body["generationConfig"] == {"temperature": 0.0, "maxOutputTokens": 64}
+    (content,) = body["contents"]
+    assert content["role"] == "user"
+    text1, image, text2 = content["parts"]
+    assert text1 == {"text": "Frame:"} and text2 == {"text": "Your move?"}
+    data, mime = inline_bytes(image)
+    assert mime == "image/jpeg"
+    pixels = decode_image(data)
+    assert pixels.shape == (210, 160, 3)
+    assert pixels[105, 75].mean() > 200 and pixels[10, 10].mean() < 30
+
+
+def test_options_json_mode_and_roles_on_the_wire() -> None:
+    script = HttpScript(OK)
+    request = Request(
+        (
+            Message.text("user", "first"),
+            Message.text("assistant", "ACTION: NOOP"),
+            Message("user", (ImagePart(np.full((50, 40), 128, np.uint8)),)),
+        ),
+        max_tokens=5,
+        temperature=0.5,
+        json_mode=True,
+    )
+    run(make(script, thinking_budget=0, image_format="png"), request)
+    body = script.bodies[0]
+    assert "systemInstruction" not in body
+    assert [c["role"] for c in body["contents"]] == ["user", "model", "user"]
+    config = body["generationConfig"]
+    # The SDK sends some fields in snake_case; the API's proto-JSON parser takes both spellings.
+    thinking = config.get("thinkingConfig") or config["thinking_config"]
+    assert thinking in ({"thinkingBudget": 0}, {"thinking_budget": 0})
+    assert config["responseMimeType"] == "application/json"
+    assert config["maxOutputTokens"] == 5 and config["temperature"] == 0.5
+    data, mime = inline_bytes(body["contents"][2]["parts"][0])
+    assert mime == "image/png" and decode_image(data).shape == (50, 40)
+
+
+def test_parses_usage_with_thinking_and_image_tokens() -> None:
+    body = {
+        **RESPONSE,
+        "candidates": [
+            {
+                "content": {
+                    "parts": [{"text": "plan", "thought": True}, {"text": "ACTION: FIRE"}],
+                    "role": "model",
+                },
+                "finishReason": "MAX_TOKENS",
+            }
+        ],
+        "usageMetadata": {**RESPONSE["usageMetadata"], "thoughtsTokenCount": 20},
+    }
+    completion = run(make(HttpScript(httpx2.Response(200, json=body))), REQUEST)
+    assert completion.text == "ACTION: FIRE" and completion.finish_reason == "length"
+    assert completion.usage.input_tokens == 300
+    assert completion.usage.output_tokens == 24  # thinking tokens are billed as output
+    assert completion.usage.image_tokens == 258
+    assert completion.model == MODEL and completion.retries == 0
+
+
+def test_a_blocked_prompt_is_reported_not_retried() -> None:
+    body = {"promptFeedback": {"blockReason": "SAFETY"}, "usageMetadata": {"promptTokenCount": 10}}
+    script = HttpScript(httpx2.Response(200, json=body))
+    completion = run(make(script), REQUEST)
+    assert completion.text == "" and completion.finish_reason == "blocked: SAFETY"
+    assert len(script.requests) == 1 and completion.usage.input_tokens == 10
+
+
+def test_429_honours_the_retry_info_delay_then_succeeds() -> None:
+    retry_info = [{"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "7s"}]
+    script = HttpScript(OK).then(google_error(429, "RESOURCE_EXHAUSTED", "quota", retry_info))
+    completion = run(make(script), REQUEST)
+    assert completion.retries == 1 and len(script.requests) == 2 and script.sleeps == [7.0]
+
+
+def test_429_honours_a_retry_after_header() -> None:
+    script = HttpScript(OK).then(google_error(429, "RESOURCE_EXHAUSTED", "quota", **{"retry-after": "3"}))
+    completion = run(make(script), REQUEST)
+    assert completion.retries == 1 and script.sleeps == [3.0]
+
+
+def test_server_errors_timeouts_and_resets_are_retried() -> None:
+    script = HttpScript(OK).then(
+        google_error(503, "UNAVAILABLE", "The model is overloaded."),
+        google_error(500, "INTERNAL", "internal error"),
+        httpx2.ReadTimeout("read timed out"),
+        httpx2.RemoteProtocolError("peer closed connection"),
+        httpx2.Response(200, text="<html>bad gateway</html>", headers={"content-type": "text/html"}),
+    )
+    completion = run(make(script, max_retries=5), REQUEST)
+    assert completion.text == "ACTION: UP" and completion.retries == 5 and len(script.requests) == 6
+
+
+def test_gives_up_after_max_retries() -> None:
+    script = HttpScript(google_error(503, "UNAVAILABLE", "The model is overloaded."))
+    err = fails(make(script, max_retries=1), REQUEST)
+    assert len(script.requests) == 2 and "failed 2 times" in str(err) and "overloaded" in str(err)
+
+
+def test_bad_key_is_fatal_at_once() -> None:
+    details = [{"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": "API_KEY_INVALID"}]
+    script = HttpScript(google_error(400, "INVALID_ARGUMENT", f"API key not valid: {KEY}", details))
+    err = fails(make(script), REQUEST)
+    assert len(script.requests) == 1 and script.sleeps == []
+    assert (
+        "rejected the API key" in str(err) and "GEMINI_API_KEY" in str(err) and "GOOGLE_API_KEY" in str(err)
+    )
+    assert KEY not in str(err) and err.__cause__ is None
+
+
+@pytest.mark.parametrize(
+    "status,code,expect",
+    [
+        (400, "INVALID_ARGUMENT", "refused the request as bad (HTTP 400): INVALID_ARGUMENT: nope"),
+        (401, "UNAUTHENTICATED", "rejected the API key (HTTP 401)"),
+        (403, "PERMISSION_DENIED", "rejected the API key (HTTP 403)"),
+        (404, "NOT_FOUND", f"model {MODEL!r} was not found"),
+    ],
+)
+def test_client_errors_are_fatal(status: int, code: str, expect: str) -> None:
+    script = HttpScript(google_error(status, code, "nope"))
+    err = fails(make(script), REQUEST)
+    assert len(script.requests) == 1 and expect in str(err)
+
+
+def test_missing_key_names_both_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("GEMINI_API_KEY", raising=False)
+    monkeypatch.delenv("GOOGLE_API_KEY", raising=False)
+    with pytest.raises(ConfigError, match="GEMINI_API_KEY or GOOGLE_API_KEY"):
+        GeminiVLM(model=MODEL)
+
+
+@pytest.mark.parametrize("variable", ["GEMINI_API_KEY", "GOOGLE_API_KEY"])
+def test_key_from_either_variable_stays_out_of_repr(monkeypatch: pytest.MonkeyPatch, variable: str) -> None:
+    monkeypatch.delenv("GEMINI_API_KEY", raising=False)
+    monkeypatch.delenv("GOOGLE_API_KEY", raising=False)
+    monkeypatch.setenv(variable, KEY)
+    monkeypatch.setenv("GOOGLE_GENAI_USE_VERTEXAI", "true")  # must not switch the backend to Vertex AI
+    script = HttpScript(OK)
+    vlm = make(script, api_key=None)
+    assert KEY not in repr(vlm) and KEY not in str(vlm)
+    run(vlm, REQUEST)
+    assert script.requests[0].headers["x-goog-api-key"] == KEY
+    assert script.requests[0].url.host == "gemini.test"
