@@ -39,6 +39,7 @@ class Decision:
     usage: Usage = field(default_factory=Usage)
     latency_s: float = 0.0
     retries: int = 0
+    cost_usd: float | None = None  # None: no price known (a custom server), or no model
 
 
 class Agent(Protocol):
@@ -186,6 +187,7 @@ class VLMAgent:
             usage=completion.usage,
             latency_s=completion.latency_s,
             retries=completion.retries,
+            cost_usd=completion.cost_usd,
         )
 
     def _remember(self, obs: dict[str, Any], decision: Decision) -> None:

@@ -49,7 +49,20 @@ def _add_view_args(parser: argparse.ArgumentParser) -> None:
 def _add_model_args(parser: argparse.ArgumentParser) -> None:
     m = parser.add_argument_group("model")
     m.add_argument("--base-url", default=None, help="OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1")
-    m.add_argument("--api-key", default=None, help="else read from the provider's env var; never written")
+    m.add_argument(
+        "--api-key",
+        default=None,
+        help="else OPENAI_API_KEY / ANTHROPIC_API_KEY / GEMINI_API_KEY / GOOGLE_API_KEY; never written",
+    )
+    m.add_argument(
+        "--image-detail", choices=["auto", "low", "high"], default="auto", help="OpenAI image detail"
+    )
+    m.add_argument(
+        "--trust-remote-code", action="store_true", help="local models: run a checkpoint's own code"
+    )
+    m.add_argument(
+        "--max-cost", type=float, default=None, metavar="USD", help="stop before a call could pass this"
+    )
     m.add_argument("--max-tokens", type=int, default=None, help="default: the prompt style's own")
     m.add_argument("--temperature", type=float, default=0.0)
     m.add_argument("--device", default="cpu", help="local models: cpu, cuda, cuda:1, mps")
@@ -69,8 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
     play.add_argument(
         "--model",
         default="auto",
-        help="demo | auto | openai:<model> | <checkpoint dir> (default: auto = API key or server if set, "
-        "else demo)",
+        help="a preset (see `atari-vlm models`) | demo | auto | openai:|anthropic:|gemini:<model> | "
+        "local:<hf id> | <checkpoint dir> (default: auto = an API key or server if set, else demo)",
     )
     play.add_argument("--agent", default="vlm", choices=["vlm", "random"], help="random: the baseline")
     play.add_argument("--episodes", type=int, default=1)
@@ -86,6 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
     play.add_argument("--no-video", dest="video", action="store_false", help="skip the mp4 per episode")
     play.add_argument("--video-overlay", action="store_true", help="caption each video frame with the action")
     play.add_argument("--no-report", dest="report", action="store_false", help="skip report.html")
+    play.add_argument(
+        "--dry-run", action="store_true", help="one measured decision, then the run's estimated cost"
+    )
     _add_view_args(play)
     g = play.add_argument_group("environment")
     g.add_argument("--frame-skip", type=int, default=4)
@@ -122,6 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
     results.add_argument("--table", default="dqn_nature", help="reference scores: dqn_nature | atari57")
     results.add_argument("--reps", type=int, default=2000, help="bootstrap resamples")
 
+    sub.add_parser("models", help="model presets: prices, hardware, usable now, and a recommendation")
+
     games = sub.add_parser("games", help="list every playable game")
     games.add_argument("--rich-only", action="store_true", help="only games with a RAM state description")
     return parser
@@ -146,6 +164,8 @@ def _model_options(args: argparse.Namespace):
         dtype=args.dtype,
         quantize=args.quantize,
         concurrency=args.concurrency,
+        image_detail=args.image_detail,
+        trust_remote_code=args.trust_remote_code,
     )
 
 
@@ -175,7 +195,9 @@ def _cmd_bench(args: argparse.Namespace) -> int:
             err.print(f"[dim]done already:[/dim] {escape(label)}")
             return
         data = summary.to_dict()
-        out.print(f"{escape(label)}: mean return {data['mean_return']:g} over {data['episodes']} episodes")
+        out.print(
+            f"{escape(label)}: mean return {_num(data['mean_return'])} over {data['episodes']} episodes"
+        )
 
     data = run_bench(spec, on_combination=on_combination)
     sys.stdout.write(Path(data["files"]["markdown"]).read_text(encoding="utf-8"))
@@ -230,10 +252,13 @@ def _cmd_play(args: argparse.Namespace) -> int:
         history_images=args.history_images,
         video=args.video,
         video_overlay=args.video_overlay,
+        max_cost_usd=args.max_cost,
         overwrite=args.overwrite,
         resume=args.resume,
         model_options=_model_options(args),
     )
+    if args.dry_run:
+        return _dry_run(settings)
     progress = Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -276,6 +301,29 @@ def _write_report_if_possible(run_dir: Path) -> None:
         err.print(f"[yellow]no report:[/yellow] {escape(str(exc))}")
 
 
+def _num(value: float | None) -> str:
+    return "-" if value is None else f"{value:g}"
+
+
+def _dry_run(settings) -> int:
+    from atari_vlm.runner import estimate_cost
+
+    est = estimate_cost(settings)
+    per = est["cost_per_decision_usd"]
+    out.print(
+        f"one measured decision of {est['model']['spec']}: {est['input_tokens']} input + "
+        f"{est['output_tokens']} output tokens, {est['latency_s']} s"
+    )
+    if per is None:
+        out.print("no price is known for this model (a custom server?), so no dollar estimate")
+    else:
+        out.print(
+            f"${per:.6f} per decision x {est['decisions_bound']} {est['decisions']} decisions "
+            f"= about ${est['estimated_cost_usd']:.4f} for the run (nothing was written)"
+        )
+    return 0
+
+
 def _print_summary(summary) -> None:
     data = summary.to_dict()
     table = Table(title=f"{data['game']} played by {data['model']['spec']}")
@@ -293,14 +341,25 @@ def _print_summary(summary) -> None:
             f"{e.wall_s:.1f}",
         )
     out.print(table)
+    if data["cost_usd"] is not None:
+        out.print(f"cost: ${data['cost_usd']:.4f}")
+    if summary.stopped:
+        out.print(f"[bold yellow]stopped early:[/bold yellow] {escape(summary.stopped)} (--resume continues)")
     out.print(
-        f"mean return {data['mean_return']:g} over {data['episodes']} episode(s); "
+        f"mean return {_num(data['mean_return'])} over {data['episodes']} episode(s); "
         f"{data['decisions']} model decisions, {data['unparsed']} unparsable answers, "
         f"{data['input_tokens']} + {data['output_tokens']} tokens, {data['wall_s']:.1f} s wall time"
     )
     if summary.warning:
         out.print(f"[bold yellow]NOTE:[/bold yellow] {escape(summary.warning)}")
     out.print(f"run directory: {summary.out}")
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    from atari_vlm.models.table import render_models_table
+
+    render_models_table(out)
+    return 0
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
@@ -324,6 +383,7 @@ COMMANDS = {
     "play": _cmd_play,
     "bench": _cmd_bench,
     "games": _cmd_games,
+    "models": _cmd_models,
     "report": _cmd_report,
     "results": _cmd_results,
 }

@@ -50,6 +50,7 @@ class EpisodeResult:
     unparsed: int = 0  # answers with no legal action, played as the fallback
     retries: int = 0
     usage: Usage = field(default_factory=Usage)
+    cost_usd: float | None = None
     model_latency_s: float = 0.0
     wall_s: float = 0.0
     terminated: bool = False
@@ -73,6 +74,7 @@ class EpisodeResult:
                 record.get("image_tokens"),
             ),
             model_latency_s=float(record.get("model_latency_s") or 0.0),
+            cost_usd=record.get("cost_usd"),
             wall_s=float(record.get("wall_s") or 0.0),
             terminated=bool(record.get("terminated")),
             truncated=bool(record.get("truncated")),
@@ -91,6 +93,7 @@ class EpisodeResult:
             "input_tokens": self.usage.input_tokens,
             "output_tokens": self.usage.output_tokens,
             "image_tokens": self.usage.image_tokens,
+            "cost_usd": None if self.cost_usd is None else round(self.cost_usd, 8),
             "model_latency_s": round(self.model_latency_s, 4),
             "wall_s": round(self.wall_s, 3),
             "terminated": self.terminated,
@@ -158,6 +161,8 @@ async def play_episode(
                 result.retries += decision.retries
                 result.usage = result.usage + decision.usage
                 result.model_latency_s += decision.latency_s
+                if decision.cost_usd is not None:
+                    result.cost_usd = (result.cost_usd or 0.0) + decision.cost_usd
             if writer is not None:
                 writer.add(
                     env.last_rgb_frame,
@@ -181,6 +186,7 @@ async def play_episode(
                         "image_tokens": decision.usage.image_tokens,
                         "latency_s": round(decision.latency_s, 4),
                         "retries": decision.retries,
+                        "cost_usd": decision.cost_usd,
                     }
                 )
             if on_step is not None:

@@ -7,6 +7,7 @@ nothing behind. The CLI is a thin layer over :func:`run_play`.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import platform
 import time
 from collections.abc import Callable
@@ -22,10 +23,11 @@ from atari_vlm.env import AtariVLMEnv, EnvConfig
 from atari_vlm.errors import ConfigError
 from atari_vlm.games import game_info
 from atari_vlm.models.base import Usage
+from atari_vlm.models.costs import BudgetedVLM, BudgetExceeded
 from atari_vlm.models.registry import LoadedModel, ModelOptions, load_model
 from atari_vlm.prompts import render_system_prompt
 from atari_vlm.rollout import EpisodeResult, play_episodes
-from atari_vlm.rundir import RunDir, write_json_atomic
+from atari_vlm.rundir import RunDir, read_jsonl, write_json_atomic
 
 AGENTS: tuple[str, ...] = ("vlm", "random")
 
@@ -52,6 +54,7 @@ class PlaySettings:
     protocol: dict[str, Any] | None = None  # recorded in config.json; its settings are already in env
     video: bool = True
     video_overlay: bool = False
+    max_cost_usd: float | None = None  # stop before the call that could pass this spend
     overwrite: bool = False
     resume: bool = False
     model_options: ModelOptions = field(default_factory=ModelOptions)
@@ -84,6 +87,7 @@ class RunSummary:
     episodes: list[EpisodeResult]
     wall_s: float
     warning: str | None = None
+    stopped: str | None = None  # why the run ended early (a budget), None when it played everything
 
     @property
     def usage(self) -> Usage:
@@ -91,6 +95,12 @@ class RunSummary:
         for e in self.episodes:
             total = total + e.usage
         return total
+
+    @property
+    def cost_usd(self) -> float | None:
+        """Dollars spent (None when no price is known for the model)."""
+        costs = [e.cost_usd for e in self.episodes if e.cost_usd is not None]
+        return round(sum(costs), 8) if costs else None
 
     def to_dict(self) -> dict[str, Any]:
         returns = [e.episode_return for e in self.episodes]
@@ -108,8 +118,10 @@ class RunSummary:
             "input_tokens": usage.input_tokens,
             "output_tokens": usage.output_tokens,
             "image_tokens": usage.image_tokens,
+            "cost_usd": self.cost_usd,
             "wall_s": round(self.wall_s, 3),
             "warning": self.warning,
+            "stopped": self.stopped,
         }
 
 
@@ -177,6 +189,10 @@ def run_play(
         model = loaded
     else:
         model = load_model(settings.model, settings.model_options)
+    if model is not None:
+        # Every run prices its own calls (and stops before the call the budget cannot pay for).
+        budgeted = BudgetedVLM(model.vlm, settings.max_cost_usd, model.prices)
+        model = dataclasses.replace(model, vlm=budgeted)
     factory = _make_worker_factory(settings, env_config, model)
     config = {
         "atari_vlm_version": __version__,
@@ -198,16 +214,18 @@ def run_play(
         "env_seeds": list(settings.env_seeds) if settings.env_seeds is not None else None,
         "protocol": settings.protocol,
         "video": settings.video,
+        "max_cost_usd": settings.max_cost_usd,
     }
     run = RunDir(settings.out).open(config, overwrite=settings.overwrite, resume=settings.resume)
-    kept = [EpisodeResult.from_record(r) for r in run.kept_episodes if r["episode"] < settings.episodes]
-    todo = sorted(set(range(settings.episodes)) - {e.episode for e in kept})
+    kept = {r["episode"] for r in run.kept_episodes}
+    todo = sorted(set(range(settings.episodes)) - kept)
     if on_start is not None:
         total = len(todo) * env_config.max_steps if env_config.max_steps else None
         on_start(model, total)
     start = time.perf_counter()
+    stopped = None
     try:
-        results = asyncio.run(
+        asyncio.run(
             _play_and_close(
                 factory,
                 model,
@@ -224,15 +242,22 @@ def run_play(
                 env_seeds=settings.env_seeds,
             )
         )
+    except BudgetExceeded as exc:
+        stopped = f"budget: {exc}"  # finished episodes stand; the interrupted one replays on --resume
     finally:
         run.close()
+    # The run directory is the record: the summary is read back from it, whatever happened above.
+    finished = {
+        r["episode"]: r for r in read_jsonl(run.path / "episodes.jsonl") if r["episode"] < settings.episodes
+    }
     summary = RunSummary(
         out=run.path,
         game=env_config.game,
         model=model.describe() if model else {"spec": "random", "provider": "none", "random_weights": False},
-        episodes=sorted(kept + results, key=lambda e: e.episode),
+        episodes=[EpisodeResult.from_record(finished[i]) for i in sorted(finished)],
         wall_s=time.perf_counter() - start,
         warning=model.warning if model else None,
+        stopped=stopped,
     )
     write_json_atomic(run.path / "summary.json", summary.to_dict())
     return summary
@@ -246,3 +271,47 @@ async def _play_and_close(
     finally:
         if model is not None and close_model:
             await model.vlm.aclose()
+
+
+def estimate_cost(settings: PlaySettings) -> dict[str, Any]:
+    """``--dry-run``: measure one real decision, then price the whole run from it. Writes nothing.
+
+    The run's decisions are ``episodes x max_steps`` (or the env-step budget over the decision
+    interval, or ALE's 108,000-frame cap as an upper bound when nothing shorter is set).
+    """
+    env_config = settings.validate()
+    if settings.agent != "vlm":
+        raise ConfigError("--dry-run prices model calls; the random agent makes none")
+    loaded = load_model(settings.model, settings.model_options)
+    model = dataclasses.replace(loaded, vlm=BudgetedVLM(loaded.vlm, None, loaded.prices))
+    env, agent = _make_worker_factory(settings, env_config, model)()
+
+    async def one_decision():
+        try:
+            obs, _ = env.reset(seed=settings.env_seeds[0] if settings.env_seeds else settings.seed)
+            return await agent.act(obs)
+        finally:
+            await model.vlm.aclose()
+
+    try:
+        decision = asyncio.run(one_decision())
+    finally:
+        env.close()
+    per_episode, bound = env_config.max_steps, "exactly"
+    if per_episode is None and env_config.total_env_steps is not None:
+        per_episode = -(-env_config.total_env_steps // env_config.decision_interval)
+    if per_episode is None:
+        frames = env_config.max_episode_frames or 108_000
+        per_episode, bound = -(-frames // (env_config.frame_skip * env_config.decision_interval)), "at most"
+    decisions = per_episode * settings.episodes
+    per_decision = decision.cost_usd
+    return {
+        "model": model.describe(),
+        "input_tokens": decision.usage.input_tokens,
+        "output_tokens": decision.usage.output_tokens,
+        "cost_per_decision_usd": per_decision,
+        "decisions": decisions,
+        "decisions_bound": bound,
+        "estimated_cost_usd": None if per_decision is None else round(per_decision * decisions, 6),
+        "latency_s": round(decision.latency_s, 3),
+    }
