@@ -257,3 +257,29 @@ def test_video_overlay_adds_a_caption_strip(tmp_path):
         == 0
     )
     assert read_video_info(out / "videos" / "episode_0000.mp4")["size"] == (320, 444)
+
+
+def test_train_command_writes_curves_and_resumes(tmp_path):
+    out = tmp_path / "train"
+    base = [
+        "train",
+        "--game",
+        "Pong-v5",
+        "--vlm",
+        "random",
+        "--eval-every",
+        "1",
+        "--eval-episodes",
+        "1",
+        "--max-steps",
+        "5",
+        "--out",
+        str(out),
+    ]
+    assert main([*base, "--episodes", "2"]) == 0
+    curve = read_jsonl(out / "learning_curve.jsonl")
+    assert [row["episode"] for row in curve] == [0, 1, 2]
+    assert (out / "learning_curve.csv").read_text().count("\n") == 4
+    assert main([*base, "--episodes", "3", "--resume"]) == 0
+    assert sorted(e["episode"] for e in read_jsonl(out / "episodes.jsonl")) == [0, 1, 2]
+    assert main([*base, "--episodes", "3"]) == 2  # the run exists: --resume or --overwrite

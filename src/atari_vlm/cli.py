@@ -72,6 +72,85 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
     m.add_argument("--num-envs", type=int, default=1, help="games played concurrently")
 
 
+def add_train_parser(sub) -> None:
+    train = sub.add_parser("train", help="play, remember, evaluate on held-out seeds, checkpoint; resumable")
+    train.add_argument("--game", required=True, help="any ALE game: Pong, Pong-v5, ALE/Pong-v5, ...")
+    train.add_argument(
+        "--vlm",
+        "--model",
+        dest="model",
+        default="auto",
+        help="demo | auto | openai:<model> | <checkpoint dir> | random (the baseline agent)",
+    )
+    train.add_argument("--prompt", default="basic", help="basic | cot | expert | a template .txt file")
+    train.add_argument(
+        "--use-icl", action="store_true", help="show exemplars from the memory (in-context learning)"
+    )
+    train.add_argument("--exemplars", choices=["key_moments", "similar"], default="key_moments")
+    train.add_argument("--top-k", type=int, default=3, help="exemplars come from the best K episodes")
+    train.add_argument("--image-budget", type=int, default=8, help="exemplar images per request at most")
+    train.add_argument(
+        "--episodes", type=int, default=10, help="training episodes in all (a resume counts those done)"
+    )
+    train.add_argument("--eval-every", type=int, default=5, help="evaluate after every N training episodes")
+    train.add_argument(
+        "--eval-episodes", type=int, default=3, help="held-out evaluation seeds 10000, 10001, ..."
+    )
+    train.add_argument("--max-steps", type=int, default=None, help="decisions per episode at most")
+    train.add_argument("--seed", type=int, default=0, help="root seed of the training episodes")
+    train.add_argument("--frame-skip", type=int, default=4)
+    train.add_argument(
+        "--demo",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="a recorded episode to import into the memory first (repeatable)",
+    )
+    train.add_argument(
+        "--out", default=None, help="run directory (default: runs/train-<game>-<model>-s<seed>)"
+    )
+    train.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
+    train.add_argument("--resume", action="store_true", help="continue the run in --out where it stopped")
+    _add_view_args(train)
+    _add_model_args(train)
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from atari_vlm.training import VLMTrainer
+
+    trainer = VLMTrainer(
+        args.game,
+        args.model,
+        args.prompt,
+        args.use_icl,
+        out_dir=args.out,
+        eval_every=args.eval_every,
+        eval_episodes=args.eval_episodes,
+        max_steps=args.max_steps,
+        seed=args.seed,
+        num_envs=args.num_envs,
+        top_k_episodes=args.top_k,
+        image_budget=args.image_budget,
+        exemplar_strategy=args.exemplars,
+        env_options={**_view_options(args), "frame_skip": args.frame_skip},
+        model_options=_model_options(args),
+        max_tokens=args.max_tokens,
+        agent_options={"temperature": args.temperature},
+        demonstrations=args.demo,
+        overwrite=args.overwrite,
+    )
+
+    def on_evaluation(row: dict) -> None:
+        err.print(
+            f"after {row['episode']} episode(s): eval {row['eval_mean_return']:g} ± {row['eval_std']:g} "
+            f"(random {row['random_mean_return']:g}), {row['n_exemplars']} exemplar image(s)"
+        )
+
+    result = trainer.train(args.episodes, resume=args.resume, on_evaluation=on_evaluation)
+    out.print(f"learning curve: {result.out_dir / 'learning_curve.csv'}; memory: {trainer.store.root}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="atari-vlm", description="Vision-language models play Atari 2600 games.")
     parser.add_argument("--version", action="version", version=f"atari-vlm {__version__}")
@@ -127,6 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--video", action="store_true", help="record videos (off by default in sweeps)")
     _add_view_args(bench)
     _add_model_args(bench)
+
+    add_train_parser(sub)
 
     report = sub.add_parser("report", help="write report.html (summary, plots, episode viewer) for a run")
     report.add_argument("run_dir", help="a run directory written by `atari-vlm play`")
@@ -355,6 +436,42 @@ def _print_summary(summary) -> None:
     out.print(f"run directory: {summary.out}")
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    from atari_vlm.training import VLMTrainer
+
+    trainer = VLMTrainer(
+        args.game,
+        args.model,
+        args.prompt,
+        args.use_icl,
+        out_dir=args.out,
+        eval_every=args.eval_every,
+        eval_episodes=args.eval_episodes,
+        max_steps=args.max_steps,
+        seed=args.seed,
+        num_envs=args.num_envs,
+        top_k_episodes=args.top_k,
+        image_budget=args.image_budget,
+        exemplar_strategy=args.exemplars,
+        env_options={**_view_options(args), "frame_skip": args.frame_skip},
+        model_options=_model_options(args),
+        max_tokens=args.max_tokens,
+        agent_options={"temperature": args.temperature},
+        demonstrations=args.demo,
+        overwrite=args.overwrite,
+    )
+
+    def on_evaluation(row: dict) -> None:
+        err.print(
+            f"after {row['episode']} episode(s): eval {row['eval_mean_return']:g} ± {row['eval_std']:g} "
+            f"(random {row['random_mean_return']:g}), {row['n_exemplars']} exemplar image(s)"
+        )
+
+    result = trainer.train(args.episodes, resume=args.resume, on_evaluation=on_evaluation)
+    out.print(f"learning curve: {result.out_dir / 'learning_curve.csv'}; memory: {trainer.store.root}")
+    return 0
+
+
 def _cmd_models(args: argparse.Namespace) -> int:
     from atari_vlm.models.table import render_models_table
 
@@ -382,6 +499,7 @@ def _cmd_results(args: argparse.Namespace) -> int:
 COMMANDS = {
     "play": _cmd_play,
     "bench": _cmd_bench,
+    "train": _cmd_train,
     "games": _cmd_games,
     "models": _cmd_models,
     "report": _cmd_report,

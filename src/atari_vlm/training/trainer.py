@@ -1,0 +1,756 @@
+"""The seed's training framework: a VLM plays better by remembering its own (and others') play.
+
+``VLMTrainer(...).train(N)`` repeats: play a batch of training episodes, each stored in the trajectory
+memory (the experience replay); refresh the in-context exemplars from the memory; and at episode 0,
+every ``eval_every`` episodes and at the end, evaluate on fixed held-out seeds with the exemplars
+frozen, beside the random agent on the same seeds (played once, then cached). No weights change: what
+improves is the memory and what is chosen from it (:mod:`atari_vlm.memory`).
+
+A run directory holds::
+
+    config.json, steps.jsonl, episodes.jsonl  the training episodes, as ``atari-vlm play`` writes them
+    memory/<Game>/train-NNNNNN/               the trajectory memory (plus imported demonstrations)
+    learning_curve.jsonl, learning_curve.csv  one row per evaluation point
+    evaluations.jsonl                         one line per evaluation episode (evaluation steps are not
+                                              logged in steps.jsonl, which holds training episodes only)
+    trainer_state.json                        the checkpoint, written atomically after every batch
+    tensorboard/                              when tensorboardX or tensorboard is installed
+    summary.json                              at the end
+
+Resume (``VLMTrainer.resume(out_dir).train(N)`` or ``train(N, resume=True)``): the checkpoint says how
+many episodes are done; episodes of the interrupted batch that finished are kept once (their lines and
+their memory entries), the others are played again with the seeds of their number, and the exemplars of
+a batch come from the memory as it was when the batch began, so a resumed run is the run that was not
+interrupted. ``N`` is the total number of training episodes of the run, not a number to add.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import importlib
+import importlib.util
+import io
+import json
+import os
+import platform
+import re
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from atari_vlm import __version__
+from atari_vlm.agent import Agent, Decision, RandomAgent, VLMAgent
+from atari_vlm.env import AtariVLMEnv, EnvConfig
+from atari_vlm.errors import ConfigError
+from atari_vlm.games import game_info
+from atari_vlm.memory import (
+    STRATEGIES,
+    Exemplar,
+    TrajectoryStore,
+    import_demonstration,
+    select_exemplars,
+)
+from atari_vlm.models.base import VLM
+from atari_vlm.models.registry import LoadedModel, ModelOptions, load_model
+from atari_vlm.prompts import render_system_prompt
+from atari_vlm.rollout import EpisodeResult, EpisodeSeeds, episode_seeds, play_episode, play_episodes
+from atari_vlm.rundir import RunDir, read_jsonl, scrub_secrets, write_json_atomic
+
+STATE_VERSION = 1
+CURVE_FIELDS: tuple[str, ...] = (
+    "episode",
+    "eval_mean_return",
+    "eval_std",
+    "eval_returns",
+    "random_mean_return",
+    "train_return",
+    "n_exemplars",
+    "wall_s",
+)
+AGENT_OPTIONS = frozenset({"temperature", "answer_format", "history_steps", "history_images"})
+RANDOM = "random"  # vlm_type of a run whose agent is the random baseline (no model)
+CUSTOM_PREFIX = "custom:"  # how a run played by a model object (not a spec string) is recorded
+_TRAIN_ID = re.compile(r"train-(\d{6,})")
+# The constructor's settings, recorded in config.json so that ``resume`` can rebuild the trainer.
+_SETTINGS = (
+    "game_name",
+    "vlm_type",
+    "prompt_type",
+    "use_in_context_learning",
+    "eval_every",
+    "eval_seeds",
+    "max_steps",
+    "seed",
+    "num_envs",
+    "top_k_episodes",
+    "image_budget",
+    "exemplar_strategy",
+    "env_options",
+    "model_options",
+    "max_tokens",
+    "agent_options",
+)
+
+
+def train_episode_id(episode: int) -> str:
+    """The memory id of training episode ``episode`` (its number, so a replay finds its leftovers)."""
+    return f"train-{episode:06d}"
+
+
+def _train_number(episode_id: str) -> int | None:
+    match = _TRAIN_ID.fullmatch(episode_id)
+    return int(match.group(1)) if match else None
+
+
+def _check_int(name: str, value: Any, low: int, high: int = 2**63) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ConfigError(f"{name} must be an integer in [{low}, {high}], got {value!r}")
+    return value
+
+
+def _mean(values: Sequence[float]) -> float | None:
+    return float(np.mean(values)) if values else None
+
+
+def _std(values: Sequence[float]) -> float | None:
+    """Sample standard deviation (0 for a single value): the spread of an evaluation."""
+    if not values:
+        return None
+    return float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _jsonl(records: Iterable[Mapping[str, Any]]) -> str:
+    return "".join(json.dumps(dict(r), ensure_ascii=False) + "\n" for r in records)
+
+
+def _curve_csv(curve: Sequence[Mapping[str, Any]]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(CURVE_FIELDS)
+    for row in curve:
+        cells = [row.get(name) for name in CURVE_FIELDS]
+        cells[CURVE_FIELDS.index("eval_returns")] = " ".join(f"{x:g}" for x in row["eval_returns"])
+        writer.writerow(["" if c is None else c for c in cells])
+    return buffer.getvalue()
+
+
+def _summary_writer(log_dir: Path) -> Any | None:
+    """A TensorBoard ``SummaryWriter`` when tensorboardX or tensorboard is installed, else None.
+
+    Only the absence of both packages is silent; a broken installation raises.
+    """
+    if importlib.util.find_spec("tensorboardX") is not None:
+        return importlib.import_module("tensorboardX").SummaryWriter(str(log_dir))
+    if importlib.util.find_spec("tensorboard") is not None and importlib.util.find_spec("torch") is not None:
+        return importlib.import_module("torch.utils.tensorboard").SummaryWriter(str(log_dir))
+    return None
+
+
+@dataclass
+class _State:
+    """The checkpoint: what is done, and what must not be done again."""
+
+    episodes_done: int = 0
+    curve: list[dict[str, Any]] = field(default_factory=list)
+    evaluations: list[dict[str, Any]] = field(default_factory=list)
+    random_returns: list[float] | None = None  # the random agent on the evaluation seeds, once
+    wall_s: float = 0.0  # training time over every session of the run
+
+    @classmethod
+    def read(cls, path: Path) -> _State:
+        if not path.exists():  # interrupted before the first checkpoint: nothing is done
+            return cls()
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ConfigError(f"cannot resume: {path} is unreadable or corrupt ({exc})") from exc
+        ok = (
+            isinstance(data, dict)
+            and data.get("schema_version") == STATE_VERSION
+            and isinstance(data.get("episodes_done"), int)
+            and data["episodes_done"] >= 0
+            and isinstance(data.get("curve"), list)
+            and all(isinstance(r, dict) and isinstance(r.get("episode"), int) for r in data["curve"])
+            and isinstance(data.get("evaluations"), list)
+            and (data.get("random_returns") is None or isinstance(data["random_returns"], list))
+        )
+        if not ok:
+            raise ConfigError(f"cannot resume: {path} is not a trainer checkpoint of schema {STATE_VERSION}")
+        return cls(
+            data["episodes_done"],
+            data["curve"],
+            data["evaluations"],
+            data.get("random_returns"),
+            float(data.get("wall_s") or 0.0),
+        )
+
+    def to_json(self, root_seed: int) -> dict[str, Any]:
+        following = episode_seeds(root_seed, self.episodes_done + 1)[self.episodes_done]
+        return {
+            "schema_version": STATE_VERSION,
+            "episodes_done": self.episodes_done,
+            "root_seed": root_seed,
+            "next_episode_seeds": asdict(following),  # for the reader: episode i always gets seeds i
+            "curve": self.curve,
+            "evaluations": self.evaluations,
+            "random_returns": self.random_returns,
+            "wall_s": round(self.wall_s, 3),
+        }
+
+
+@dataclass
+class TrainingResult:
+    """What a training run produced (also in its run directory)."""
+
+    out_dir: Path
+    episodes: list[EpisodeResult]  # every training episode of the run, in order
+    curve: list[dict[str, Any]]  # the learning curve rows (see CURVE_FIELDS)
+    random_returns: list[float]  # the random agent on the evaluation seeds
+    wall_s: float
+
+    @property
+    def final_eval_mean_return(self) -> float | None:
+        return self.curve[-1]["eval_mean_return"] if self.curve else None
+
+    def to_dict(self) -> dict[str, Any]:
+        returns = [e.episode_return for e in self.episodes]
+        return {
+            "episodes": len(self.episodes),
+            "train_returns": returns,
+            "train_mean_return": _mean(returns),
+            "curve": self.curve,
+            "random_mean_return": _mean(self.random_returns),
+            "final_eval_mean_return": self.final_eval_mean_return,
+            "wall_s": round(self.wall_s, 3),
+        }
+
+
+class _RetrievingAgent:
+    """A VLM agent whose exemplars, at each decision, are the remembered screens nearest the current
+    one (``exemplar_strategy="similar"``), from a fixed snapshot of the memory."""
+
+    def __init__(self, agent: VLMAgent, choose: Callable[[np.ndarray], list[Exemplar]]):
+        self._agent, self._choose = agent, choose
+
+    def reset(self, seed: int | None = None) -> None:
+        self._agent.reset(seed)
+
+    async def act(self, obs: dict[str, Any]) -> Decision:
+        self._agent.set_exemplars(self._choose(obs["image"]))
+        return await self._agent.act(obs)
+
+
+async def _play_on_seeds(
+    make_worker: Callable[[], tuple[AtariVLMEnv, Agent]],
+    seeds: Sequence[int],
+    *,
+    num_envs: int,
+    uses_model: bool,
+) -> list[EpisodeResult]:
+    """One episode per seed (env and agent seeded with it) on up to ``num_envs`` workers, in seed order.
+
+    Evaluation needs given seeds, where :func:`~atari_vlm.rollout.play_episodes` derives them from a
+    root seed; the episode itself is the same :func:`~atari_vlm.rollout.play_episode`.
+    """
+    lanes = max(1, min(num_envs, len(seeds)))
+
+    async def lane(items: list[tuple[int, int]]) -> list[EpisodeResult]:
+        env, agent = make_worker()
+        try:
+            return [
+                await play_episode(env, agent, episode=i, seeds=EpisodeSeeds(s, s), uses_model=uses_model)
+                for i, s in items
+            ]
+        finally:
+            env.close()
+
+    indexed = list(enumerate(seeds))
+    done = await asyncio.gather(*(lane(indexed[k::lanes]) for k in range(lanes)))
+    return sorted((r for results in done for r in results), key=lambda r: r.episode)
+
+
+class VLMTrainer:
+    """Play, remember, evaluate, checkpoint; resumable. See the module docstring for the run layout.
+
+    Args:
+        game_name: any spelling of an ALE game ("Pong-v5", "Pong", "ALE/Pong-v5").
+        vlm_type: a ``--model`` spec (``demo``, ``openai:<model>``, a checkpoint directory, ``auto``),
+            ``"random"`` for the random agent, or an object implementing the ``VLM`` protocol.
+        prompt_type: ``basic``, ``cot``, ``expert`` or a template file.
+        use_in_context_learning: show the model exemplars chosen from the memory.
+        out_dir: the run directory (default ``runs/train-<game>-<model>-s<seed>``).
+        eval_every: evaluate after every this many training episodes (and at 0 and at the end).
+        eval_episodes, eval_seeds: the held-out evaluation episodes and their env seeds; the seeds default
+            to ``10_000, 10_001, ...`` (``eval_episodes`` of them, 3 by default); given seeds fix the count.
+        max_steps: decisions per episode at most (training and evaluation).
+        seed: root seed: training episode ``i`` always gets the ``i``-th seeds derived from it.
+        num_envs: episodes played at once; also the batch size between exemplar refreshes.
+        top_k_episodes, image_budget, exemplar_strategy: exemplar selection (see
+            :func:`atari_vlm.memory.select_exemplars`).
+        env_options: further :class:`~atari_vlm.env.EnvConfig` fields (resize_shape, frame_skip, ...).
+        model_options: :class:`~atari_vlm.models.registry.ModelOptions` or its fields (base_url, device,
+            ...); an API key among them is used, never recorded.
+        max_tokens: per answer (default: the prompt style's).
+        agent_options: further VLMAgent settings: temperature, answer_format, history_steps, history_images.
+        demonstrations: recorded episodes to import into the memory first (see
+            :func:`atari_vlm.memory.import_demonstration`).
+        overwrite: replace a run already in ``out_dir``.
+    """
+
+    def __init__(
+        self,
+        game_name: str = "Pong-v5",
+        vlm_type: str | VLM = "demo",
+        prompt_type: str = "basic",
+        use_in_context_learning: bool = False,
+        *,
+        out_dir: str | Path | None = None,
+        eval_every: int = 5,
+        eval_episodes: int | None = None,
+        eval_seeds: Sequence[int] | None = None,
+        max_steps: int | None = None,
+        seed: int = 0,
+        num_envs: int = 1,
+        top_k_episodes: int = 3,
+        image_budget: int = 8,
+        exemplar_strategy: str = "key_moments",
+        env_options: Mapping[str, Any] | None = None,
+        model_options: Mapping[str, Any] | ModelOptions | None = None,
+        max_tokens: int | None = None,
+        agent_options: Mapping[str, Any] | None = None,
+        demonstrations: Sequence[str | Path] = (),
+        overwrite: bool = False,
+    ):
+        env_options = dict(env_options or {})
+        reserved = sorted({"game", "seed", "max_steps"} & set(env_options))
+        if reserved:
+            raise ConfigError(f"env_options may not set {reserved}: they are the trainer's own arguments")
+        unknown = sorted(set(env_options) - set(EnvConfig.__dataclass_fields__))
+        if unknown:
+            raise ConfigError(
+                f"unknown env option(s) {unknown}; valid: {sorted(EnvConfig.__dataclass_fields__)}"
+            )
+        self.env_config = EnvConfig(game=game_name, max_steps=max_steps, **env_options)
+        self.game = self.env_config.game
+        if isinstance(vlm_type, str):
+            if not vlm_type.strip():
+                raise ConfigError("vlm_type must be a model spec, 'random', or a VLM object")
+            self._vlm: VLM | None = None
+            self.model_spec = vlm_type.strip()
+        elif callable(getattr(vlm_type, "generate", None)):
+            self._vlm = vlm_type
+            self.model_spec = f"{CUSTOM_PREFIX}{getattr(vlm_type, 'name', type(vlm_type).__name__)}"
+        else:
+            raise ConfigError(f"vlm_type must be a model spec string or a VLM object, got {vlm_type!r}")
+        if not isinstance(use_in_context_learning, bool):
+            raise ConfigError(
+                f"use_in_context_learning must be True or False, got {use_in_context_learning!r}"
+            )
+        if use_in_context_learning and self.model_spec == RANDOM:
+            raise ConfigError("in-context learning needs a model: the random agent reads no exemplars")
+        self.use_icl = use_in_context_learning
+        self.eval_every = _check_int("eval_every", eval_every, 1)
+        if eval_seeds is None:
+            count = 3 if eval_episodes is None else _check_int("eval_episodes", eval_episodes, 1, 10_000)
+            eval_seeds = range(10_000, 10_000 + count)
+        self.eval_seeds = tuple(_check_int("an evaluation seed", s, 0, 2**32 - 1) for s in eval_seeds)
+        if not self.eval_seeds or len(set(self.eval_seeds)) != len(self.eval_seeds):
+            raise ConfigError(f"eval_seeds must be distinct and at least one, got {list(self.eval_seeds)}")
+        if eval_episodes is not None and eval_episodes != len(self.eval_seeds):
+            raise ConfigError(
+                f"eval_episodes={eval_episodes} but {len(self.eval_seeds)} eval_seeds were given"
+            )
+        self.seed = _check_int("seed", seed, 0, 2**32 - 1)
+        self.num_envs = _check_int("num_envs", num_envs, 1, 256)
+        self.top_k_episodes = _check_int("top_k_episodes", top_k_episodes, 1, 1000)
+        self.image_budget = _check_int("image_budget", image_budget, 0, 256)
+        if exemplar_strategy not in STRATEGIES:
+            raise ConfigError(f"exemplar_strategy must be one of {STRATEGIES}, got {exemplar_strategy!r}")
+        self.exemplar_strategy = exemplar_strategy
+        if max_tokens is not None:
+            _check_int("max_tokens", max_tokens, 1)
+        self.max_tokens = max_tokens
+        self.agent_options = dict(agent_options or {})
+        unknown = sorted(set(self.agent_options) - AGENT_OPTIONS)
+        if unknown:
+            raise ConfigError(f"unknown agent option(s) {unknown}; valid: {sorted(AGENT_OPTIONS)}")
+        if isinstance(model_options, ModelOptions):
+            model_options = asdict(model_options)
+        self.model_options = dict(model_options or {})
+        try:
+            self._options = ModelOptions(**self.model_options)
+        except TypeError as exc:
+            raise ConfigError(f"bad model_options {sorted(self.model_options)}: {exc}") from exc
+        self.prompt_type = prompt_type
+        probe = AtariVLMEnv(self.env_config)
+        probe.close()
+        self.action_names = probe.action_names
+        # A bad prompt (an unknown style, a broken template file) fails here, before any model load.
+        render_system_prompt(
+            prompt_type,
+            game_info(self.game),
+            self.action_names,
+            answer_format=self.agent_options.get("answer_format", "line"),
+        )
+        default_out = (
+            Path("runs") / f"train-{self.game}-{re.sub(r'[^A-Za-z0-9_.-]+', '-', self.model_spec)}-s{seed}"
+        )
+        self.out_dir = Path(out_dir) if out_dir is not None else default_out
+        self.demonstrations = [Path(p) for p in demonstrations]
+        self.overwrite = overwrite
+        self.store = TrajectoryStore(self.out_dir / "memory")
+        self._resume = False
+        self._settings = {
+            "game_name": self.game,
+            "vlm_type": self.model_spec,
+            "prompt_type": prompt_type,
+            "use_in_context_learning": self.use_icl,
+            "eval_every": self.eval_every,
+            "eval_seeds": list(self.eval_seeds),
+            "max_steps": max_steps,
+            "seed": self.seed,
+            "num_envs": self.num_envs,
+            "top_k_episodes": self.top_k_episodes,
+            "image_budget": self.image_budget,
+            "exemplar_strategy": exemplar_strategy,
+            "env_options": scrub_secrets(env_options),
+            "model_options": scrub_secrets(self.model_options),
+            "max_tokens": max_tokens,
+            "agent_options": self.agent_options,
+        }
+
+    @classmethod
+    def resume(cls, out_dir: str | Path, **overrides: Any) -> VLMTrainer:
+        """The trainer of the run recorded in ``out_dir``, set to continue it at the next ``train``.
+
+        ``overrides`` replace recorded settings: ``vlm_type`` (required when the run was played by a
+        model object: pass the object again), ``model_options`` (an API key is never recorded),
+        ``num_envs``. Others must match the record, or ``train`` refuses.
+
+        Raises:
+            ConfigError: ``out_dir`` holds no training run.
+        """
+        path = Path(out_dir) / "config.json"
+        try:
+            config = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ConfigError(f"nothing to resume in {out_dir}: cannot read {path} ({exc})") from exc
+        if not isinstance(config, dict) or config.get("kind") != "train":
+            raise ConfigError(f"nothing to resume in {out_dir}: it holds no training run")
+        missing = [k for k in _SETTINGS if k not in config]
+        if missing:
+            raise ConfigError(f"cannot resume {out_dir}: {path} lacks {missing}")
+        settings = {k: config[k] for k in _SETTINGS}
+        settings.update(overrides)
+        spec = settings["vlm_type"]
+        if isinstance(spec, str) and spec.startswith(CUSTOM_PREFIX):
+            raise ConfigError(
+                f"{out_dir} was played by a model object ({spec}); pass it again: "
+                "VLMTrainer.resume(out_dir, vlm_type=model)"
+            )
+        trainer = cls(out_dir=out_dir, **settings)
+        trainer._resume = True
+        return trainer
+
+    # --- the run ------------------------------------------------------------------------------------
+
+    def train(
+        self,
+        num_episodes: int,
+        *,
+        resume: bool | None = None,
+        on_episode: Callable[[EpisodeResult], None] | None = None,
+        on_evaluation: Callable[[dict[str, Any]], None] | None = None,
+    ) -> TrainingResult:
+        """Train until the run holds ``num_episodes`` training episodes; returns what it produced.
+
+        ``resume`` (default: True for a trainer from :meth:`resume`) continues the run in ``out_dir``.
+
+        Raises:
+            ConfigError: a bad setting, a run directory in use or already holding another run, or an
+                unreadable checkpoint; found before anything is played.
+        """
+        _check_int("num_episodes", num_episodes, 1)
+        resume = self._resume if resume is None else resume
+        if self.model_spec.startswith(CUSTOM_PREFIX) or self.model_spec == RANDOM:
+            loaded = None
+        else:
+            loaded = load_model(self.model_spec, self._options)
+            self._vlm = loaded.vlm
+        try:
+            run = RunDir(self.out_dir).open(
+                self._config(num_episodes, loaded), overwrite=self.overwrite, resume=resume
+            )
+        except BaseException:
+            if loaded is not None:
+                asyncio.run(loaded.vlm.aclose())
+            raise
+        writer = None
+        start = time.perf_counter()
+        try:
+            if resume:
+                state = _State.read(self.out_dir / "trainer_state.json")
+            else:
+                self._clear_outputs()
+                state = _State()
+            kept = {r["episode"]: EpisodeResult.from_record(r) for r in run.kept_episodes}
+            self.store.remove_incomplete(self.game)
+            for path in self.demonstrations:
+                import_demonstration(self.store, path, game=self.game)
+            writer = _summary_writer(self.out_dir / "tensorboard")
+            context = _Session(run, state, kept, writer, start, state.wall_s, on_episode, on_evaluation)
+            asyncio.run(self._train(num_episodes, context, close=loaded is not None))
+        finally:
+            run.close()
+            if writer is not None:
+                writer.close()
+        result = TrainingResult(
+            out_dir=self.out_dir,
+            episodes=[kept[i] for i in sorted(kept) if i < num_episodes],
+            curve=state.curve,
+            random_returns=list(state.random_returns or []),
+            wall_s=state.wall_s,
+        )
+        write_json_atomic(self.out_dir / "summary.json", result.to_dict())
+        return result
+
+    def _config(self, num_episodes: int, loaded: LoadedModel | None) -> dict[str, Any]:
+        return {
+            "kind": "train",
+            "atari_vlm_version": __version__,
+            "python": platform.python_version(),
+            **self._settings,
+            "game": self.game,
+            "env": self.env_config.to_dict(),
+            "model": loaded.describe() if loaded else {"spec": self.model_spec},
+            "episodes": num_episodes,
+            "video": False,
+        }
+
+    def _clear_outputs(self) -> None:
+        """A fresh run starts from nothing (RunDir has cleared its own files, or there were none)."""
+        for name in ("trainer_state.json", "learning_curve.jsonl", "learning_curve.csv", "evaluations.jsonl"):
+            (self.out_dir / name).unlink(missing_ok=True)
+        for name in ("memory", "tensorboard"):
+            shutil.rmtree(self.out_dir / name, ignore_errors=True)
+
+    def eval_points(self, num_episodes: int) -> list[int]:
+        """Training-episode counts at which the agent is evaluated: 0, every ``eval_every``, the end."""
+        return sorted({0, num_episodes, *range(self.eval_every, num_episodes, self.eval_every)})
+
+    async def _train(self, num_episodes: int, s: _Session, *, close: bool) -> None:
+        points = self.eval_points(num_episodes)
+        try:
+            while True:
+                done = s.state.episodes_done
+                if done in points and all(row["episode"] != done for row in s.state.curve):
+                    await self._evaluate(done, s)
+                if done >= num_episodes:
+                    return
+                end = min(done + self.num_envs, min(p for p in points if p > done))
+                await self._play_batch(done, end, s)
+                s.state.episodes_done = end
+                self._checkpoint(s)
+        finally:
+            if close and self._vlm is not None:
+                await self._vlm.aclose()
+
+    def _snapshot(self, before: int) -> list[str]:
+        """The memory as it was when training episode ``before`` began: everything but later training."""
+        ids = []
+        for meta in self.store.episodes(self.game):
+            number = _train_number(meta.episode_id)
+            if number is None or number < before:
+                ids.append(meta.episode_id)
+        return ids
+
+    def _exemplars(self, snapshot: list[str]) -> tuple[list[Exemplar], int]:
+        """The fixed exemplars of a batch or evaluation, and how many images of exemplars a request has."""
+        if not self.use_icl or not snapshot:
+            return [], 0
+        if self.exemplar_strategy == "similar":
+            return [], self.image_budget
+        chosen = select_exemplars(
+            self.store,
+            self.game,
+            top_k_episodes=self.top_k_episodes,
+            image_budget=self.image_budget,
+            episode_ids=snapshot,
+        )
+        return chosen, len(chosen)
+
+    def _worker_factory(
+        self, snapshot: list[str] | None, exemplars: Sequence[Exemplar]
+    ) -> Callable[[], tuple[AtariVLMEnv, Agent]]:
+        """Env + agent builders; ``snapshot=None`` (or no model) builds the random agent."""
+        info = game_info(self.game)
+        config = self.env_config
+
+        def make_worker() -> tuple[AtariVLMEnv, Agent]:
+            env = AtariVLMEnv(config)
+            if self._vlm is None or snapshot is None:
+                return env, RandomAgent(env.action_names)
+            agent = VLMAgent(
+                self._vlm,
+                info,
+                env.action_names,
+                prompt_style=self.prompt_type,
+                frame_stack=config.frame_stack,
+                frame_layout=config.frame_layout,
+                max_tokens=self.max_tokens,
+                exemplars=exemplars,
+                **self.agent_options,
+            )
+            if self.use_icl and self.exemplar_strategy == "similar" and snapshot:
+                ranked = snapshot
+
+                def choose(image: np.ndarray) -> list[Exemplar]:
+                    return select_exemplars(
+                        self.store,
+                        self.game,
+                        top_k_episodes=self.top_k_episodes,
+                        image_budget=self.image_budget,
+                        strategy="similar",
+                        image=image,
+                        episode_ids=ranked,
+                    )
+
+                return env, _RetrievingAgent(agent, choose)
+            return env, agent
+
+        return make_worker
+
+    async def _play_batch(self, start: int, end: int, s: _Session) -> None:
+        todo = [i for i in range(start, end) if i not in s.kept]
+        for i in todo:  # an episode stored just before a crash, but never logged: it is played again
+            self.store.delete(self.game, train_episode_id(i))
+        snapshot = self._snapshot(start)
+        exemplars, _ = self._exemplars(snapshot)
+
+        def sink(i: int, seeds: EpisodeSeeds) -> Any:
+            meta = {
+                "episode_id": train_episode_id(i),
+                "seed": seeds.env,
+                "source": "self",
+                "model": self.model_spec,
+                "action_names": self.action_names,
+            }
+            return self.store.recorder(self.game, meta)
+
+        def finished(result: EpisodeResult) -> None:
+            s.kept[result.episode] = result
+            if s.on_episode is not None:
+                s.on_episode(result)
+
+        await play_episodes(
+            self._worker_factory(snapshot, exemplars),
+            episodes=len(todo),
+            episode_ids=todo,
+            root_seed=self.seed,
+            num_envs=self.num_envs,
+            run=s.run,
+            uses_model=self._vlm is not None,
+            make_sink=sink,
+            on_episode=finished,
+        )
+
+    async def _evaluate(self, done: int, s: _Session) -> None:
+        snapshot = self._snapshot(done)
+        exemplars, n_exemplars = self._exemplars(snapshot)
+        if s.state.random_returns is None:
+            baseline = await _play_on_seeds(
+                self._worker_factory(None, ()), self.eval_seeds, num_envs=self.num_envs, uses_model=False
+            )
+            s.state.random_returns = [r.episode_return for r in baseline]
+        results = await _play_on_seeds(
+            self._worker_factory(snapshot, exemplars),
+            self.eval_seeds,
+            num_envs=self.num_envs,
+            uses_model=self._vlm is not None,
+        )
+        returns = [r.episode_return for r in results]
+        previous = max((row["episode"] for row in s.state.curve if row["episode"] < done), default=0)
+        trained = [s.kept[i].episode_return for i in range(previous, done) if i in s.kept]
+        row = {
+            "episode": done,
+            "eval_mean_return": _mean(returns),
+            "eval_std": _std(returns),
+            "eval_returns": returns,
+            "random_mean_return": _mean(s.state.random_returns),
+            "train_return": _mean(trained),
+            "n_exemplars": n_exemplars,
+            "wall_s": round(s.elapsed(), 3),
+        }
+        s.state.curve = sorted([*s.state.curve, row], key=lambda r: r["episode"])
+        s.state.evaluations.extend({"at_episode": done, **r.to_record()} for r in results)
+        if s.writer is not None:
+            for tag, key in (
+                ("eval/mean_return", "eval_mean_return"),
+                ("eval/std", "eval_std"),
+                ("eval/random_mean_return", "random_mean_return"),
+                ("train/mean_return", "train_return"),
+                ("icl/n_exemplars", "n_exemplars"),
+            ):
+                if row[key] is not None:
+                    s.writer.add_scalar(tag, row[key], done)
+            s.writer.flush()
+        self._checkpoint(s)
+        if s.on_evaluation is not None:
+            s.on_evaluation(row)
+
+    def _checkpoint(self, s: _Session) -> None:
+        """Derived files first, the state last: a crash between them is repaired by the resume."""
+        s.state.wall_s = s.elapsed()
+        _write_text_atomic(self.out_dir / "learning_curve.jsonl", _jsonl(s.state.curve))
+        _write_text_atomic(self.out_dir / "learning_curve.csv", _curve_csv(s.state.curve))
+        _write_text_atomic(self.out_dir / "evaluations.jsonl", _jsonl(s.state.evaluations))
+        write_json_atomic(self.out_dir / "trainer_state.json", s.state.to_json(self.seed))
+
+
+@dataclass
+class _Session:
+    """What one ``train`` call works with."""
+
+    run: RunDir
+    state: _State
+    kept: dict[int, EpisodeResult]
+    writer: Any
+    start: float
+    wall_before: float
+    on_episode: Callable[[EpisodeResult], None] | None
+    on_evaluation: Callable[[dict[str, Any]], None] | None
+
+    def elapsed(self) -> float:
+        return self.wall_before + time.perf_counter() - self.start
+
+
+def read_learning_curve(out_dir: str | Path) -> list[dict[str, Any]]:
+    """The learning curve rows of a training run directory."""
+    path = Path(out_dir) / "learning_curve.jsonl"
+    if not path.exists():
+        raise ConfigError(f"{out_dir} holds no learning curve (learning_curve.jsonl)")
+    return read_jsonl(path)
+
+
+__all__ = ["CURVE_FIELDS", "TrainingResult", "VLMTrainer", "read_learning_curve", "train_episode_id"]
