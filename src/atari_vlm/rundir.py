@@ -143,7 +143,7 @@ class RunDir:
     def _check_same_run(self, config_path: Path, config: dict[str, Any]) -> None:
         try:
             old = json.loads(config_path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as exc:
+        except (OSError, ValueError) as exc:  # ValueError covers bad JSON and bytes that are not UTF-8
             raise ConfigError(f"cannot resume: {config_path} is unreadable or corrupt ({exc})") from exc
         if not isinstance(old, dict):
             raise ConfigError(f"cannot resume: {config_path} does not hold a JSON object")
@@ -223,7 +223,7 @@ def _rewrite_jsonl(path: Path, records: list[dict[str, Any]]) -> None:
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
     """Every JSON object of a JSONL file (a torn last line, from a crash mid-write, is skipped)."""
     records = []
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8", errors="replace") as f:  # a corrupt line fails to parse, alone
         for line in f:
             try:
                 record = json.loads(line)
