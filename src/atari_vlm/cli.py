@@ -115,42 +115,6 @@ def add_train_parser(sub) -> None:
     _add_model_args(train)
 
 
-def _cmd_train(args: argparse.Namespace) -> int:
-    from atari_vlm.training import VLMTrainer
-
-    trainer = VLMTrainer(
-        args.game,
-        args.model,
-        args.prompt,
-        args.use_icl,
-        out_dir=args.out,
-        eval_every=args.eval_every,
-        eval_episodes=args.eval_episodes,
-        max_steps=args.max_steps,
-        seed=args.seed,
-        num_envs=args.num_envs,
-        top_k_episodes=args.top_k,
-        image_budget=args.image_budget,
-        exemplar_strategy=args.exemplars,
-        env_options={**_view_options(args), "frame_skip": args.frame_skip},
-        model_options=_model_options(args),
-        max_tokens=args.max_tokens,
-        agent_options={"temperature": args.temperature},
-        demonstrations=args.demo,
-        overwrite=args.overwrite,
-    )
-
-    def on_evaluation(row: dict) -> None:
-        err.print(
-            f"after {row['episode']} episode(s): eval {row['eval_mean_return']:g} ± {row['eval_std']:g} "
-            f"(random {row['random_mean_return']:g}), {row['n_exemplars']} exemplar image(s)"
-        )
-
-    result = trainer.train(args.episodes, resume=args.resume, on_evaluation=on_evaluation)
-    out.print(f"learning curve: {result.out_dir / 'learning_curve.csv'}; memory: {trainer.store.root}")
-    return 0
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="atari-vlm", description="Vision-language models play Atari 2600 games.")
     parser.add_argument("--version", action="version", version=f"atari-vlm {__version__}")
