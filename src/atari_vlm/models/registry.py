@@ -19,6 +19,7 @@ Each provider is a lazily imported module: nothing here imports an SDK until tha
 
 from __future__ import annotations
 
+import importlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -153,34 +154,29 @@ def _load_auto(options: ModelOptions) -> LoadedModel:
     return loaded
 
 
-def _load_anthropic(model: str, options: ModelOptions, **backend_options: Any) -> LoadedModel:
-    from atari_vlm.models.anthropic_backend import AnthropicVLM
+def _sdk_loader(provider: str, module: str, class_name: str, example: str):
+    """A loader for a provider whose backend takes model, key, base_url and concurrency (one mechanism)."""
 
-    if not model:
-        raise ConfigError("'anthropic:' needs a model name, e.g. anthropic:claude-sonnet-4-20250514")
-    vlm = AnthropicVLM(
-        model=model,
-        api_key=options.api_key,
-        base_url=options.base_url,
-        concurrency=options.concurrency,
-        **backend_options,
-    )
-    return LoadedModel(vlm, f"anthropic:{model}", "anthropic")
+    def load(model: str, options: ModelOptions, **backend_options: Any) -> LoadedModel:
+        if not model:
+            raise ConfigError(f"'{provider}:' needs a model name, e.g. {provider}:{example}")
+        backend = getattr(importlib.import_module(module), class_name)
+        vlm = backend(
+            model=model,
+            api_key=options.api_key,
+            base_url=options.base_url,
+            concurrency=options.concurrency,
+            **backend_options,
+        )
+        return LoadedModel(vlm, f"{provider}:{model}", provider)
+
+    return load
 
 
-def _load_gemini(model: str, options: ModelOptions, **backend_options: Any) -> LoadedModel:
-    from atari_vlm.models.gemini_backend import GeminiVLM
-
-    if not model:
-        raise ConfigError("'gemini:' needs a model name, e.g. gemini:gemini-2.5-flash")
-    vlm = GeminiVLM(
-        model=model,
-        api_key=options.api_key,
-        base_url=options.base_url,
-        concurrency=options.concurrency,
-        **backend_options,
-    )
-    return LoadedModel(vlm, f"gemini:{model}", "gemini")
+_load_anthropic = _sdk_loader(
+    "anthropic", "atari_vlm.models.anthropic_backend", "AnthropicVLM", "claude-sonnet-4-20250514"
+)
+_load_gemini = _sdk_loader("gemini", "atari_vlm.models.gemini_backend", "GeminiVLM", "gemini-2.5-flash")
 
 
 def _load_local_id(model_id: str, options: ModelOptions) -> LoadedModel:
