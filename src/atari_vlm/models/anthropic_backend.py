@@ -100,12 +100,9 @@ class AnthropicVLM(RemoteVLM):
 
     def _verdict(self, exc: Exception) -> Transient | ModelError | None:
         sdk = self._anthropic
-        if isinstance(exc, sdk.APITimeoutError):
-            return Transient(f"no answer within timeout_s={self.timeout_s}")
-        if isinstance(exc, sdk.APIConnectionError):
-            cause = exc.__cause__ or exc.__context__
-            detail = f"{type(cause).__name__}: {cause}" if cause else str(exc)
-            return Transient(f"connection error: {clip(detail)}")
+        transport = self._sdk_transport_verdict(sdk, exc)
+        if transport is not None:
+            return transport
         if isinstance(exc, sdk.APIStatusError):
             return classify_status(
                 exc.status_code,

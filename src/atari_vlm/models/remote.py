@@ -100,17 +100,29 @@ class RemoteVLM(ABC):
         self.jpeg_quality = jpeg_quality
         self.timeout_s = timeout_s
         self.concurrency = concurrency
-        self._key = resolve_key(api_key, self.key_env_vars, self.provider)
+        self._key = self._resolve_key(api_key, base_url)
         self._rng = random.Random(seed)
         self._sleep: Sleep = sleep or asyncio.sleep
         self._semaphore = asyncio.Semaphore(concurrency)
 
+    def _resolve_key(self, api_key: str | None, base_url: str | None) -> str:
+        """The key to send; ``base_url`` is the caller's (None: the default endpoint)."""
+        return resolve_key(api_key, self.key_env_vars, self.provider)
+
+    def _repr_settings(self) -> dict[str, object]:
+        """What ``repr`` shows, in order; never the key."""
+        return {
+            "model": self.model,
+            "base_url": self.base_url,
+            "image_format": self.image_format,
+            "timeout_s": self.timeout_s,
+            "max_retries": self._policy.max_retries,
+            "concurrency": self.concurrency,
+        }
+
     def __repr__(self) -> str:
-        return (
-            f"{type(self).__name__}(model={self.model!r}, base_url={self.base_url!r}, "
-            f"image_format={self.image_format!r}, timeout_s={self.timeout_s}, "
-            f"max_retries={self._policy.max_retries}, concurrency={self.concurrency})"
-        )
+        settings = ", ".join(f"{name}={value!r}" for name, value in self._repr_settings().items())
+        return f"{type(self).__name__}({settings})"
 
     __str__ = __repr__
 
@@ -134,7 +146,7 @@ class RemoteVLM(ABC):
             policy=self._policy,
             rng=self._rng,
             sleep=self._sleep,
-            what=f"request to model {self.model!r} at {self.base_url}",
+            what=self._what(),
         )
         latency = time.perf_counter() - start
         return Completion(
@@ -168,6 +180,20 @@ class RemoteVLM(ABC):
         """Transient (retry), fatal (a ModelError saying what to fix) or not ours (None: re-raise)."""
 
     # -- shared helpers ------------------------------------------------------------------------------
+
+    def _what(self) -> str:
+        """How a request is named in the error raised once its retries are spent."""
+        return f"request to model {self.model!r} at {self.base_url}"
+
+    def _sdk_transport_verdict(self, sdk: Any, exc: Exception) -> Transient | None:
+        """Timeouts and connection errors of the ``openai`` / ``anthropic`` SDKs (same exception names)."""
+        if isinstance(exc, sdk.APITimeoutError):
+            return Transient(f"no answer within timeout_s={self.timeout_s}")
+        if isinstance(exc, sdk.APIConnectionError):
+            cause = exc.__cause__ or exc.__context__
+            detail = f"{type(cause).__name__}: {cause}" if cause else str(exc)
+            return Transient(f"connection error: {clip(detail)}")
+        return None
 
     def _image_bytes(self, part: ImagePart) -> tuple[bytes, str]:
         """The encoded image and its MIME type."""
