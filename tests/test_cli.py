@@ -283,3 +283,31 @@ def test_train_command_writes_curves_and_resumes(tmp_path):
     assert main([*base, "--episodes", "3", "--resume"]) == 0
     assert sorted(e["episode"] for e in read_jsonl(out / "episodes.jsonl")) == [0, 1, 2]
     assert main([*base, "--episodes", "3"]) == 2  # the run exists: --resume or --overwrite
+
+
+def test_export_command(tmp_path):
+    run = tmp_path / "run"
+    assert (
+        main(
+            [
+                "play",
+                "--game",
+                "Pong",
+                "--agent",
+                "random",
+                "--episodes",
+                "2",
+                "--max-steps",
+                "8",
+                "--no-video",
+                "--no-report",
+                "--out",
+                str(run),
+            ]
+        )
+        == 0
+    )
+    assert main(["export", str(run), "--out", str(tmp_path / "hf"), "--top-k", "1"]) == 0
+    rows = read_jsonl(tmp_path / "hf" / "data.jsonl")
+    assert len(rows) == 8 and all((tmp_path / "hf" / r["image"]).exists() for r in rows)
+    assert main(["export", str(tmp_path / "nothing"), "--out", str(tmp_path / "x")]) == 2

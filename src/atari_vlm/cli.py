@@ -185,6 +185,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("models", help="model presets: prices, hardware, usable now, and a recommendation")
 
+    export = sub.add_parser("export", help="trajectories as a fine-tuning folder (HF datasets) or Minari")
+    export.add_argument("source", help="a run directory, or a trajectory memory game folder (memory/Pong)")
+    export.add_argument("--format", choices=["hf", "minari"], default="hf")
+    export.add_argument("--out", required=True, help="hf: the folder to write; minari: the datasets root")
+    export.add_argument("--id", default=None, help="minari: dataset id (default: atari-vlm/<game>/<name>-v0)")
+    export.add_argument("--top-k", type=int, default=None, help="only the best K episodes by return")
+    export.add_argument("--min-return", type=float, default=None, help="only episodes returning at least R")
+
     games = sub.add_parser("games", help="list every playable game")
     games.add_argument("--rich-only", action="store_true", help="only games with a RAM state description")
     return parser
@@ -436,6 +444,19 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from atari_vlm import export
+
+    filters = {"top_k": args.top_k, "min_return": args.min_return}
+    if args.format == "hf":
+        path = export.export_hf(args.source, args.out, **filters)
+    else:
+        dataset_id = args.id or export.default_dataset_id(args.source)
+        path = export.export_minari(args.source, dataset_id, out_dir=args.out, **filters)
+    out.print(f"exported: {path}")
+    return 0
+
+
 def _cmd_models(args: argparse.Namespace) -> int:
     from atari_vlm.models.table import render_models_table
 
@@ -466,6 +487,7 @@ COMMANDS = {
     "train": _cmd_train,
     "games": _cmd_games,
     "models": _cmd_models,
+    "export": _cmd_export,
     "report": _cmd_report,
     "results": _cmd_results,
 }
