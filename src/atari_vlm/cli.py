@@ -111,6 +111,16 @@ def add_train_parser(sub) -> None:
     )
     train.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
     train.add_argument("--resume", action="store_true", help="continue the run in --out where it stopped")
+    train.add_argument(
+        "--finetune-every",
+        type=int,
+        default=None,
+        metavar="K",
+        help="expert iteration: every K episodes fine-tune the (local) model on the best --top-k episodes",
+    )
+    train.add_argument("--finetune-full", action="store_true", help="full fine-tuning instead of LoRA")
+    train.add_argument("--finetune-epochs", type=int, default=1)
+    train.add_argument("--finetune-lr", type=float, default=None, help="default: 1e-3 LoRA, 1e-4 full")
     _add_view_args(train)
     _add_model_args(train)
 
@@ -172,6 +182,34 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(bench)
 
     add_train_parser(sub)
+
+    rec = sub.add_parser("record", help="record demonstrations (RAM expert, keyboard, random) into a memory")
+    rec.add_argument("--game", required=True, help="any ALE game (the expert plays Pong and Breakout)")
+    rec.add_argument("--agent", choices=["expert", "human", "random"], default="expert")
+    rec.add_argument("--episodes", type=int, default=1)
+    rec.add_argument("--out", required=True, help="trajectory store directory (created if missing)")
+    rec.add_argument("--seed", type=int, default=0, help="root seed of the episodes")
+    rec.add_argument("--max-steps", type=int, default=None, help="decisions per episode at most")
+    rec.add_argument("--scale", type=int, default=3, help="human play: window scale of the 160x210 screen")
+    _add_view_args(rec)
+
+    ft = sub.add_parser("finetune", help="fine-tune a local VLM on the best recorded episodes (LoRA)")
+    ft.add_argument("--model", required=True, help="a local checkpoint directory (or a LoRA adapter dir)")
+    ft.add_argument(
+        "--data", required=True, help="a trajectory store (atari-vlm record --out, a run's memory/)"
+    )
+    ft.add_argument("--out", required=True, help="new directory for the adapter (plays with --model <out>)")
+    ft.add_argument("--game", default=None, help="only this game's episodes (default: all in --data)")
+    ft.add_argument("--full", action="store_true", help="train all weights and save a full checkpoint")
+    ft.add_argument("--epochs", type=int, default=1)
+    ft.add_argument("--lr", type=float, default=None, help="default: 1e-3 LoRA, 1e-4 full")
+    ft.add_argument("--batch-size", type=int, default=8)
+    ft.add_argument("--top-k", type=int, default=5, help="train on the best K episodes by return")
+    ft.add_argument("--max-examples", type=int, default=None, help="a seeded sample of the steps at most")
+    ft.add_argument("--seed", type=int, default=0)
+    ft.add_argument("--prompt", default="basic", help="the prompt style the model will play with")
+    ft.add_argument("--frame-stack", type=int, default=1)
+    ft.add_argument("--device", default="cpu")
 
     report = sub.add_parser("report", help="write report.html (summary, plots, episode viewer) for a run")
     report.add_argument("run_dir", help="a run directory written by `atari-vlm play`")
@@ -431,6 +469,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
         agent_options={"temperature": args.temperature},
         demonstrations=args.demo,
         overwrite=args.overwrite,
+        finetune_every=args.finetune_every,
+        finetune_options={
+            "lora": not args.finetune_full,
+            "epochs": args.finetune_epochs,
+            "lr": args.finetune_lr,
+        },
     )
 
     def on_evaluation(row: dict) -> None:
@@ -454,6 +498,57 @@ def _cmd_export(args: argparse.Namespace) -> int:
         dataset_id = args.id or export.default_dataset_id(args.source)
         path = export.export_minari(args.source, dataset_id, out_dir=args.out, **filters)
     out.print(f"exported: {path}")
+    return 0
+
+
+def _cmd_record(args: argparse.Namespace) -> int:
+    from atari_vlm.record import record
+
+    metas = record(
+        args.game,
+        args.agent,
+        args.episodes,
+        args.out,
+        seed=args.seed,
+        max_steps=args.max_steps,
+        env_options=_view_options(args),
+        scale=args.scale,
+    )
+    for meta in metas:
+        out.print(f"{meta.episode_id}: return {meta.episode_return:g} in {meta.steps} steps")
+    out.print(f"{len(metas)} episode(s) recorded in {Path(args.out) / metas[0].game if metas else args.out}")
+    return 0
+
+
+def _cmd_finetune(args: argparse.Namespace) -> int:
+    from atari_vlm.training.finetune import finetune
+
+    def on_step(step: int, loss: float) -> None:
+        if step % 10 == 0:
+            err.print(f"step {step}: loss {loss:.4f}")
+
+    result = finetune(
+        args.model,
+        args.data,
+        args.out,
+        lora=not args.full,
+        epochs=args.epochs,
+        lr=args.lr,
+        batch_size=args.batch_size,
+        top_k=args.top_k,
+        seed=args.seed,
+        game=args.game,
+        prompt_style=args.prompt,
+        frame_stack=args.frame_stack,
+        max_examples=args.max_examples,
+        device=args.device,
+        on_step=on_step,
+    )
+    out.print(
+        f"{result.steps} steps on {result.examples} examples from {len(result.episodes)} episode(s) in "
+        f"{result.wall_s:.0f} s; loss {result.losses[0]:.3f} -> {result.losses[-1]:.3f}"
+    )
+    out.print(f"play it: atari-vlm play --model {result.out_dir} ...")
     return 0
 
 
@@ -485,6 +580,8 @@ COMMANDS = {
     "play": _cmd_play,
     "bench": _cmd_bench,
     "train": _cmd_train,
+    "record": _cmd_record,
+    "finetune": _cmd_finetune,
     "games": _cmd_games,
     "models": _cmd_models,
     "export": _cmd_export,

@@ -27,7 +27,7 @@ from atari_vlm.errors import ConfigError, DependencyNotInstalled, ModelError, re
 from atari_vlm.imaging import to_pil, to_rgb
 from atari_vlm.models.base import Completion, ImagePart, Message, Request, Usage
 
-__all__ = ["DTYPES", "QUANTIZE_CHOICES", "LocalVLM", "image_only_processor"]
+__all__ = ["DTYPES", "QUANTIZE_CHOICES", "LocalVLM", "adapter_base", "image_only_processor"]
 
 Quantize = Literal["4bit", "8bit"]
 QUANTIZE_CHOICES: tuple[str, ...] = ("4bit", "8bit")
@@ -63,6 +63,36 @@ def image_only_processor(base: type, image_processor: Any, tokenizer: Any, chat_
 
     ImageOnly.__name__ = ImageOnly.__qualname__ = f"{base.__name__}ImageOnly"
     return ImageOnly(image_processor=image_processor, tokenizer=tokenizer, chat_template=chat_template)
+
+
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+
+
+def adapter_base(path: Path) -> Path | None:
+    """The base checkpoint of a LoRA adapter directory (peft's ``adapter_config.json`` names it in
+    ``base_model_name_or_path``: a local directory, absolute or relative to the adapter); None when
+    ``path`` is not an adapter directory (a full checkpoint has a config.json of its own).
+
+    Raises:
+        ConfigError: an adapter whose base is not a local checkpoint, or whose weights are not
+            safetensors (pickled weights are never loaded).
+    """
+    if (path / "config.json").is_file() or not (path / ADAPTER_CONFIG).is_file():
+        return None
+    base = _read_json(path / ADAPTER_CONFIG).get("base_model_name_or_path")
+    if not isinstance(base, str) or not base:
+        raise ConfigError(f"{path / ADAPTER_CONFIG} names no base_model_name_or_path")
+    candidates = [Path(base).expanduser()] if Path(base).is_absolute() else [path / base, Path(base)]
+    found = next((c for c in candidates if (c / "config.json").is_file()), None)
+    if found is None:
+        raise ConfigError(
+            f"the adapter in {path} is for base {base!r}, which is not a local checkpoint directory "
+            "(config.json + safetensors); fix base_model_name_or_path in its adapter_config.json"
+        )
+    if not (path / ADAPTER_WEIGHTS).is_file():
+        raise ConfigError(f"{path} holds no {ADAPTER_WEIGHTS} (adapters load from safetensors only)")
+    return found
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -203,10 +233,14 @@ class LocalVLM:
         trust_remote_code: bool = False,
     ) -> None:
         self.path = Path(path).expanduser()
-        if not self.path.is_dir() or not (self.path / "config.json").is_file():
+        # A LoRA adapter directory (atari-vlm finetune) plays as its base with the adapter merged in.
+        self.base_path = adapter_base(self.path) if self.path.is_dir() else None
+        weights = self.base_path or self.path
+        if not self.path.is_dir() or not (weights / "config.json").is_file():
             raise ConfigError(
                 f"local model path {str(path)!r} must be a checkpoint directory containing config.json "
-                "and *.safetensors weights (as written by save_pretrained)"
+                "and *.safetensors weights (as written by save_pretrained), or a LoRA adapter directory "
+                "(adapter_config.json + adapter_model.safetensors)"
             )
         if quantize is not None and quantize not in QUANTIZE_CHOICES:
             raise ConfigError(f"quantize must be one of {QUANTIZE_CHOICES} or None, got {quantize!r}")
@@ -223,7 +257,7 @@ class LocalVLM:
         self.name = f"local/{self.path.name}"
         self.max_batch_size = max_batch_size
         self.max_wait_s = max_wait_s
-        self.processor = _load_processor(self.path, trust_remote_code)
+        self.processor = _load_processor(weights, trust_remote_code)
         self.tokenizer = self.processor.tokenizer
         if not (getattr(self.processor, "chat_template", None) or self.tokenizer.chat_template):
             raise ConfigError(
@@ -244,9 +278,11 @@ class LocalVLM:
             load_kwargs["device_map"] = device
         t.utils.logging.disable_progress_bar()  # atari-vlm shows its own progress; keep the terminal clean
         try:
-            self.model = t.AutoModelForImageTextToText.from_pretrained(self.path, **load_kwargs)
+            self.model = t.AutoModelForImageTextToText.from_pretrained(weights, **load_kwargs)
         except (OSError, ValueError) as exc:
-            raise ModelError(f"cannot load the model in {self.path}: {exc}") from exc
+            raise ModelError(f"cannot load the model in {weights}: {exc}") from exc
+        if self.base_path is not None:
+            self.model = self._apply_adapter(self.model, merge=quantization is None)
         if quantization is None:
             self.model.to(device)
         self.model.eval()
@@ -258,6 +294,15 @@ class LocalVLM:
         self._closed = False
 
     # --- setup helpers ---
+
+    def _apply_adapter(self, model: Any, *, merge: bool) -> Any:
+        """The adapter in ``self.path`` on ``model``; merged into the weights unless quantized."""
+        peft = require("peft", extra="finetune")
+        try:
+            wrapped = peft.PeftModel.from_pretrained(model, str(self.path), is_trainable=False)
+        except (OSError, ValueError, KeyError) as exc:
+            raise ModelError(f"cannot apply the adapter in {self.path} to {self.base_path}: {exc}") from exc
+        return wrapped.merge_and_unload() if merge else wrapped
 
     def _find_eos_ids(self) -> set[int]:
         eos = self.model.generation_config.eos_token_id
@@ -295,6 +340,10 @@ class LocalVLM:
             return self._apply_template(_fold_system(messages))
         except Exception as exc:
             raise ModelError(f"{self.name}: the chat template failed: {exc}") from exc
+
+    def render(self, messages: Sequence[Message]) -> str:
+        """The prompt text that :meth:`generate` feeds the model for ``messages`` (fine-tuning uses it)."""
+        return self._render(messages)
 
     def _apply_template(self, messages: Sequence[Message]) -> str:
         return self.processor.apply_chat_template(

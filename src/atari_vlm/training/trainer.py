@@ -73,6 +73,7 @@ CURVE_FIELDS: tuple[str, ...] = (
     "train_return",
     "n_exemplars",
     "wall_s",
+    "finetune_round",  # fine-tuning rounds done before this evaluation (0 without finetune_every)
 )
 AGENT_OPTIONS = frozenset({"temperature", "answer_format", "history_steps", "history_images"})
 RANDOM = "random"  # vlm_type of a run whose agent is the random baseline (no model)
@@ -96,7 +97,12 @@ _SETTINGS = (
     "model_options",
     "max_tokens",
     "agent_options",
+    "finetune_every",
+    "finetune_options",
 )
+
+
+_OPTIONAL_SETTINGS = frozenset({"finetune_every", "finetune_options"})  # absent from runs made before them
 
 
 def train_episode_id(episode: int) -> str:
@@ -176,6 +182,7 @@ class _State:
     evaluations: list[dict[str, Any]] = field(default_factory=list)
     random_returns: list[float] | None = None  # the random agent on the evaluation seeds, once
     wall_s: float = 0.0  # training time over every session of the run
+    finetune_rounds: list[dict[str, Any]] = field(default_factory=list)  # expert iteration (finetune_every)
 
     @classmethod
     def read(cls, path: Path) -> _State:
@@ -203,6 +210,7 @@ class _State:
             data["evaluations"],
             data.get("random_returns"),
             float(data.get("wall_s") or 0.0),
+            list(data.get("finetune_rounds") or []),
         )
 
     def to_json(self, root_seed: int) -> dict[str, Any]:
@@ -216,6 +224,7 @@ class _State:
             "evaluations": self.evaluations,
             "random_returns": self.random_returns,
             "wall_s": round(self.wall_s, 3),
+            "finetune_rounds": self.finetune_rounds,
         }
 
 
@@ -316,6 +325,12 @@ class VLMTrainer:
         demonstrations: recorded episodes to import into the memory first (see
             :func:`atari_vlm.memory.import_demonstration`).
         overwrite: replace a run already in ``out_dir``.
+        finetune_every: expert iteration: after every this many training episodes, fine-tune the model
+            on the ``top_k_episodes`` best episodes of the memory (demonstrations included) and play on
+            with the new weights (:func:`atari_vlm.training.finetune.finetune`; each round starts again
+            from the original checkpoint, which must be local). Round ``n`` is saved in
+            ``finetune/round-NNN``; learning-curve rows count the rounds done in ``finetune_round``.
+        finetune_options: further ``finetune`` arguments (lora, epochs, lr, batch_size, max_examples...).
     """
 
     def __init__(
@@ -341,6 +356,8 @@ class VLMTrainer:
         agent_options: Mapping[str, Any] | None = None,
         demonstrations: Sequence[str | Path] = (),
         overwrite: bool = False,
+        finetune_every: int | None = None,
+        finetune_options: Mapping[str, Any] | None = None,
     ):
         env_options = dict(env_options or {})
         reserved = sorted({"game", "seed", "max_steps"} & set(env_options))
@@ -419,6 +436,18 @@ class VLMTrainer:
         self.out_dir = Path(out_dir) if out_dir is not None else default_out
         self.demonstrations = [Path(p) for p in demonstrations]
         self.overwrite = overwrite
+        if finetune_every is not None:
+            _check_int("finetune_every", finetune_every, 1)
+            if self.model_spec == RANDOM:
+                raise ConfigError("finetune_every needs a model: the random agent has no weights")
+        self.finetune_every = finetune_every
+        self.finetune_options = dict(finetune_options or {})
+        reserved = sorted(
+            {"model_dir", "data", "out_dir", "top_k", "prompt_style"} & set(self.finetune_options)
+        )
+        if reserved:
+            raise ConfigError(f"finetune_options may not set {reserved}: the trainer sets them")
+        self._finetune_base: Path | None = None
         self.store = TrajectoryStore(self.out_dir / "memory")
         self._resume = False
         self._settings = {
@@ -438,6 +467,8 @@ class VLMTrainer:
             "model_options": scrub_secrets(self.model_options),
             "max_tokens": max_tokens,
             "agent_options": self.agent_options,
+            "finetune_every": finetune_every,
+            "finetune_options": self.finetune_options,
         }
 
     @classmethod
@@ -458,10 +489,10 @@ class VLMTrainer:
             raise ConfigError(f"nothing to resume in {out_dir}: cannot read {path} ({exc})") from exc
         if not isinstance(config, dict) or config.get("kind") != "train":
             raise ConfigError(f"nothing to resume in {out_dir}: it holds no training run")
-        missing = [k for k in _SETTINGS if k not in config]
+        missing = [k for k in _SETTINGS if k not in config and k not in _OPTIONAL_SETTINGS]
         if missing:
             raise ConfigError(f"cannot resume {out_dir}: {path} lacks {missing}")
-        settings = {k: config[k] for k in _SETTINGS}
+        settings = {k: config[k] for k in _SETTINGS if k in config}
         settings.update(overrides)
         spec = settings["vlm_type"]
         if isinstance(spec, str) and spec.startswith(CUSTOM_PREFIX):
@@ -562,19 +593,83 @@ class VLMTrainer:
     async def _train(self, num_episodes: int, s: _Session, *, close: bool) -> None:
         points = self.eval_points(num_episodes)
         try:
+            if self.finetune_every:
+                await self._start_finetuning(s)
             while True:
                 done = s.state.episodes_done
                 if done in points and all(row["episode"] != done for row in s.state.curve):
                     await self._evaluate(done, s)
                 if done >= num_episodes:
                     return
-                end = min(done + self.num_envs, min(p for p in points if p > done))
+                rounds = self._finetune_points(num_episodes)
+                end = min(done + self.num_envs, min(p for p in [*points, *rounds] if p > done))
                 await self._play_batch(done, end, s)
                 s.state.episodes_done = end
                 self._checkpoint(s)
+                if end in rounds and all(r["episode"] != end for r in s.state.finetune_rounds):
+                    await self._finetune_round(end, s)
         finally:
             if close and self._vlm is not None:
                 await self._vlm.aclose()
+
+    def _finetune_points(self, num_episodes: int) -> list[int]:
+        """Training-episode counts after which the model is fine-tuned (not at the very end)."""
+        if not self.finetune_every:
+            return []
+        return list(range(self.finetune_every, num_episodes, self.finetune_every))
+
+    async def _start_finetuning(self, s: _Session) -> None:
+        """Remember the original checkpoint; on resume, play on with the last round's weights."""
+        base = getattr(self._vlm, "path", None)
+        if base is None or not Path(base).is_dir():
+            raise ConfigError(
+                f"finetune_every needs a local checkpoint (a directory or 'demo'), not {self.model_spec!r}"
+            )
+        self._finetune_base = Path(base)
+        if s.state.finetune_rounds:
+            await self._swap_model(self.out_dir / s.state.finetune_rounds[-1]["model_dir"])
+
+    async def _swap_model(self, path: Path) -> None:
+        loaded = await asyncio.to_thread(load_model, str(path), self._options)
+        old, self._vlm = self._vlm, loaded.vlm
+        if old is not None:
+            await old.aclose()
+
+    async def _finetune_round(self, done: int, s: _Session) -> None:
+        """Fine-tune the original checkpoint on the best episodes in memory, then play with it."""
+        from atari_vlm.training.finetune import finetune
+
+        number = len(s.state.finetune_rounds) + 1
+        relative = Path("finetune") / f"round-{number:03d}"
+        target = self.out_dir / relative
+        shutil.rmtree(target, ignore_errors=True)  # a round interrupted before it was recorded
+        snapshot = self._snapshot(done)
+        best = [self.store.load(self.game, i) for i in snapshot]
+        options = {"frame_stack": self.env_config.frame_stack, "frame_layout": self.env_config.frame_layout}
+        options.update(self.finetune_options)
+        options.setdefault("device", self._options.device)
+        result = await asyncio.to_thread(
+            finetune,
+            self._finetune_base,
+            best,
+            target,
+            top_k=self.top_k_episodes,
+            prompt_style=self.prompt_type,
+            **options,
+        )
+        await self._swap_model(target)
+        s.state.finetune_rounds.append(
+            {
+                "round": number,
+                "episode": done,
+                "model_dir": str(relative),
+                "episodes": result.episodes,
+                "steps": result.steps,
+                "final_loss": result.losses[-1] if result.losses else None,
+                "wall_s": round(result.wall_s, 3),
+            }
+        )
+        self._checkpoint(s)
 
     def _snapshot(self, before: int) -> list[str]:
         """The memory as it was when training episode ``before`` began: everything but later training."""
@@ -701,6 +796,7 @@ class VLMTrainer:
             "train_return": _mean(trained),
             "n_exemplars": n_exemplars,
             "wall_s": round(s.elapsed(), 3),
+            "finetune_round": len([r for r in s.state.finetune_rounds if r["episode"] <= done]),
         }
         s.state.curve = sorted([*s.state.curve, row], key=lambda r: r["episode"])
         s.state.evaluations.extend({"at_episode": done, **r.to_record()} for r in results)

@@ -1,0 +1,184 @@
+"""Fine-tuning a local VLM on demonstrations: play-time prompts, a falling loss, adapters that load and
+play through ``--model <dir>``, and the trainer's expert-iteration rounds."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("transformers")
+pytest.importorskip("peft", reason="fine-tuning needs the `finetune` extra (peft)")
+
+from atari_vlm.agent import VLMAgent
+from atari_vlm.env import make_env
+from atari_vlm.errors import ConfigError
+from atari_vlm.games import game_info
+from atari_vlm.memory import TrajectoryStore
+from atari_vlm.models.base import Usage
+from atari_vlm.models.local import LocalVLM, _Row, _to_chat
+from atari_vlm.models.registry import load_model
+from atari_vlm.models.tiny import build_tiny_checkpoint
+from atari_vlm.record import record
+from atari_vlm.rollout import EpisodeSeeds, play_episode
+from atari_vlm.runner import PlaySettings, run_play
+from atari_vlm.training import VLMTrainer
+from atari_vlm.training.finetune import _collate, _lora, build_examples, finetune
+
+SHAPE = (42, 32)
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory) -> Path:
+    return build_tiny_checkpoint("llava", tmp_path_factory.mktemp("ckpt") / "llava")
+
+
+@pytest.fixture(scope="module")
+def demos(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("demos")
+    record("Pong", "expert", 2, root, seed=0, max_steps=12, env_options={"resize_shape": SHAPE})
+    return root
+
+
+def test_examples_are_the_prompts_played(base: Path, tmp_path: Path) -> None:
+    """Play a few decisions with the model, capturing what it was fed; rebuild them from the record.
+
+    The answers are legal actions, as in demonstrations: after an unparsable answer play adds a
+    feedback line that a stored step does not record."""
+    vlm = LocalVLM(base)
+    fed: list[tuple[str, list[int]]] = []
+
+    def capture(batch):
+        for p in batch:
+            ids = vlm.processor(text=[p.prompt], images=[p.images], return_tensors="pt")["input_ids"]
+            fed.append((p.prompt, ids[0].tolist()))
+        return [_Row("ACTION: RIGHT", Usage(), "stop") for _ in batch]
+
+    vlm._generate_batch = capture  # type: ignore[method-assign]
+    env = make_env("Pong", resize_shape=SHAPE, max_steps=3)
+    agent = VLMAgent(vlm, game_info("Pong"), env.action_names)
+    store = TrajectoryStore(tmp_path)
+    sink = store.recorder("Pong", {"action_names": env.action_names, "episode_id": "played"})
+    asyncio.run(play_episode(env, agent, episode=0, seeds=EpisodeSeeds(5, 5), sink=sink))
+    env.close()
+
+    trajectory = store.load("Pong", "played")
+    examples = build_examples(vlm, [trajectory])
+    assert [e.prompt for e in examples] == [prompt for prompt, _ in fed]
+    assert [e.input_ids[: e.prompt_len] for e in examples] == [ids for _, ids in fed]
+    # ... and the same text the chat template renders from VLMAgent.build_request directly.
+    step = trajectory.steps[1]
+    obs = {"image": trajectory.frames[1], "frames": trajectory.frames[1][None], "text": step.state_text}
+    request = VLMAgent(vlm, game_info("Pong"), env.action_names).build_request(obs)
+    direct = vlm.processor.apply_chat_template(
+        _to_chat(request.messages), add_generation_prompt=True, tokenize=False
+    )
+    assert examples[1].prompt == direct
+    target = examples[1].input_ids[examples[1].prompt_len :]
+    assert target[-1] == vlm.tokenizer.eos_token_id
+    assert vlm.tokenizer.decode(target[:-1]) == f"ACTION: {step.action_name}"
+
+
+def test_a_few_steps_lower_the_loss(base: Path, demos: Path) -> None:
+    import torch
+
+    torch.manual_seed(0)
+    vlm = LocalVLM(base, dtype="float32")
+    trajectories = [
+        TrajectoryStore(demos).load("Pong", m.episode_id) for m in TrajectoryStore(demos).episodes("Pong")
+    ]
+    batch = _collate(build_examples(vlm, trajectories, max_examples=3), vlm.tokenizer.pad_token_id, torch)
+    assert int((batch["labels"] != -100).sum()) > 0
+    model = _lora(vlm.model, None, rank=8)
+    model.train()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-2)
+    losses = []
+    for _ in range(4):
+        loss = model(**batch).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0] - 0.5, losses
+
+
+def test_adapter_saves_loads_and_plays(base: Path, demos: Path, tmp_path: Path) -> None:
+    out = tmp_path / "tuned"
+    result = finetune(base, demos, out, epochs=1, batch_size=4, max_examples=8, top_k=1)
+    assert result.steps == 2 and len(result.losses) == 2 and result.out_dir == out
+    assert len(result.episodes) == 1  # top_k=1: the best episode only
+    assert {"adapter_model.safetensors", "adapter_config.json", "chat_template.jinja"} <= {
+        p.name for p in out.iterdir()
+    }
+    assert not (out / "config.json").exists()
+    config = json.loads((out / "adapter_config.json").read_text())
+    assert Path(config["base_model_name_or_path"]) == base.resolve()
+
+    loaded = load_model(str(out))
+    assert isinstance(loaded.vlm, LocalVLM) and loaded.vlm.base_path == base.resolve()
+    tuned_weights = dict(loaded.vlm.model.named_parameters())
+    base_weights = dict(LocalVLM(base).model.named_parameters())
+    name = next(n for n in base_weights if "language_model" in n and n.endswith("q_proj.weight"))
+    assert not tuned_weights[name].allclose(base_weights[name])  # the adapter was merged in
+    asyncio.run(loaded.vlm.aclose())
+
+    summary = run_play(
+        PlaySettings(
+            game="Pong",
+            out=tmp_path / "run",
+            model=str(out),
+            env={"resize_shape": SHAPE, "max_steps": 3},
+            video=False,
+        )
+    )
+    assert summary.episodes[0].decisions == 3
+
+    again = finetune(out, demos, tmp_path / "continued", epochs=1, batch_size=8, max_examples=8)
+    assert again.steps == 1  # an adapter directory continues its adapter
+
+
+def test_full_finetune_writes_a_checkpoint(base: Path, demos: Path, tmp_path: Path) -> None:
+    out = tmp_path / "full"
+    finetune(base, demos, out, lora=False, batch_size=8, max_examples=8)
+    assert (out / "config.json").is_file() and (out / "model.safetensors").is_file()
+    asyncio.run(LocalVLM(out).aclose())
+
+
+def test_bad_requests_are_refused(base: Path, demos: Path, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not an empty directory"):
+        finetune(base, demos, demos)
+    with pytest.raises(ConfigError, match="no trajectories"):
+        finetune(base, tmp_path / "nothing", tmp_path / "out")
+    with pytest.raises(ConfigError, match="epochs"):
+        finetune(base, demos, tmp_path / "out", epochs=0)
+    adapter = tmp_path / "orphan"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "org/remote-model"}))
+    with pytest.raises(ConfigError, match="not a local checkpoint"):
+        LocalVLM(adapter)
+
+
+def test_trainer_finetune_every_runs_a_round(base: Path, demos: Path, tmp_path: Path) -> None:
+    demo_files = [p for p in (demos / "Pong").iterdir() if p.is_dir()]
+    trainer = VLMTrainer(
+        "Pong",
+        str(base),
+        out_dir=tmp_path / "run",
+        eval_every=2,
+        eval_episodes=1,
+        max_steps=3,
+        env_options={"resize_shape": SHAPE},
+        demonstrations=demo_files,
+        finetune_every=1,
+        finetune_options={"max_examples": 8, "batch_size": 8},
+    )
+    result = trainer.train(2)
+    state = json.loads((tmp_path / "run" / "trainer_state.json").read_text())
+    assert [r["episode"] for r in state["finetune_rounds"]] == [1]  # after episode 1, not at the end
+    assert (tmp_path / "run" / "finetune" / "round-001" / "adapter_model.safetensors").is_file()
+    assert [row["finetune_round"] for row in result.curve] == [0, 1]
+    with pytest.raises(ConfigError, match="random agent has no weights"):
+        VLMTrainer("Pong", "random", out_dir=tmp_path / "r", finetune_every=1)
