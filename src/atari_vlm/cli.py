@@ -153,6 +153,18 @@ def build_parser() -> argparse.ArgumentParser:
     play.add_argument("--video-overlay", action="store_true", help="caption each video frame with the action")
     play.add_argument("--no-report", dest="report", action="store_false", help="skip report.html")
     play.add_argument(
+        "--executor",
+        choices=["local", "ray"],
+        default="local",
+        help="local: this process; ray: episodes spread over Ray workers, each loading its own model "
+        '(pip install "atari-vlm[ray]")',
+    )
+    play.add_argument(
+        "--ray-address",
+        default=None,
+        help="Ray cluster to join (auto, ray://host:10001); default: start a local Ray instance",
+    )
+    play.add_argument(
         "--dry-run", action="store_true", help="one measured decision, then the run's estimated cost"
     )
     _add_view_args(play)
@@ -350,6 +362,13 @@ def _cmd_play(args: argparse.Namespace) -> int:
     )
     if args.dry_run:
         return _dry_run(settings)
+    if args.ray_address is not None and args.executor != "ray":
+        raise ConfigError("--ray-address needs --executor ray")
+    executor = None
+    if args.executor == "ray":
+        from atari_vlm.executors import RayExecutor
+
+        executor = RayExecutor(args.ray_address)
     progress = Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -372,7 +391,7 @@ def _cmd_play(args: argparse.Namespace) -> int:
         progress.advance(task_id, n)
 
     try:
-        summary = run_play(settings, on_start=on_start, on_step=on_step)
+        summary = run_play(settings, on_start=on_start, on_step=on_step, executor=executor)
     finally:
         progress.stop()
     _print_summary(summary)

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -28,6 +28,9 @@ from atari_vlm.models.registry import LoadedModel, ModelOptions, load_model
 from atari_vlm.prompts import render_system_prompt
 from atari_vlm.rollout import EpisodeResult, play_episodes
 from atari_vlm.rundir import RunDir, read_jsonl, write_json_atomic
+
+if TYPE_CHECKING:
+    from atari_vlm.executors import RayExecutor
 
 AGENTS: tuple[str, ...] = ("vlm", "random")
 
@@ -162,6 +165,7 @@ def run_play(
     on_episode: Callable[[EpisodeResult], None] | None = None,
     loaded: LoadedModel | None = None,
     close_loaded: bool = False,
+    executor: RayExecutor | None = None,
 ) -> RunSummary:
     """Play ``settings.episodes`` episodes and write the run directory; returns the summary.
 
@@ -169,9 +173,32 @@ def run_play(
     caller closes it, unless ``close_loaded`` hands that over (API clients belong to one event loop, so
     one made for a single run should be closed inside it).
 
+    ``executor`` plays the episodes elsewhere (:class:`~atari_vlm.executors.RayExecutor`): its workers
+    each load the model from the settings, the run directory is the same as a local run's, and the
+    executor is closed when the run ends.
+
     Raises:
         ConfigError: any bad setting, found before anything is written.
     """
+    if executor is None:
+        return _run_play(settings, on_start, on_step, on_episode, loaded, close_loaded, None)
+    if loaded is not None:
+        raise ConfigError("an executor's workers load their own model: pass no loaded model with it")
+    try:
+        return _run_play(settings, on_start, on_step, on_episode, None, False, executor)
+    finally:
+        executor.close()
+
+
+def _run_play(
+    settings: PlaySettings,
+    on_start: Callable[[LoadedModel | None, int | None], None] | None,
+    on_step: Callable[[int], None] | None,
+    on_episode: Callable[[EpisodeResult], None] | None,
+    loaded: LoadedModel | None,
+    close_loaded: bool,
+    executor: RayExecutor | None,
+) -> RunSummary:
     env_config = settings.validate()
     if settings.agent == "vlm":
         # Render the prompt once, before the (slow) model load: a bad prompt file fails at once.
@@ -183,7 +210,9 @@ def run_play(
             probe_env.action_names,
             answer_format=settings.answer_format,
         )
-    if settings.agent == "random":
+    if executor is not None:
+        model = executor.start(settings)  # the workers load the model; this stands in for it here
+    elif settings.agent == "random":
         model = None
     elif loaded is not None:
         model = loaded
@@ -225,23 +254,26 @@ def run_play(
     start = time.perf_counter()
     stopped = None
     try:
-        asyncio.run(
-            _play_and_close(
-                factory,
-                model,
-                close_model=loaded is None or close_loaded,
-                episodes=len(todo),
-                episode_ids=todo,
-                root_seed=settings.seed,
-                num_envs=settings.num_envs,
-                run=run,
-                video=settings.video,
-                video_overlay=settings.video_overlay,
-                on_step=on_step,
-                on_episode=on_episode,
-                env_seeds=settings.env_seeds,
+        if executor is not None:
+            executor.play(episode_ids=todo, run=run, on_step=on_step, on_episode=on_episode)
+        else:
+            asyncio.run(
+                _play_and_close(
+                    factory,
+                    model,
+                    close_model=loaded is None or close_loaded,
+                    episodes=len(todo),
+                    episode_ids=todo,
+                    root_seed=settings.seed,
+                    num_envs=settings.num_envs,
+                    run=run,
+                    video=settings.video,
+                    video_overlay=settings.video_overlay,
+                    on_step=on_step,
+                    on_episode=on_episode,
+                    env_seeds=settings.env_seeds,
+                )
             )
-        )
     except BudgetExceeded as exc:
         stopped = f"budget: {exc}"  # finished episodes stand; the interrupted one replays on --resume
     finally:

@@ -1,0 +1,296 @@
+"""Parallel play gives the same games as sequential play, with nothing lost or mixed between games.
+
+Every backend here is deterministic: the fake OpenAI server answers with an action derived from a
+hash of the request (so a request carrying another game's frame or state would change the game),
+and the tiny local checkpoint decodes greedily. A run with ``num_envs`` games at once must then give
+each episode exactly the steps and return it gets when played alone. Speed is left to benchmarks/:
+nothing here is timed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import importlib.util
+import inspect
+import json
+import shutil
+import tempfile
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from atari_vlm.executors import EpisodePlayer, write_episode
+from atari_vlm.models.registry import ModelOptions
+from atari_vlm.rundir import RunDir, read_jsonl
+from atari_vlm.runner import PlaySettings, run_play
+from atari_vlm.testing import FakeOpenAIServer, serve_in_thread
+
+MODEL = "hash-vlm"
+PONG_ACTIONS = ("NOOP", "FIRE", "RIGHT", "LEFT", "RIGHTFIRE", "LEFTFIRE")
+# Fields that measure time or transport, not play: they may differ between any two runs (a request
+# retried after a dropped connection on a loaded machine changes nothing in the game).
+TIMING = frozenset({"latency_s", "model_latency_s", "wall_s", "retries"})
+
+
+def hash_reply(body: dict[str, Any]) -> str:
+    """An action that depends on every byte of the conversation (frame, state text, feedback)."""
+    digest = hashlib.sha256(json.dumps(body["messages"], sort_keys=True).encode()).digest()
+    return f"ACTION: {PONG_ACTIONS[digest[0] % len(PONG_ACTIONS)]}"
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[FakeOpenAIServer]:
+    with serve_in_thread(model=MODEL, reply=hash_reply) as srv:
+        yield srv
+
+
+def api_settings(server: FakeOpenAIServer, out: Path, **changes: Any) -> PlaySettings:
+    settings = PlaySettings(
+        game="Pong",
+        out=out,
+        model=f"openai:{MODEL}",
+        episodes=4,
+        seed=11,
+        env={"max_steps": 25},
+        video=False,
+        model_options=ModelOptions(base_url=server.base_url, concurrency=8),
+    )
+    return replace(settings, **changes)
+
+
+def untimed(record: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in record.items() if k not in TIMING}
+
+
+def episodes_of(out: Path) -> dict[int, dict[str, Any]]:
+    """``episodes.jsonl`` by episode, timing left out; each episode logged exactly once."""
+    records = read_jsonl(out / "episodes.jsonl")
+    by_episode = {r["episode"]: untimed(r) for r in records}
+    assert len(by_episode) == len(records)
+    return by_episode
+
+
+def steps_of(out: Path) -> dict[int, list[dict[str, Any]]]:
+    """``steps.jsonl`` split by episode, checking each episode's steps are complete and in order."""
+    steps: dict[int, list[dict[str, Any]]] = {}
+    for record in read_jsonl(out / "steps.jsonl"):
+        steps.setdefault(record["episode"], []).append(untimed(record))
+    episodes = episodes_of(out)
+    assert set(steps) == set(episodes)
+    for episode, records in steps.items():
+        assert [r["step"] for r in records] == list(range(1, episodes[episode]["steps"] + 1))
+        assert records[-1]["return"] == episodes[episode]["return"]
+    return steps
+
+
+def interleaved(out: Path) -> bool:
+    """Whether some episode's step lines are interrupted by another's (games really ran together)."""
+    order = [r["episode"] for r in read_jsonl(out / "steps.jsonl")]
+    runs = [e for i, e in enumerate(order) if i == 0 or order[i - 1] != e]
+    return len(runs) > len(set(order))
+
+
+def files_in(out: Path) -> set[Path]:
+    return {p.relative_to(out) for p in out.rglob("*") if p.is_file()}
+
+
+def assert_same_games(a: Path, b: Path) -> None:
+    assert episodes_of(a) == episodes_of(b)
+    assert steps_of(a) == steps_of(b)
+    summary_a, summary_b = (json.loads((p / "summary.json").read_text()) for p in (a, b))
+    assert untimed(summary_a) == untimed(summary_b)
+
+
+# --- (a) an API backend: concurrent requests ---
+
+
+def test_api_backend_parallel_games_match_sequential(server: FakeOpenAIServer, tmp_path: Path) -> None:
+    one = run_play(api_settings(server, tmp_path / "one", num_envs=1))
+    server.reset()
+    four = run_play(api_settings(server, tmp_path / "four", num_envs=4))
+    assert server.max_in_flight > 1  # the four games really had requests in flight together
+    sent = sum(e.decisions + e.retries for e in four.episodes)
+    assert server.stats()["chat_requests"] == sent  # every request accounted for: none lost
+
+    assert_same_games(tmp_path / "one", tmp_path / "four")
+    assert [e.episode_return for e in one.episodes] == [e.episode_return for e in four.episodes]
+    assert not interleaved(tmp_path / "one")
+    assert interleaved(tmp_path / "four")
+    # The hash policy makes episodes differ, so equal per-episode results cannot come from sameness.
+    actions = [tuple(r["action"] for r in records) for records in steps_of(tmp_path / "four").values()]
+    assert len(set(actions)) == len(actions)
+
+
+def test_more_envs_than_episodes_and_odd_split(server: FakeOpenAIServer, tmp_path: Path) -> None:
+    run_play(api_settings(server, tmp_path / "one", episodes=3, env={"max_steps": 10}))
+    run_play(api_settings(server, tmp_path / "many", episodes=3, num_envs=8, env={"max_steps": 10}))
+    assert_same_games(tmp_path / "one", tmp_path / "many")
+
+
+# --- (b) the local backend: dynamic batching ---
+
+pytest_torch = pytest.mark.skipif(
+    importlib.util.find_spec("torch") is None or importlib.util.find_spec("transformers") is None,
+    reason="the local backend needs the 'local' extra (torch, transformers)",
+)
+
+
+@pytest_torch
+def test_local_backend_batches_and_matches_sequential(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from atari_vlm.models import tiny
+    from atari_vlm.models.local import LocalVLM
+
+    checkpoint = tiny.build_tiny_checkpoint("llava", tmp_path / "llava")
+    batches: list[int] = []
+    real = LocalVLM._generate_batch
+
+    def counting(self: LocalVLM, batch: list[Any]) -> Any:
+        batches.append(len(batch))
+        return real(self, batch)
+
+    monkeypatch.setattr(LocalVLM, "_generate_batch", counting)
+    settings = PlaySettings(
+        game="Pong",
+        out=tmp_path / "one",
+        model=str(checkpoint),
+        episodes=4,
+        seed=3,
+        env={"max_steps": 8},
+        max_tokens=6,
+        video=False,
+        model_options=ModelOptions(max_batch_size=3),
+    )
+    run_play(settings)
+    assert batches == [1] * 32  # one game: every generate holds one request
+    batches.clear()
+    run_play(replace(settings, out=tmp_path / "four", num_envs=4))
+
+    assert sum(batches) == 32  # every decision answered exactly once
+    assert 1 < max(batches) <= 3  # batched, and never above max_batch_size
+    assert_same_games(tmp_path / "one", tmp_path / "four")
+
+
+# --- (c) the Ray executor: the worker side in-process, then a real local Ray instance ---
+
+
+def play_like_a_worker(settings: PlaySettings, episodes: list[int]) -> None:
+    """What each Ray actor does, without Ray: one player, episodes at once, outputs sent to a run dir."""
+
+    async def play_all() -> list[Any]:
+        player = EpisodePlayer(settings)
+        try:
+            return list(await asyncio.gather(*(player.play(i) for i in episodes)))
+        finally:
+            await player.close()
+
+    outputs = asyncio.run(play_all())
+    with RunDir(settings.out).open({"worker": True}) as run:
+        for output in reversed(outputs):  # arrival order must not matter
+            write_episode(run, output)
+
+
+def test_episode_player_outputs_rebuild_a_local_run(server: FakeOpenAIServer, tmp_path: Path) -> None:
+    # Explicit env seeds here; the Ray test below covers the seeds derived from the root seed.
+    settings = api_settings(
+        server, tmp_path / "local", episodes=3, env={"max_steps": 10}, env_seeds=(5, 9, 13), video=True
+    )
+    run_play(settings)
+    play_like_a_worker(replace(settings, out=tmp_path / "worker"), [0, 1, 2])
+    assert episodes_of(tmp_path / "local") == episodes_of(tmp_path / "worker")
+    assert steps_of(tmp_path / "local") == steps_of(tmp_path / "worker")
+    for episode in range(3):
+        name = f"videos/episode_{episode:04d}.mp4"
+        assert (tmp_path / "worker" / name).stat().st_size > 0
+        assert episodes_of(tmp_path / "worker")[episode]["video"] == name
+
+
+HAS_RAY = importlib.util.find_spec("ray") is not None
+needs_ray = pytest.mark.skipif(not HAS_RAY, reason='ray is not installed (pip install "atari-vlm[ray]")')
+
+
+@needs_ray
+def test_ray_executor_refuses_a_spending_cap(server: FakeOpenAIServer, tmp_path: Path) -> None:
+    from atari_vlm.errors import ConfigError
+    from atari_vlm.executors import RayExecutor
+
+    executor = RayExecutor()
+    with pytest.raises(ConfigError, match="max-cost"):
+        executor.start(api_settings(server, tmp_path / "run", max_cost_usd=1.0))
+    executor.close()
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.fixture(scope="module")
+def ray_instance() -> Iterator[Any]:
+    import ray
+
+    temp_dir = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths must fit 107 chars
+    ray.init(num_cpus=2, include_dashboard=False, _temp_dir=temp_dir, log_to_driver=False)
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+@pytest.mark.slow
+@needs_ray
+def test_ray_executor_matches_local(server: FakeOpenAIServer, ray_instance: Any, tmp_path: Path) -> None:
+    from atari_vlm.executors import RayExecutor
+
+    settings = api_settings(server, tmp_path / "local", episodes=5, num_envs=2, video=True)
+    run_play(settings)
+    executor = RayExecutor()
+    try:
+        model = executor.start(settings)
+        assert model is not None and model.spec == f"openai:{MODEL}"
+        with RunDir(tmp_path / "ray").open({"executor": "ray"}) as run:
+            progress: list[int] = []
+            results = executor.play(episode_ids=range(5), run=run, on_step=progress.append)
+    finally:
+        executor.close()
+    assert [r.episode for r in results] == list(range(5))
+    assert sum(progress) == sum(r.steps for r in results)
+    assert episodes_of(tmp_path / "local") == episodes_of(tmp_path / "ray")
+    assert steps_of(tmp_path / "local") == steps_of(tmp_path / "ray")
+    for episode in range(5):
+        name = f"videos/episode_{episode:04d}.mp4"
+        assert (tmp_path / "ray" / name).read_bytes() == (tmp_path / "local" / name).read_bytes()
+
+
+@pytest.mark.slow
+@needs_ray
+def test_run_play_on_ray_writes_a_local_run(
+    server: FakeOpenAIServer, ray_instance: Any, tmp_path: Path
+) -> None:
+    if "executor" not in inspect.signature(run_play).parameters:
+        pytest.skip("runner.run_play takes no executor yet (see the runner diff for --executor ray)")
+    from atari_vlm.executors import RayExecutor
+
+    settings = api_settings(server, tmp_path / "local", episodes=3, env={"max_steps": 15}, video=True)
+    run_play(settings)
+    summary = run_play(replace(settings, out=tmp_path / "ray"), executor=RayExecutor())  # type: ignore[call-arg]
+    assert [e.episode for e in summary.episodes] == [0, 1, 2]
+    assert_same_games(tmp_path / "local", tmp_path / "ray")
+    assert files_in(tmp_path / "ray") == files_in(tmp_path / "local")
+    config = json.loads((tmp_path / "ray" / "config.json").read_text())
+    assert config == json.loads((tmp_path / "local" / "config.json").read_text())
+
+
+@pytest.mark.slow
+@needs_ray
+def test_ray_worker_errors_arrive_as_themselves(ray_instance: Any, tmp_path: Path) -> None:
+    from atari_vlm.errors import ConfigError
+    from atari_vlm.executors import RayExecutor
+
+    settings = PlaySettings(game="Pong", out=tmp_path / "run", model=str(tmp_path / "no-such-checkpoint"))
+    executor = RayExecutor()
+    with pytest.raises(ConfigError, match="no-such-checkpoint"):
+        executor.start(settings)  # raised in the worker's constructor: not Ray's ActorDiedError
+    executor.close()
