@@ -32,11 +32,9 @@ import importlib
 import importlib.util
 import io
 import json
-import os
 import platform
 import re
 import shutil
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -61,7 +59,7 @@ from atari_vlm.models.base import VLM
 from atari_vlm.models.registry import LoadedModel, ModelOptions, load_model
 from atari_vlm.prompts import render_system_prompt
 from atari_vlm.rollout import EpisodeResult, EpisodeSeeds, episode_seeds, play_episode, play_episodes
-from atari_vlm.rundir import RunDir, read_jsonl, scrub_secrets, write_json_atomic
+from atari_vlm.rundir import RunDir, read_jsonl, scrub_secrets, write_json_atomic, write_text_atomic
 
 STATE_VERSION = 1
 CURVE_FIELDS: tuple[str, ...] = (
@@ -130,20 +128,6 @@ def _std(values: Sequence[float]) -> float | None:
     if not values:
         return None
     return float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _jsonl(records: Iterable[Mapping[str, Any]]) -> str:
@@ -818,9 +802,9 @@ class VLMTrainer:
     def _checkpoint(self, s: _Session) -> None:
         """Derived files first, the state last: a crash between them is repaired by the resume."""
         s.state.wall_s = s.elapsed()
-        _write_text_atomic(self.out_dir / "learning_curve.jsonl", _jsonl(s.state.curve))
-        _write_text_atomic(self.out_dir / "learning_curve.csv", _curve_csv(s.state.curve))
-        _write_text_atomic(self.out_dir / "evaluations.jsonl", _jsonl(s.state.evaluations))
+        write_text_atomic(self.out_dir / "learning_curve.jsonl", _jsonl(s.state.curve))
+        write_text_atomic(self.out_dir / "learning_curve.csv", _curve_csv(s.state.curve))
+        write_text_atomic(self.out_dir / "evaluations.jsonl", _jsonl(s.state.evaluations))
         write_json_atomic(self.out_dir / "trainer_state.json", s.state.to_json(self.seed))
 
 
