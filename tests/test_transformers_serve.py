@@ -132,3 +132,37 @@ def test_wrong_model_name_is_a_clear_fatal_error(served: tuple[str, str]) -> Non
     with pytest.raises(ModelError, match="pinned") as info:
         ask(base_url, "not-the-served-model")
     assert "HTTP 400" in str(info.value) and model in str(info.value)
+
+
+def test_atari_vlm_plays_through_transformers_serve(served: tuple[str, str], tmp_path: Path) -> None:
+    """The whole pipeline against a real OpenAI-compatible server process serving a tiny checkpoint."""
+    import json
+
+    from atari_vlm.cli import main
+    from atari_vlm.rundir import read_jsonl
+
+    base_url, checkpoint = served
+    out = tmp_path / "run"
+    code = main(
+        [
+            "play",
+            "--game",
+            "Pong",
+            "--model",
+            f"openai:{checkpoint}",
+            "--base-url",
+            base_url,
+            "--max-steps",
+            "3",
+            "--max-tokens",
+            "4",
+            "--no-video",
+            "--no-report",
+            "--out",
+            str(out),
+        ]
+    )
+    assert code == 0
+    steps = read_jsonl(out / "steps.jsonl")
+    assert len(steps) == 3 and all(s["input_tokens"] > 0 for s in steps)
+    assert json.loads((out / "summary.json").read_text())["decisions"] == 3
