@@ -294,3 +294,41 @@ def test_ray_worker_errors_arrive_as_themselves(ray_instance: Any, tmp_path: Pat
     with pytest.raises(ConfigError, match="no-such-checkpoint"):
         executor.start(settings)  # raised in the worker's constructor: not Ray's ActorDiedError
     executor.close()
+
+
+def test_a_429_pauses_every_game_sharing_the_model():
+    """Backpressure: after one request is told 429 + Retry-After, no game sends until that passes."""
+    import asyncio
+    import time
+
+    from atari_vlm.models.base import Message, Request
+    from atari_vlm.models.openai_compat import OpenAICompatVLM
+    from atari_vlm.testing.openai_server import serve_in_thread
+
+    with serve_in_thread(reply="ACTION: FIRE", latency_s=0.05) as server:
+        server.add_faults({"status": 429, "retry_after": "0.6"})
+        vlm = OpenAICompatVLM(
+            model="m", base_url=server.base_url, api_key="k", concurrency=8, backoff_max_s=5
+        )
+        request = Request((Message.text("user", "go"),), max_tokens=4)
+
+        async def game(delay: float):
+            await asyncio.sleep(delay)
+            return await vlm.generate(request)
+
+        async def run():
+            try:
+                return await asyncio.gather(*(game(0.2 * i) for i in range(4)))
+            finally:
+                await vlm.aclose()
+
+        start = time.monotonic()
+        completions = asyncio.run(run())
+        times = [r.received_at for r in server.requests]
+    assert [c.text for c in completions] == ["ACTION: FIRE"] * 4
+    assert vlm.backoff.holds == 1 and sum(c.retries for c in completions) == 1
+    first = min(times)
+    # The 429 came at once; games 2-4 started 0.2-0.6 s later, yet none reached the server inside
+    # the 0.6 s pause: they waited with the first game instead of each meeting the limit.
+    assert all(t - first >= 0.55 for t in sorted(times)[1:]), [round(t - first, 2) for t in times]
+    assert time.monotonic() - start < 5

@@ -152,7 +152,11 @@ class OpenAICompatVLM(RemoteVLM):
         if status == 429 and exc.code == "insufficient_quota":
             return ModelError(f"{self.base_url} says the account is out of quota (HTTP 429): {server_says}")
         if status in RETRY_STATUSES:
-            return Transient(f"HTTP {status}: {server_says}", parse_retry_after(exc.response.headers))
+            return Transient(
+                f"HTTP {status}: {server_says}",
+                parse_retry_after(exc.response.headers),
+                rate_limited=status == 429,
+            )
         if status in (401, 403):
             # The server's text is left out on purpose: some servers echo the (masked) key.
             return ModelError(

@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 from atari_vlm import imaging
 from atari_vlm.errors import ConfigError, ModelError
 from atari_vlm.models.base import Completion, ImagePart, Message, Request, Usage
-from atari_vlm.models.retry import RetryPolicy, Sleep, Transient, clip, redact, with_retries
+from atari_vlm.models.retry import RetryPolicy, SharedBackoff, Sleep, Transient, clip, redact, with_retries
 
 __all__ = ["MalformedResponse", "Parsed", "RemoteVLM", "resolve_key"]
 
@@ -93,6 +93,7 @@ class RemoteVLM(ABC):
         if concurrency < 1:
             raise ConfigError(f"concurrency must be >= 1, got {concurrency}")
         self._policy = RetryPolicy(max_retries, backoff_base_s, backoff_max_s)
+        self.backoff = SharedBackoff()  # every game using this model pauses together on a 429
         self.name = model
         self.model = model
         self.base_url = (base_url or self.default_base_url).rstrip("/")
@@ -147,6 +148,7 @@ class RemoteVLM(ABC):
             rng=self._rng,
             sleep=self._sleep,
             what=self._what(),
+            gate=self.backoff,
         )
         latency = time.perf_counter() - start
         return Completion(
@@ -221,7 +223,7 @@ class RemoteVLM(ABC):
         else:
             verdict = self._verdict(exc)
         if isinstance(verdict, Transient):
-            return Transient(self._redact(verdict.reason), verdict.retry_after_s)
+            return Transient(self._redact(verdict.reason), verdict.retry_after_s, verdict.rate_limited)
         if isinstance(verdict, ModelError):
             return ModelError(self._redact(str(verdict)))
         return None

@@ -44,6 +44,26 @@ class Transient:
     reason: str
     retry_after_s: float | None = None
     """What the server asked us to wait (Retry-After), if it said."""
+    rate_limited: bool = False
+    """A 429: the provider wants fewer requests, so every caller of the model backs off (SharedBackoff)."""
+
+
+class SharedBackoff:
+    """One pause shared by every request to a model: when the provider says 429, the other games'
+    requests wait out the same backoff instead of each hitting the limit again on its own."""
+
+    def __init__(self) -> None:
+        self.until = 0.0  # time.monotonic() before which no request is sent
+        self.holds = 0  # how many times a 429 paused everyone (for tests and logs)
+
+    def hold(self, seconds: float) -> None:
+        self.until = max(self.until, time.monotonic() + seconds)
+        self.holds += 1
+
+    async def wait(self, sleep: Sleep) -> None:
+        delay = self.until - time.monotonic()
+        if delay > 0:
+            await sleep(delay)
 
 
 Classifier = Callable[[Exception], "Transient | ModelError | None"]
@@ -110,6 +130,7 @@ async def with_retries(
     rng: random.Random,
     sleep: Sleep = asyncio.sleep,
     what: str = "request",
+    gate: SharedBackoff | None = None,
 ) -> tuple[T, int]:
     """Run ``attempt`` until it succeeds; return its result and how many retries it took.
 
@@ -119,7 +140,11 @@ async def with_retries(
     credentials) that must not travel up in ``__cause__``.
     """
     retry = 0
+    slept = False  # a request that just waited out its own backoff does not wait on the gate again
     while True:
+        if gate is not None and not slept:
+            await gate.wait(sleep)
+        slept = False
         try:
             return await attempt(), retry
         except Exception as exc:
@@ -134,7 +159,11 @@ async def with_retries(
                     f"{what} failed {tries} time{'s' if tries != 1 else ''} "
                     f"({policy.max_retries} retries allowed); last error: {verdict.reason}"
                 ) from None
-            await sleep(policy.delay_s(retry, rng, verdict.retry_after_s))
+            delay = policy.delay_s(retry, rng, verdict.retry_after_s)
+            if gate is not None and verdict.rate_limited:
+                gate.hold(delay)
+            await sleep(delay)
+            slept = True
             retry += 1
 
 
@@ -180,7 +209,7 @@ def classify_status(
     """
     shown = label or f"HTTP {status}"
     if status in RETRY_STATUSES:
-        return Transient(f"{shown}: {clip(server_says)}", retry_after_s)
+        return Transient(f"{shown}: {clip(server_says)}", retry_after_s, rate_limited=status == 429)
     if status in (401, 403):
         return ModelError(
             f"{where} rejected the API key ({shown}); {key_hint}, and that it may use model {model!r}"
