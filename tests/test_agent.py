@@ -104,3 +104,10 @@ def test_random_agent_is_seeded_and_legal():
     xs = [asyncio.run(a.act({})).action for _ in range(50)]
     assert xs == [asyncio.run(b.act({})).action for _ in range(50)]
     assert set(xs) == {0, 1, 2}
+
+
+def test_prompt_file_flag_is_an_alias_of_prompt(tmp_path):
+    from atari_vlm.cli import build_parser
+
+    args = build_parser().parse_args(["play", "--game", "Pong", "--prompt-file", str(tmp_path / "p.txt")])
+    assert args.prompt == str(tmp_path / "p.txt")

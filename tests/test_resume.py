@@ -139,3 +139,16 @@ def test_unwritable_output_directory_is_a_clear_error_before_play(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
     assert main(["play", "--game", "Pong", "--agent", "random", "--out", str(blocker / "run")]) == 2
+
+
+def test_a_nearly_full_disk_is_a_clear_error_before_play(tmp_path, monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    from atari_vlm.cli import main
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 10**6, 10**6))
+    out = tmp_path / "run"
+    assert main(["play", "--game", "Pong", "--agent", "random", "--out", str(out)]) == 2
+    assert not out.exists()

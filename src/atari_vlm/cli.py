@@ -173,7 +173,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--sticky", type=float, default=0.25, help="repeat_action_probability (ALE v5: 0.25)")
     g.add_argument("--full-action-space", action="store_true")
     p = play.add_argument_group("prompt")
-    p.add_argument("--prompt", default="basic", help="basic | cot | expert | a template .txt file")
+    p.add_argument(
+        "--prompt", "--prompt-file", default="basic", help="basic | cot | expert | a template .txt file"
+    )
     p.add_argument("--answer-format", choices=["line", "json"], default="line", help="ACTION: line or JSON")
     p.add_argument("--history-steps", type=int, default=0, help="past decisions recalled in text")
     p.add_argument("--history-images", type=int, default=0, help="past frames shown again")

@@ -9,12 +9,14 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
 
 from atari_vlm.errors import ConfigError
 
+MIN_FREE_BYTES = 64 * 2**20  # checked before play starts: a full disk mid-run would cost the run
 SECRET_KEYS = frozenset({"api_key", "apikey", "key", "token", "secret", "password", "authorization"})
 
 
@@ -82,6 +84,13 @@ class RunDir:
         """
         if overwrite and resume:
             raise ConfigError("--overwrite and --resume contradict each other; choose one")
+        existing = next(p for p in (self.path, *self.path.resolve().parents) if p.exists())
+        free = shutil.disk_usage(existing).free
+        if free < MIN_FREE_BYTES:
+            raise ConfigError(
+                f"only {free // 2**20} MiB free on the disk holding {self.path}; a run needs at least "
+                f"{MIN_FREE_BYTES // 2**20} MiB (steps, videos): free some space or choose another --out"
+            )
         try:
             self.videos.mkdir(parents=True, exist_ok=True)
             probe = self.path / ".write-probe"
