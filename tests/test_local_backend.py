@@ -25,7 +25,7 @@ pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 from atari_vlm.models import tiny
-from atari_vlm.models.local import LocalVLM
+from atari_vlm.models.local import FramesVideoProcessor, LocalVLM
 
 HAS_TORCHVISION = importlib.util.find_spec("torchvision") is not None
 
@@ -127,10 +127,66 @@ def test_checkpoint_loads_with_auto_classes(checkpoints: dict[str, Path], family
 
 
 @pytest.mark.skipif(HAS_TORCHVISION, reason="the fallback is only taken without torchvision")
-def test_video_families_fall_back_to_an_image_only_processor(vlms: dict[str, LocalVLM]) -> None:
-    for family in ("qwen2_vl", "qwen2_5_vl"):
-        if family in vlms:
-            assert type(vlms[family].processor).__name__.endswith("ImageOnly")
+def test_video_families_load_with_a_torchvision_free_video_processor(vlms: dict[str, LocalVLM]) -> None:
+    for family in ("qwen2_vl", "qwen2_5_vl", "video_llava"):
+        processor = vlms[family].processor
+        assert isinstance(processor.video_processor, FramesVideoProcessor)
+        assert (
+            type(processor).__name__
+            == json.loads((vlms[family].path / "processor_config.json").read_text())["processor_class"]
+        )
+
+
+# --- Video-LLaVA: the frame stack goes in as one video ---
+
+
+def stack_request(frames: int, *, exemplar: bool = False, seed: int = 0) -> Request:
+    """A frame stack laid out as a sequence (consecutive images), optionally after an exemplar image."""
+    parts: list[Any] = [TextPart("Example:"), ImagePart(frame(99)), TextPart("Now:")] if exemplar else []
+    parts += [ImagePart(frame(seed + i)) for i in range(frames)]
+    parts.append(TextPart("Reply with ACTION: <name>."))
+    return Request(
+        messages=(Message.text("system", "You play Pong."), Message("user", tuple(parts))), max_tokens=4
+    )
+
+
+def test_video_llava_takes_the_frame_stack_as_one_video(vlms: dict[str, LocalVLM]) -> None:
+    vlm = vlms["video_llava"]
+    assert vlm.frames_as_video
+    prompt = vlm.render(stack_request(4, exemplar=True).messages)
+    assert prompt.count("<video>") == 1 and prompt.count("<image>") == 1
+    single = vlms["llava"].render(stack_request(4).messages)
+    assert single.count("<image>") == 4 and "<video>" not in single  # image models: four images
+
+
+def test_video_llava_counts_video_tokens_and_batches_equal_stacks(
+    vlms: dict[str, LocalVLM], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    vlm = vlms["video_llava"]
+    sizes = count_generate(monkeypatch, vlm)
+
+    async def run() -> list[Completion]:
+        requests = [stack_request(4, seed=i) for i in range(3)] + [stack_request(2, exemplar=True)]
+        return await asyncio.gather(*(vlm.generate(r) for r in requests))
+
+    completions = asyncio.run(run())
+    # 28 px frames, 14 px patches: 4 patches + CLS = 5 tokens per video frame, 4 per image.
+    assert [c.usage.image_tokens for c in completions] == [20, 20, 20, 4 + 10]
+    assert sorted(sizes) == [1, 3]  # stacks of 4 frames batch together; the 2-frame one cannot
+
+
+def test_frames_video_processor_matches_the_image_processor(vlms: dict[str, LocalVLM]) -> None:
+    from PIL import Image
+
+    processor = vlms["video_llava"].processor
+    clips = [[Image.fromarray(frame(i + j)) for j in range(3)] for i in range(2)]
+    videos = processor.video_processor(clips, return_tensors="pt")["pixel_values_videos"]
+    assert tuple(videos.shape) == (2, 3, 3, 28, 28)
+    one = processor.image_processor(images=[clips[1][2]], return_tensors="pt")
+    pixels = one["pixel_values_images"] if "pixel_values_images" in one else one["pixel_values"]
+    assert np.allclose(videos[1, 2].numpy(), pixels[0].numpy())
+    with pytest.raises(ModelError, match="equal frame counts"):
+        processor.video_processor([clips[0], clips[1][:2]], return_tensors="pt")
 
 
 def test_action_words_are_in_the_vocabulary(vlm: LocalVLM) -> None:
@@ -165,7 +221,10 @@ def test_generate_one_and_two_images(vlm: LocalVLM) -> None:
         assert isinstance(completion.text, str)
         check_usage(completion, request)
         assert completion.model == vlm.name
-    assert c2.usage.image_tokens == 2 * c1.usage.image_tokens  # same frame size, twice the frames
+    if vlm.frames_as_video:  # two consecutive frames are one video, whose frames keep their CLS token
+        assert c2.usage.image_tokens == 2 * (c1.usage.image_tokens + 1)
+    else:
+        assert c2.usage.image_tokens == 2 * c1.usage.image_tokens  # same frame size, twice the frames
 
 
 def test_text_only_request(vlm: LocalVLM) -> None:

@@ -27,11 +27,20 @@ from atari_vlm.errors import ConfigError, DependencyNotInstalled, ModelError, re
 from atari_vlm.imaging import to_pil, to_rgb
 from atari_vlm.models.base import Completion, ImagePart, Message, Request, Usage
 
-__all__ = ["DTYPES", "QUANTIZE_CHOICES", "LocalVLM", "adapter_base", "image_only_processor"]
+__all__ = [
+    "DTYPES",
+    "QUANTIZE_CHOICES",
+    "FramesVideoProcessor",
+    "LocalVLM",
+    "adapter_base",
+    "build_processor",
+]
 
 Quantize = Literal["4bit", "8bit"]
 QUANTIZE_CHOICES: tuple[str, ...] = ("4bit", "8bit")
 DTYPES: tuple[str, ...] = ("auto", "float32", "bfloat16", "float16")
+FRAME_VIDEO_MODELS: tuple[str, ...] = ("video_llava",)
+"""Model types that take a frame stack as one video (their video tower encodes frames one by one)."""
 
 # Vision towers and projectors stay in full precision when quantizing: they are small, sensitive,
 # and bitsandbytes' 4-bit kernels reject layers narrower than 64 on CPU.
@@ -41,28 +50,75 @@ _VISION_MODULES = ("vision_tower", "visual", "vision_model", "multi_modal_projec
 _QUANTIZE_SKIP = ("lm_head", *_VISION_MODULES, *(f".*{name}" for name in _VISION_MODULES))
 
 
-def image_only_processor(base: type, image_processor: Any, tokenizer: Any, chat_template: str | None) -> Any:
-    """An instance of processor class ``base`` built without its video processor.
+class FramesVideoProcessor:
+    """A video processor that needs no torchvision: every frame through the checkpoint's image processor.
 
-    Qwen2-VL-style processors require a video processor, and video processors require torchvision,
-    which Atari frames never need. A subclass whose constructor omits ``video_processor`` reuses all
-    of ``base``'s image and text logic (placeholder expansion, token type ids) unchanged.
+    transformers' video processors all require torchvision, which Atari frames never need: a frame
+    stack is a few small frames already decoded. Models that encode a video as independent frames
+    (Video-LLaVA: the CLIP tower runs on each frame) get the same ``pixel_values_videos`` (videos,
+    frames, channels, height, width) as from their own video processor, since the image processor
+    applies the same resize, crop and normalisation. It also lets the Qwen processors load, which
+    insist on a video processor even for images (LocalVLM never sends them videos).
     """
-    params = list(inspect.signature(base.__init__).parameters)[1:4]
-    if params != ["image_processor", "tokenizer", "video_processor"]:
-        raise ModelError(
-            f"cannot build an image-only {base.__name__}: its constructor takes {params}, "
-            "expected (image_processor, tokenizer, video_processor, ...)"
+
+    model_input_names = ["pixel_values_videos"]
+    _auto_class = None  # ProcessorMixin.save_pretrained reads it
+
+    def __init__(self, image_processor: Any) -> None:
+        self.image_processor = image_processor
+
+    def __call__(self, videos: Any, return_tensors: Any = None, **_: Any) -> Any:
+        t = require("transformers", extra="local")
+        clips = [list(v) for v in videos]
+        lengths = {len(c) for c in clips}
+        if len(lengths) != 1:
+            raise ModelError(f"videos in one batch must have equal frame counts, got {sorted(lengths)}")
+        options = {"return_tensors": "pt"}
+        if "return_legacy_image_output" in inspect.signature(self.image_processor.preprocess).parameters:
+            options["return_legacy_image_output"] = False  # Video-LLaVA's: name it pixel_values
+        out = self.image_processor(images=[f for c in clips for f in c], **options)
+        pixels = out["pixel_values"]
+        stacked = pixels.reshape(len(clips), lengths.pop(), *pixels.shape[1:])
+        return t.BatchFeature({"pixel_values_videos": stacked}, tensor_type=return_tensors)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"video_processor_type": type(self).__name__}
+
+
+def build_processor(
+    processor_class: type,
+    image_processor: Any,
+    tokenizer: Any,
+    chat_template: str | None,
+    **init_kwargs: Any,
+) -> Any:
+    """``processor_class`` built from its parts; its video half, if it has one, a
+    :class:`FramesVideoProcessor` (so that no torchvision is needed)."""
+    if "video_processor" not in processor_class.get_attributes():
+        return processor_class(
+            image_processor=image_processor, tokenizer=tokenizer, chat_template=chat_template, **init_kwargs
         )
 
-    class ImageOnly(base):  # type: ignore[misc, valid-type]
-        def __init__(self, image_processor: Any = None, tokenizer: Any = None, chat_template: Any = None):
-            # Positional: ProcessorMixin pairs positional arguments with this class's attributes
-            # (image_processor, tokenizer), so the ``None`` video processor is dropped.
-            base.__init__(self, image_processor, tokenizer, None, chat_template=chat_template)
+    class WithFramesVideo(processor_class):  # type: ignore[misc, valid-type]
+        def check_argument_for_proper_class(self, argument_name: str, argument: Any) -> Any:
+            if isinstance(argument, FramesVideoProcessor):
+                return FramesVideoProcessor
+            return super().check_argument_for_proper_class(argument_name, argument)
 
-    ImageOnly.__name__ = ImageOnly.__qualname__ = f"{base.__name__}ImageOnly"
-    return ImageOnly(image_processor=image_processor, tokenizer=tokenizer, chat_template=chat_template)
+        def to_dict(self) -> dict[str, Any]:
+            out: dict[str, Any] = super().to_dict()
+            if isinstance(out.get("video_processor"), FramesVideoProcessor):
+                out["video_processor"] = out["video_processor"].to_dict()
+            return out
+
+    WithFramesVideo.__name__ = WithFramesVideo.__qualname__ = processor_class.__name__
+    return WithFramesVideo(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        video_processor=FramesVideoProcessor(image_processor),
+        chat_template=chat_template,
+        **init_kwargs,
+    )
 
 
 ADAPTER_CONFIG = "adapter_config.json"
@@ -121,7 +177,7 @@ def _chat_template(path: Path, tokenizer: Any) -> str | None:
 
 
 def _load_processor(path: Path, trust_remote_code: bool) -> Any:
-    """``AutoProcessor``, or an image-only processor when the video half cannot load (no torchvision)."""
+    """``AutoProcessor``; without torchvision, the same processor with a frames video processor."""
     t = require("transformers", extra="local")
     try:
         return t.AutoProcessor.from_pretrained(path, trust_remote_code=trust_remote_code)
@@ -134,11 +190,20 @@ def _load_processor(path: Path, trust_remote_code: bool) -> Any:
         try:
             tokenizer = t.AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
             image_processor = t.AutoImageProcessor.from_pretrained(path, trust_remote_code=trust_remote_code)
-            return image_only_processor(base, image_processor, tokenizer, _chat_template(path, tokenizer))
+            accepted = set(inspect.signature(base.__init__).parameters) - {
+                "self",
+                "chat_template",
+                *base.get_attributes(),
+            }
+            saved = _read_json(path / "processor_config.json")
+            init_kwargs = {k: v for k, v in saved.items() if k in accepted}
+            return build_processor(
+                base, image_processor, tokenizer, _chat_template(path, tokenizer), **init_kwargs
+            )
         except Exception as fallback_exc:
             raise ModelError(
                 f"cannot load the processor of {path}: {exc}; "
-                f"building an image-only {class_name} also failed: {fallback_exc}"
+                f"building {class_name} with a torchvision-free video processor also failed: {fallback_exc}"
             ) from exc
 
 
@@ -157,18 +222,31 @@ def _quantization_config(quantize: str, torch: Any) -> Any:
     return t.BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=skip)
 
 
-def _to_chat(messages: Sequence[Message]) -> list[dict[str, Any]]:
-    """Messages in the chat-template format: content is a list of image/text entries in part order."""
-    return [
-        {
-            "role": m.role,
-            "content": [
-                {"type": "image"} if isinstance(p, ImagePart) else {"type": "text", "text": p.text}
-                for p in m.parts
-            ],
-        }
-        for m in messages
-    ]
+def _frame_runs(parts: Sequence[Any], as_video: bool) -> list[Any]:
+    """``parts`` with each run of two or more consecutive images grouped into one list (a video) when
+    ``as_video``: a frame stack (``frame_layout="sequence"``) is exactly such a run, while exemplar and
+    history images come one at a time between texts."""
+    out: list[Any] = []
+    for part in parts:
+        if as_video and isinstance(part, ImagePart) and out and isinstance(out[-1], (ImagePart, list)):
+            last = out.pop()
+            out.append([*last, part] if isinstance(last, list) else [last, part])
+        else:
+            out.append(part)
+    return out
+
+
+def _to_chat(messages: Sequence[Message], as_video: bool = False) -> list[dict[str, Any]]:
+    """Messages in the chat-template format: content is a list of image/video/text entries in order."""
+
+    def entry(part: Any) -> dict[str, Any]:
+        if isinstance(part, list):
+            return {"type": "video"}
+        if isinstance(part, ImagePart):
+            return {"type": "image"}
+        return {"type": "text", "text": part.text}
+
+    return [{"role": m.role, "content": [entry(p) for p in _frame_runs(m.parts, as_video)]} for m in messages]
 
 
 def _fold_system(messages: Sequence[Message]) -> list[Message]:
@@ -186,18 +264,21 @@ def _fold_system(messages: Sequence[Message]) -> list[Message]:
 
 @dataclass
 class _Pending:
-    """One queued request: its rendered prompt, its images and the caller's future."""
+    """One queued request: its rendered prompt, its images and videos, and the caller's future."""
 
     request: Request
     prompt: str
     images: list[Any]
+    videos: list[list[Any]]
     future: asyncio.Future[Completion]
     queued_at: float = field(default_factory=time.perf_counter)
 
     @property
-    def settings(self) -> tuple[int, float, bool]:
-        """Requests batch together only when ``generate`` would treat them alike."""
-        return (self.request.max_tokens, self.request.temperature, bool(self.images))
+    def settings(self) -> tuple[int, float, bool, tuple[int, ...]]:
+        """Requests batch together only when ``generate`` would treat them alike (videos stack into
+        one tensor, so their frame counts must match)."""
+        frames = tuple(len(v) for v in self.videos)
+        return (self.request.max_tokens, self.request.temperature, bool(self.images), frames)
 
 
 @dataclass
@@ -289,6 +370,12 @@ class LocalVLM:
 
         self._eos_ids = self._find_eos_ids()
         self._image_token_id = self._find_image_token_id()
+        video_token_id = getattr(self.model.config, "video_token_id", None)
+        self._video_token_id = video_token_id if isinstance(video_token_id, int) else None
+        # Models that read a video as its frames (see FramesVideoProcessor) get the frame stack as one.
+        self.frames_as_video = (
+            self.model.config.model_type in FRAME_VIDEO_MODELS and self._video_token_id is not None
+        )
         self._system_ok = True  # until the chat template rejects a system turn
         self._batcher: _Batcher | None = None
         self._closed = False
@@ -347,7 +434,7 @@ class LocalVLM:
 
     def _apply_template(self, messages: Sequence[Message]) -> str:
         return self.processor.apply_chat_template(
-            _to_chat(messages), add_generation_prompt=True, tokenize=False
+            _to_chat(messages, self.frames_as_video), add_generation_prompt=True, tokenize=False
         )
 
     # --- the VLM protocol ---
@@ -361,9 +448,16 @@ class LocalVLM:
         if request.max_tokens < 1:
             raise ModelError(f"max_tokens must be at least 1, got {request.max_tokens}")
         prompt = self._render(request.messages)
-        images = [to_pil(to_rgb(p.pixels)) for m in request.messages for p in m.images]
+        images: list[Any] = []
+        videos: list[list[Any]] = []
+        for message in request.messages:
+            for part in _frame_runs(message.parts, self.frames_as_video):
+                if isinstance(part, list):
+                    videos.append([to_pil(to_rgb(p.pixels)) for p in part])
+                elif isinstance(part, ImagePart):
+                    images.append(to_pil(to_rgb(part.pixels)))
         batcher = self._ensure_batcher()
-        pending = _Pending(request, prompt, images, batcher.loop.create_future())
+        pending = _Pending(request, prompt, images, videos, batcher.loop.create_future())
         batcher.pending.append(pending)
         batcher.wakeup.set()
         if len(batcher.pending) >= self.max_batch_size:
@@ -404,7 +498,7 @@ class LocalVLM:
                     await asyncio.wait_for(batcher.full.wait(), self.max_wait_s)
             batch = batcher.pending[: self.max_batch_size]
             del batcher.pending[: self.max_batch_size]
-            groups: dict[tuple[int, float, bool], list[_Pending]] = {}
+            groups: dict[tuple[int, float, bool, tuple[int, ...]], list[_Pending]] = {}
             for pending in batch:
                 groups.setdefault(pending.settings, []).append(pending)
             for group in groups.values():
@@ -457,6 +551,8 @@ class LocalVLM:
         }
         if batch[0].images:
             inputs_kwargs["images"] = [p.images for p in batch]
+        if batch[0].videos:
+            inputs_kwargs["videos"] = [video for p in batch for video in p.videos]
         inputs = self.processor(**inputs_kwargs, return_tensors="pt")
         inputs = {
             k: v.to(self.model.device, dtype=self.model.dtype)
@@ -481,9 +577,10 @@ class LocalVLM:
             end = next((j + 1 for j, tok in enumerate(new) if tok in self._eos_ids), None)
             tokens = new if end is None else new[:end]
             prompt_ids = inputs["input_ids"][i]
+            vision_ids = [i for i in (self._image_token_id, self._video_token_id) if i is not None]
             image_tokens = None
-            if self._image_token_id is not None:
-                image_tokens = int((prompt_ids == self._image_token_id).sum())
+            if vision_ids:
+                image_tokens = sum(int((prompt_ids == i).sum()) for i in vision_ids)
             rows.append(
                 _Row(
                     text=self.tokenizer.decode(tokens, skip_special_tokens=True),

@@ -86,6 +86,12 @@ _MISTRAL_TEMPLATE = (
     "{% endfor %}"
 )
 
+# Video-LLaVA: LLaVA's turns, with a <video> placeholder where a frame stack goes.
+_VIDEO_LLAVA_TEMPLATE = _LLAVA_TEMPLATE.replace(
+    "{% elif content['type'] == 'text' %}",
+    "{% elif content['type'] == 'video' %}{{ '<video>\n' }}{% elif content['type'] == 'text' %}",
+)
+
 _QWEN_TEMPLATE = (
     "{% for message in messages %}"
     "{% if loop.first and message['role'] != 'system' %}"
@@ -128,7 +134,8 @@ _VISION = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 1, 
 
 
 def _llava_config(config_class: str, **extra: Any) -> Callable[[dict[str, int], int], Any]:
-    """LLaVA and LLaVA-NeXT: a CLIP tower (28 px, 14 px patches: 4 image tokens) and a Llama."""
+    """LLaVA, LLaVA-NeXT and Video-LLaVA: a CLIP tower (28 px, 14 px patches: 4 image tokens, 5 per
+    video frame) and a Llama."""
 
     def make(ids: dict[str, int], vocab: int) -> Any:
         t = _transformers()
@@ -139,6 +146,7 @@ def _llava_config(config_class: str, **extra: Any) -> Callable[[dict[str, int], 
             text_config=text,
             image_token_index=ids["image"],
             image_seq_length=4,
+            **({"video_token_index": ids["video"]} if "video" in ids else {}),
             **extra,
         )
 
@@ -213,9 +221,10 @@ class _Family:
     make_config: Callable[[dict[str, int], int], Any]
     image_processor: tuple[str, dict[str, Any]]
     processor: tuple[str, dict[str, Any]]
-    # Processors that also take videos: written in the real layout (with this video processor
-    # config) but built image-only, since constructing a video processor needs torchvision.
+    # Processors that also take videos: built with a torchvision-free stand-in, saved with this
+    # config (the family's real video processor).
     video_processor: dict[str, Any] | None = None
+    video_token: str | None = None
 
 
 _QWEN_TOKENS = (
@@ -266,6 +275,19 @@ _FAMILIES: dict[str, _Family] = {
         image_processor=("LlavaNextImageProcessorPil", {**_CLIP_IMAGES, "image_grid_pinpoints": [[28, 28]]}),
         processor=("LlavaNextProcessor", _LLAVA_PROCESSOR),
     ),
+    "video_llava": _Family(
+        bos="<s>",
+        eos="</s>",
+        pad="<pad>",
+        image_token="<image>",
+        extra_tokens=("<video>",),
+        chat_template=_VIDEO_LLAVA_TEMPLATE,
+        make_config=_llava_config("VideoLlavaConfig", video_seq_length=5 * 8),
+        image_processor=("VideoLlavaImageProcessor", _CLIP_IMAGES),
+        processor=("VideoLlavaProcessor", _LLAVA_PROCESSOR),
+        video_processor={"video_processor_type": "VideoLlavaVideoProcessor", **_CLIP_IMAGES},
+        video_token="<video>",
+    ),
     "qwen2_vl": _Family(
         bos="<|endoftext|>",
         eos="<|im_end|>",
@@ -277,6 +299,7 @@ _FAMILIES: dict[str, _Family] = {
         image_processor=_QWEN_IMAGES,
         processor=("Qwen2VLProcessor", {}),
         video_processor=_QWEN_VIDEOS,
+        video_token="<|video_pad|>",
     ),
     "qwen2_5_vl": _Family(
         bos="<|endoftext|>",
@@ -289,6 +312,7 @@ _FAMILIES: dict[str, _Family] = {
         image_processor=_QWEN_IMAGES,
         processor=("Qwen2_5_VLProcessor", {}),
         video_processor=_QWEN_VIDEOS,
+        video_token="<|video_pad|>",
     ),
     "idefics3": _Family(
         bos="<|begin_of_text|>",
@@ -358,36 +382,26 @@ def _build_tokenizer(family: _Family) -> Any:
 
 
 def _build_processor(spec: _Family, tokenizer: Any) -> Any:
+    from atari_vlm.models.local import build_processor
+
     t = _transformers()
     image_class, image_kwargs = spec.image_processor
     processor_class, processor_kwargs = spec.processor
     image_processor = getattr(t, image_class)(**image_kwargs)
-    if spec.video_processor is not None:
-        from atari_vlm.models.local import image_only_processor
-
-        base = getattr(t, processor_class)
-        return image_only_processor(base, image_processor, tokenizer, spec.chat_template)
-    return getattr(t, processor_class)(
-        image_processor=image_processor,
-        tokenizer=tokenizer,
-        chat_template=spec.chat_template,
-        **processor_kwargs,
+    return build_processor(
+        getattr(t, processor_class), image_processor, tokenizer, spec.chat_template, **processor_kwargs
     )
 
 
 def _write_processor(spec: _Family, processor: Any, out: Path) -> None:
-    """Save the processor; an image-only one is relabelled as the real class, with its video config."""
+    """Save the processor; its video half is written as the family's real video processor config."""
     processor.save_pretrained(out)
     if spec.video_processor is None:
         return
-    for name, extra in (
-        ("processor_config.json", {"video_processor": spec.video_processor}),
-        ("tokenizer_config.json", {}),
-    ):
-        config_path = out / name
-        config = json.loads(config_path.read_text(encoding="utf-8"))
-        config.update(processor_class=spec.processor[0], **extra)
-        config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    config_path = out / "processor_config.json"
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    config["video_processor"] = spec.video_processor
+    config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
 def _write_markers(out: Path, family: str, seed: int) -> None:
@@ -440,10 +454,11 @@ def build_tiny_checkpoint(family: str, out_dir: str | Path, *, seed: int = 0) ->
             ("eos", spec.eos),
             ("pad", spec.pad),
             ("image", spec.image_token),
-            ("video", "<|video_pad|>"),
+            ("video", spec.video_token),
             ("vision_start", "<|vision_start|>"),
             ("vision_end", "<|vision_end|>"),
         )
+        if token is not None
     }
     config = spec.make_config(ids, len(tokenizer))
     with _seeded(torch, seed):
