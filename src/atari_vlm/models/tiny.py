@@ -106,8 +106,8 @@ _QWEN_TEMPLATE = (
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 
-_IDEFICS3_TEMPLATE = (
-    "<|begin_of_text|>"
+# Idefics2's template; Idefics3's (below) is the same after a written BOS token.
+_IDEFICS2_TEMPLATE = (
     "{% for message in messages %}"
     "{{ message['role'] | capitalize }}"
     "{% if message['content'][0]['type'] == 'image' %}{{ ':' }}{% else %}{{ ': ' }}{% endif %}"
@@ -118,6 +118,7 @@ _IDEFICS3_TEMPLATE = (
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}"
 )
+_IDEFICS3_TEMPLATE = "<|begin_of_text|>" + _IDEFICS2_TEMPLATE
 
 
 # --- tiny model sizes shared by every family ---
@@ -197,6 +198,24 @@ def _qwen_config(version: str) -> Callable[[dict[str, int], int], Any]:
         )
 
     return make
+
+
+def _idefics2_config(ids: dict[str, int], vocab: int) -> Any:
+    """A SigLIP-style tower (28 px, 7 px patches), a perceiver resampler to 4 latents, a Mistral."""
+    t = _transformers()
+    vision = {**_VISION, "image_size": 28, "patch_size": 7}
+    perceiver = {
+        "hidden_size": _TEXT["hidden_size"],
+        "resampler_n_latents": 4,
+        "resampler_depth": 1,
+        "resampler_n_heads": 2,
+        "resampler_head_dim": 16,
+        "num_key_value_heads": 1,
+    }
+    text = {**_TEXT, "model_type": "mistral", "vocab_size": vocab, **_token_ids(ids)}
+    return t.Idefics2Config(
+        vision_config=vision, perceiver_config=perceiver, text_config=text, image_token_id=ids["image"]
+    )
 
 
 def _idefics3_config(ids: dict[str, int], vocab: int) -> Any:
@@ -313,6 +332,20 @@ _FAMILIES: dict[str, _Family] = {
         processor=("Qwen2_5_VLProcessor", {}),
         video_processor=_QWEN_VIDEOS,
         video_token="<|video_pad|>",
+    ),
+    "idefics2": _Family(
+        bos="<s>",
+        eos="<end_of_utterance>",
+        pad="<unk>",
+        image_token="<image>",
+        extra_tokens=("<fake_token_around_image>",),
+        chat_template=_IDEFICS2_TEMPLATE,
+        make_config=_idefics2_config,
+        image_processor=(
+            "Idefics2ImageProcessorPil",
+            {"size": {"shortest_edge": 28, "longest_edge": 28}, "do_image_splitting": False},
+        ),
+        processor=("Idefics2Processor", {"image_seq_len": 4}),
     ),
     "idefics3": _Family(
         bos="<|begin_of_text|>",
