@@ -91,3 +91,72 @@ def test_dry_run_measures_one_decision_and_writes_nothing(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "one measured decision" in text and "no price is known" in text
     assert not (tmp_path / "run").exists()
+
+
+def priced_loader(base_url):
+    """``load_model`` stand-in: every spec loads as the priced model behind ``base_url``."""
+    return lambda spec, options: priced_model(base_url)
+
+
+def test_bench_max_cost_caps_the_whole_sweep_and_a_rerun_finishes_it(tmp_path, monkeypatch):
+    from atari_vlm.bench.sweep import BenchSpec, run_bench
+
+    def spec(max_cost_usd):
+        return BenchSpec(
+            out=tmp_path / "bench",
+            games=("Pong", "Breakout"),
+            models=("openai:m",),
+            seeds=(0, 1),
+            max_steps=10,
+            max_cost_usd=max_cost_usd,
+        )
+
+    with serve_in_thread(reply="ACTION: FIRE") as server:
+        one_call = play(tmp_path / "probe", server.base_url, episodes=1, env={"max_steps": 1}).cost_usd
+        monkeypatch.setattr("atari_vlm.runner.load_model", priced_loader(server.base_url))
+        limit = one_call * 13.5
+        run_bench(spec(limit))
+        steps = [(p, s) for p in (tmp_path / "bench").rglob("steps.jsonl") for s in read_jsonl(p)]
+        priced = [(p, s) for p, s in steps if s.get("cost_usd") is not None]
+        assert sum(s["cost_usd"] for _, s in priced) <= limit and len(priced) == 13
+        assert all("Pong" in str(p) for p, _ in priced)  # the sweep stopped there: Breakout never called
+        run_bench(spec(one_call * 100))  # the same sweep again, with room to finish
+    steps = [s for p in (tmp_path / "bench").rglob("steps.jsonl") for s in read_jsonl(p)]
+    priced = [s for s in steps if s.get("cost_usd") is not None]
+    assert len(priced) == 2 * 2 * 10  # 2 games x 2 seeds x 10 decisions, none counted twice
+
+
+def test_train_max_cost_stops_in_time_and_resume_goes_on(tmp_path, monkeypatch):
+    from atari_vlm.training import VLMTrainer
+
+    with serve_in_thread(reply="ACTION: FIRE") as server:
+        one_call = play(tmp_path / "probe", server.base_url, episodes=1, env={"max_steps": 1}).cost_usd
+        monkeypatch.setattr("atari_vlm.training.trainer.load_model", priced_loader(server.base_url))
+        options = {"out_dir": tmp_path / "train", "eval_episodes": 1, "eval_every": 2, "max_steps": 5}
+        limit = one_call * 7.5
+        result = VLMTrainer("Pong", "openai:m", "basic", False, max_cost_usd=limit, **options).train(3)
+        calls = len([r for r in server.requests if r.path.endswith("completions")]) - 1
+        assert result.stopped and result.stopped.startswith("budget") and calls == 7
+        summary = json.loads((tmp_path / "train" / "summary.json").read_text())
+        assert summary["stopped"] == result.stopped
+        resumed = VLMTrainer.resume(tmp_path / "train").train(3)
+    assert resumed.stopped is None and len(resumed.episodes) == 3
+    assert [row["episode"] for row in resumed.curve] == [0, 2, 3]
+
+
+def test_dry_run_bounds_say_at_most_unless_every_episode_plays_its_full_budget(tmp_path):
+    from atari_vlm.models.registry import ModelOptions
+    from atari_vlm.runner import estimate_cost
+
+    with serve_in_thread(reply="ACTION: FIRE") as server:
+        common = {
+            "game": "Pong",
+            "out": tmp_path / "run",
+            "model": "openai:m",
+            "model_options": ModelOptions(base_url=server.base_url, api_key="k"),
+        }
+        capped = estimate_cost(PlaySettings(**common, episodes=3, env={"max_steps": 50}))
+        budget = {"total_env_steps": 100, "decision_interval": 2, "reset_on_game_over": True}
+        fixed = estimate_cost(PlaySettings(**common, episodes=2, env=budget))
+    assert (capped["decisions_bound"], capped["decisions"]) == ("at most", 150)  # a game over ends sooner
+    assert (fixed["decisions_bound"], fixed["decisions"]) == ("exactly", 100)

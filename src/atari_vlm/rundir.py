@@ -57,7 +57,9 @@ def _finite(value: Any) -> Any:
 
 
 # Settings a resumed run may change: how many episodes in all, how many at once, where videos go.
-RESUMABLE_CHANGES = frozenset({"episodes", "num_envs", "atari_vlm_version", "python", "video"})
+RESUMABLE_CHANGES = frozenset(
+    {"episodes", "num_envs", "atari_vlm_version", "python", "video", "max_cost_usd"}
+)  # --max-cost caps one invocation: a resumed run may get a new budget
 
 
 class RunDir:

@@ -61,6 +61,7 @@ class BenchSpec:
     video: bool = False
     max_tokens: int | None = None
     temperature: float = 0.0
+    max_cost_usd: float | None = None  # for the whole sweep in this invocation; it stops where reached
 
 
 @dataclass
@@ -134,6 +135,7 @@ def run_bench(
     env_options, agent_options = protocol_settings(protocol)
     env = {**env_options, **spec.env, "max_steps": spec.max_steps}
     local_models: dict[str, LoadedModel] = {}  # local weights load once; API clients are cheap per run
+    spent = 0.0
     try:
         for combo in combos:
             if _is_complete(combo.out, len(seeds)):
@@ -161,11 +163,15 @@ def run_bench(
                 resume=(combo.out / "config.json").exists(),
                 model_options=spec.model_options,
                 protocol=protocol.to_dict() if protocol else None,
+                max_cost_usd=None if spec.max_cost_usd is None else max(0.0, spec.max_cost_usd - spent),
                 **(agent_options if combo.agent == "vlm" else {}),
             )
             summary = run_play(settings, loaded=loaded)
+            spent += summary.spent_usd or 0.0
             if on_combination is not None:
                 on_combination(combo, summary)
+            if summary.stopped:
+                break  # the budget is spent: the rest of the sweep waits for a resumed bench
     finally:
         for model in local_models.values():
             asyncio.run(model.vlm.aclose())

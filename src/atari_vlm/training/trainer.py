@@ -56,6 +56,7 @@ from atari_vlm.memory import (
     select_exemplars,
 )
 from atari_vlm.models.base import VLM
+from atari_vlm.models.costs import BudgetedVLM, BudgetExceeded
 from atari_vlm.models.registry import LoadedModel, ModelOptions, load_model
 from atari_vlm.prompts import render_system_prompt
 from atari_vlm.rollout import EpisodeResult, EpisodeSeeds, episode_seeds, play_episode, play_episodes
@@ -221,6 +222,7 @@ class TrainingResult:
     curve: list[dict[str, Any]]  # the learning curve rows (see CURVE_FIELDS)
     random_returns: list[float]  # the random agent on the evaluation seeds
     wall_s: float
+    stopped: str | None = None  # why training ended early (a --max-cost budget), None otherwise
 
     @property
     def final_eval_mean_return(self) -> float | None:
@@ -236,6 +238,7 @@ class TrainingResult:
             "random_mean_return": _mean(self.random_returns),
             "final_eval_mean_return": self.final_eval_mean_return,
             "wall_s": round(self.wall_s, 3),
+            "stopped": self.stopped,
         }
 
 
@@ -342,6 +345,7 @@ class VLMTrainer:
         overwrite: bool = False,
         finetune_every: int | None = None,
         finetune_options: Mapping[str, Any] | None = None,
+        max_cost_usd: float | None = None,
     ):
         env_options = dict(env_options or {})
         reserved = sorted({"game", "seed", "max_steps"} & set(env_options))
@@ -434,6 +438,16 @@ class VLMTrainer:
         self._finetune_base: Path | None = None
         self.store = TrajectoryStore(self.out_dir / "memory")
         self._resume = False
+        if max_cost_usd is not None:
+            if (
+                isinstance(max_cost_usd, bool)
+                or not isinstance(max_cost_usd, (int, float))
+                or not max_cost_usd >= 0
+            ):
+                raise ConfigError(f"max_cost_usd must be a number >= 0 (USD), got {max_cost_usd!r}")
+            if self._vlm is not None:
+                raise ConfigError("max_cost_usd needs a model spec with a known price, not a model object")
+        self.max_cost_usd = max_cost_usd
         self._settings = {
             "game_name": self.game,
             "vlm_type": self.model_spec,
@@ -512,7 +526,11 @@ class VLMTrainer:
             loaded = None
         else:
             loaded = load_model(self.model_spec, self._options)
-            self._vlm = loaded.vlm
+            try:  # every call priced (the run's cost), and none made that the budget cannot pay for
+                self._vlm = BudgetedVLM(loaded.vlm, self.max_cost_usd, loaded.prices)
+            except BaseException:
+                asyncio.run(loaded.vlm.aclose())
+                raise
         try:
             run = RunDir(self.out_dir).open(
                 self._config(num_episodes, loaded), overwrite=self.overwrite, resume=resume
@@ -522,6 +540,7 @@ class VLMTrainer:
                 asyncio.run(loaded.vlm.aclose())
             raise
         writer = None
+        stopped = None
         start = time.perf_counter()
         try:
             if resume:
@@ -535,7 +554,10 @@ class VLMTrainer:
                 import_demonstration(self.store, path, game=self.game)
             writer = _summary_writer(self.out_dir / "tensorboard")
             context = _Session(run, state, kept, writer, start, state.wall_s, on_episode, on_evaluation)
-            asyncio.run(self._train(num_episodes, context, close=loaded is not None))
+            try:
+                asyncio.run(self._train(num_episodes, context, close=loaded is not None))
+            except BudgetExceeded as exc:
+                stopped = f"budget: {exc}"  # finished batches stand; train again with resume to go on
         finally:
             run.close()
             if writer is not None:
@@ -546,6 +568,7 @@ class VLMTrainer:
             curve=state.curve,
             random_returns=list(state.random_returns or []),
             wall_s=state.wall_s,
+            stopped=stopped,
         )
         write_json_atomic(self.out_dir / "summary.json", result.to_dict())
         return result
@@ -561,6 +584,7 @@ class VLMTrainer:
             "model": loaded.describe() if loaded else {"spec": self.model_spec},
             "episodes": num_episodes,
             "video": False,
+            "max_cost_usd": self.max_cost_usd,
         }
 
     def _clear_outputs(self) -> None:
@@ -615,7 +639,7 @@ class VLMTrainer:
 
     async def _swap_model(self, path: Path) -> None:
         loaded = await asyncio.to_thread(load_model, str(path), self._options)
-        old, self._vlm = self._vlm, loaded.vlm
+        old, self._vlm = self._vlm, BudgetedVLM(loaded.vlm, self.max_cost_usd, loaded.prices)
         if old is not None:
             await old.aclose()
 
