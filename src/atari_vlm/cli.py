@@ -80,7 +80,8 @@ def add_train_parser(sub) -> None:
         "--model",
         dest="model",
         default="auto",
-        help="demo | auto | openai:<model> | <checkpoint dir> | random (the baseline agent)",
+        help="a preset (see `atari-vlm models`) | demo | auto | openai:|anthropic:|gemini:<model> | "
+        "local:<hf id> | <checkpoint dir> | random (the baseline agent)",
     )
     train.add_argument("--prompt", default="basic", help="basic | cot | expert | a template .txt file")
     train.add_argument(
@@ -292,6 +293,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         video=args.video,
         max_tokens=args.max_tokens,
         temperature=args.temperature,
+        max_cost_usd=args.max_cost,
     )
 
     def on_combination(combo, summary) -> None:
@@ -303,6 +305,11 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         out.print(
             f"{escape(label)}: mean return {_num(data['mean_return'])} over {data['episodes']} episodes"
         )
+        if summary.stopped:
+            out.print(
+                f"[bold yellow]stopped early:[/bold yellow] {escape(summary.stopped)} "
+                "(the sweep stops here; run the same bench again to go on)"
+            )
 
     data = run_bench(spec, on_combination=on_combination)
     sys.stdout.write(Path(data["files"]["markdown"]).read_text(encoding="utf-8"))
@@ -362,10 +369,10 @@ def _cmd_play(args: argparse.Namespace) -> int:
         resume=args.resume,
         model_options=_model_options(args),
     )
-    if args.dry_run:
-        return _dry_run(settings)
     if args.ray_address is not None and args.executor != "ray":
         raise ConfigError("--ray-address needs --executor ray")
+    if args.dry_run:
+        return _dry_run(settings)
     executor = None
     if args.executor == "ray":
         from atari_vlm.executors import RayExecutor
@@ -496,6 +503,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
             "epochs": args.finetune_epochs,
             "lr": args.finetune_lr,
         },
+        max_cost_usd=args.max_cost,
     )
 
     def on_evaluation(row: dict) -> None:
@@ -506,6 +514,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     result = trainer.train(args.episodes, resume=args.resume, on_evaluation=on_evaluation)
     out.print(f"learning curve: {result.out_dir / 'learning_curve.csv'}; memory: {trainer.store.root}")
+    if result.stopped:
+        out.print(f"[bold yellow]stopped early:[/bold yellow] {escape(result.stopped)} (--resume continues)")
     return 0
 
 

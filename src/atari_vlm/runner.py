@@ -91,6 +91,7 @@ class RunSummary:
     wall_s: float
     warning: str | None = None
     stopped: str | None = None  # why the run ended early (a budget), None when it played everything
+    spent_usd: float | None = None  # what this invocation's calls cost (a resumed run's earlier ones not)
 
     @property
     def usage(self) -> Usage:
@@ -125,6 +126,7 @@ class RunSummary:
             "wall_s": round(self.wall_s, 3),
             "warning": self.warning,
             "stopped": self.stopped,
+            "spent_usd": self.spent_usd,
         }
 
 
@@ -290,6 +292,7 @@ def _run_play(
         wall_s=time.perf_counter() - start,
         warning=model.warning if model else None,
         stopped=stopped,
+        spent_usd=model.vlm.spent_usd if model and model.prices and executor is None else None,
     )
     write_json_atomic(run.path / "summary.json", summary.to_dict())
     return summary
@@ -329,9 +332,10 @@ def estimate_cost(settings: PlaySettings) -> dict[str, Any]:
         decision = asyncio.run(one_decision())
     finally:
         env.close()
-    per_episode, bound = env_config.max_steps, "exactly"
+    per_episode, bound = env_config.max_steps, "at most"  # a game over can end an episode sooner
     if per_episode is None and env_config.total_env_steps is not None:
-        per_episode = -(-env_config.total_env_steps // env_config.decision_interval)
+        # A fixed budget of env steps (resets on game over): every episode takes all of it.
+        per_episode, bound = -(-env_config.total_env_steps // env_config.decision_interval), "exactly"
     if per_episode is None:
         frames = env_config.max_episode_frames or 108_000
         per_episode, bound = -(-frames // (env_config.frame_skip * env_config.decision_interval)), "at most"
