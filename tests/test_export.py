@@ -21,6 +21,7 @@ from atari_vlm.memory import TrajectoryStore
 from atari_vlm.rollout import play_episodes
 from atari_vlm.rundir import read_jsonl
 from atari_vlm.runner import PlaySettings, run_play
+from atari_vlm.video import read_native_frames
 
 PONG = EnvConfig(game="Pong", resize_shape=(48, 48), frame_skip=8, max_steps=20)
 
@@ -92,7 +93,7 @@ def test_a_run_becomes_one_row_per_decision_with_replayed_frames_and_state_text(
     env = AtariVLMEnv(EnvConfig(game="Pong", max_steps=20))
     env.reset(seed=read_jsonl(run_dir / "episodes.jsonl")[0]["seed"])
     assert first.shape == (210, 160, 3) and np.array_equal(first, env.last_rgb_frame)
-    video = next(export._video_frames(run_dir / "videos" / "episode_0000.mp4"))
+    video = next(read_native_frames(run_dir / "videos" / "episode_0000.mp4"))
     assert np.abs(video.astype(int) - first).mean() < 3
     info = json.loads((out / "dataset_info.json").read_text())
     assert info["features"] == HF_FEATURES and info["splits"]["train"]["num_examples"] == 40

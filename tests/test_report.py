@@ -351,3 +351,13 @@ def test_hostile_answer_shows_as_text_in_a_real_browser(browser, tmp_path):
     browser.screenshot(shot)
     dialogs = [e for e in browser.events if e.get("method") == "Page.javascriptDialogOpening"]
     assert dialogs == [] and browser.errors() == []
+
+
+def test_a_run_without_video_shows_no_broken_frame_in_a_real_browser(browser, tmp_path):
+    run = _hostile_run(tmp_path / "novideo")
+    shutil.rmtree(run / "videos")
+    browser.open(write_report(run))
+    assert browser.eval("document.getElementById('frame').hidden") is True
+    assert browser.eval("getComputedStyle(document.getElementById('frame')).display") == "none"
+    assert browser.eval("document.getElementById('frame-note').textContent") == "No frame for this step."
+    assert browser.errors() == []

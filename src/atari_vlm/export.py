@@ -43,6 +43,7 @@ from atari_vlm import __version__
 from atari_vlm.errors import ConfigError, require
 from atari_vlm.games import game_info, resolve_game
 from atari_vlm.rundir import read_jsonl
+from atari_vlm.video import read_native_frames
 
 FORMATS: tuple[str, ...] = ("hf", "minari")
 IMAGE_FORMATS: tuple[str, ...] = ("png", "jpg")
@@ -352,27 +353,7 @@ def _load_run_episode(env_config: Any, steps: list[_Step], seed: Any, video: Pat
     if not video.is_file():
         raise ConfigError(f"cannot recover the frames of {where}: {why}, and it has no video ({video})")
     warnings.warn(f"{where}: {why}; frames come from its video and state_text is null", stacklevel=4)
-    return _Loaded(steps, _video_frames(video), "video_rgb")
-
-
-def _video_frames(path: Path) -> Iterator[np.ndarray]:
-    """Native 210x160 RGB frames of an episode video (2x scale, maybe with a caption strip below)."""
-    import imageio_ffmpeg
-
-    reader = imageio_ffmpeg.read_frames(str(path))
-    try:
-        meta = next(reader)
-        width, height = meta["size"]
-        scale = width // NATIVE_SHAPE[1]
-        if scale < 1 or width != scale * NATIVE_SHAPE[1] or height < scale * NATIVE_SHAPE[0]:
-            raise ConfigError(f"{path}: a {width}x{height} video is not a scaled 160x210 Atari screen")
-        for data in reader:
-            frame = np.frombuffer(data, np.uint8).reshape(height, width, 3)[: scale * NATIVE_SHAPE[0]]
-            # The mean of each scale x scale block undoes the upscale and averages out codec noise.
-            blocks = frame.reshape(NATIVE_SHAPE[0], scale, NATIVE_SHAPE[1], scale, 3).astype(np.float32)
-            yield np.rint(blocks.mean(axis=(1, 3))).astype(np.uint8)
-    finally:
-        reader.close()
+    return _Loaded(steps, read_native_frames(video), "video_rgb")
 
 
 # --- selection and output ---------------------------------------------------------------------------

@@ -7,11 +7,17 @@ Frames stream to ffmpeg as they come, so a long episode never sits in memory, an
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
+
+from atari_vlm.errors import ConfigError
+
+SCREEN_SHAPE = (210, 160)
+"""An Atari screen, height x width: what episode videos show, scaled up."""
 
 
 class VideoWriter:
@@ -94,3 +100,27 @@ def read_video_info(path: str | Path) -> dict[str, Any]:
     meta = next(reader)
     count = sum(1 for _ in reader)
     return {"frames": count, "size": tuple(meta["size"]), "fps": meta["fps"]}
+
+
+def read_native_frames(path: str | Path) -> Iterator[np.ndarray]:
+    """The native 210x160 RGB screens of an episode video (stored scaled up, maybe with a caption strip).
+
+    Raises:
+        ConfigError: the video is not a scaled Atari screen.
+    """
+    import imageio_ffmpeg
+
+    reader = imageio_ffmpeg.read_frames(str(path))
+    try:
+        meta = next(reader)
+        width, height = meta["size"]
+        scale = width // SCREEN_SHAPE[1]
+        if scale < 1 or width != scale * SCREEN_SHAPE[1] or height < scale * SCREEN_SHAPE[0]:
+            raise ConfigError(f"{path}: a {width}x{height} video is not a scaled 160x210 Atari screen")
+        for data in reader:
+            frame = np.frombuffer(data, np.uint8).reshape(height, width, 3)[: scale * SCREEN_SHAPE[0]]
+            # The mean of each scale x scale block undoes the upscale and averages out codec noise.
+            blocks = frame.reshape(SCREEN_SHAPE[0], scale, SCREEN_SHAPE[1], scale, 3).astype(np.float32)
+            yield np.rint(blocks.mean(axis=(1, 3))).astype(np.uint8)
+    finally:
+        reader.close()

@@ -27,6 +27,7 @@ import numpy as np
 
 from atari_vlm.errors import ConfigError, require
 from atari_vlm.rundir import read_jsonl
+from atari_vlm.video import read_native_frames
 
 MAX_FRAMES_PER_EPISODE = 600
 MAX_FRAMES_TOTAL = 6000  # keeps a many-episode report loadable (~6 KB per thumbnail)
@@ -146,34 +147,29 @@ def _pick_steps(n_steps: int, cap: int) -> list[int]:
 
 
 def _thumbnails(video: Path, steps: Sequence[int]) -> dict[int, str]:
-    """JPEG data URLs of the frame the agent saw before each of ``steps`` (video frame ``step - 1``)."""
+    """JPEG data URLs of the screen before each of ``steps`` (video frame ``step - 1``), at native
+    size without the caption strip."""
     import cv2
-    import imageio_ffmpeg
 
     wanted = {s - 1: s for s in steps}
     last = max(wanted, default=-1)
     out: dict[int, str] = {}
-    reader = imageio_ffmpeg.read_frames(str(video))
+    frames = read_native_frames(video)
     try:
-        meta = next(reader)
-        w, h = meta["size"]
-        for index, raw in enumerate(reader):
+        for index, frame in enumerate(frames):
             if index > last:
                 break
             if index not in wanted:
                 continue
-            frame = np.frombuffer(raw, dtype=np.uint8).reshape(h, w, 3)
-            # Videos are stored at 2x; the native size is what the agent's frame was.
-            small = cv2.resize(frame, (max(1, w // 2), max(1, h // 2)), interpolation=cv2.INTER_AREA)
             ok, jpeg = cv2.imencode(
-                ".jpg", cv2.cvtColor(small, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY]
+                ".jpg", cv2.cvtColor(frame, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY]
             )
             if ok:
                 out[wanted[index]] = "data:image/jpeg;base64," + base64.b64encode(jpeg.tobytes()).decode()
-    except (OSError, RuntimeError, StopIteration):
-        pass  # an unreadable or truncated video: the viewer shows the frames read so far
+    except (OSError, RuntimeError, StopIteration, ConfigError):
+        pass  # an unreadable, truncated or foreign video: the viewer shows the frames read so far
     finally:
-        reader.close()
+        frames.close()
     return out
 
 
@@ -511,6 +507,7 @@ table.grid th { background: #f3f4f6; font-weight: 600; }
 button, select { font: inherit; padding: 4px 10px; border: 1px solid #d1d5db; border-radius: 6px;
   background: #fff; cursor: pointer; }
 button:hover { border-color: var(--accent); }
+[hidden] { display: none !important; }  /* or the display rules below would show hidden parts */
 #frame { width: 320px; height: 420px; image-rendering: pixelated; background: #000; border-radius: 4px;
   display: block; }
 #frame-note, .note { color: var(--muted); font-size: 12px; margin-top: 6px; }
@@ -568,7 +565,8 @@ _JS = r"""
       img.src = e.images[f];
       img.hidden = false;
       var own = e.frame_step[pos] === pos + 1;
-      text("frame-note", own ? "The frame the agent saw before step " + step + "."
+      text("frame-note", own ? "The screen before step " + step
+        + " (native size; the model saw it with the run's image settings)."
         : "Nearest earlier embedded frame: the one before step " + e.frame_step[pos] + ".");
     } else {
       img.removeAttribute("src");
@@ -644,7 +642,7 @@ base-uri 'none'; form-action 'none'">
 <p id="viewer-empty" hidden>No decisions were recorded.</p>
 <div class="viewer" id="viewer">
   <div>
-    <img id="frame" alt="the frame the agent saw">
+    <img id="frame" alt="the screen before this step">
     <div id="frame-note"></div>
   </div>
   <div>
