@@ -1,5 +1,8 @@
 # Two commands a new user needs: `make play` and `make test`. Each installs what it needs first.
 PYTHON ?= python3
+# Extra pip arguments for torch. Where pip's default index would serve a CUDA build (stock Linux
+# x86_64), `make test TORCH_PIP_ARGS="--index-url https://download.pytorch.org/whl/cpu"` takes the CPU one.
+TORCH_PIP_ARGS ?=
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
@@ -10,7 +13,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	# The CPU build of torch, pinned: an unpinned torch pulls a multi-GB CUDA build. Never torchvision.
-	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q torch==2.13.0 $(TORCH_PIP_ARGS)
 	$(BIN)/python -m pip install -q -e ".[dev]"
 	touch $(STAMP)
 

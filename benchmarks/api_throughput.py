@@ -23,25 +23,11 @@ from _common import machine, median, pong_workers, print_table, steady_rate
 
 from atari_vlm.models.openai_compat import OpenAICompatVLM
 
-# The fixes proposed for openai_server.py, applied from outside so that the figure can be taken with
-# and without them (no-ops once the server has them): TCP_NODELAY on its sockets, as real servers set
-# (else each answer waits out a 40 ms delayed ACK); a listen backlog that takes N connections at once
-# (socketserver's default of 5 resets some of a burst of 64); room for more than 64 open connections
-# (the client's idle keep-alive connections count too, and the 65th would wait for one to time out).
-SERVER_FIXES = (
-    "import sys; from atari_vlm.testing import openai_server as s; "
-    "s._Handler.disable_nagle_algorithm = True; s.FakeOpenAIServer.request_queue_size = 256; "
-    "s.FakeOpenAIServer.__init__.__kwdefaults__['max_connections'] = 1024; sys.exit(s.main())"
-)
-
 
 @contextlib.contextmanager
-def server_process(latency_s: float, fixes: bool) -> Iterator[str]:
+def server_process(latency_s: float) -> Iterator[str]:
     """The fake server in its own process; yields its base URL."""
-    command = [
-        sys.executable,
-        *(["-c", SERVER_FIXES] if fixes else ["-m", "atari_vlm.testing.openai_server"]),
-    ]
+    command = [sys.executable, "-m", "atari_vlm.testing.openai_server"]
     command += ["--port", "0", "--latency", str(latency_s), "--reply", "ACTION: NOOP"]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
     try:
@@ -76,16 +62,10 @@ def main() -> None:
         default=None,
         help="decisions per game (default 2N + 25: long enough to outlast the staggered start of N games)",
     )
-    parser.add_argument(
-        "--server-fixes",
-        action="store_true",
-        help="TCP_NODELAY, a listen backlog of 256 and 1024 connections in the server (proposed fixes)",
-    )
     args = parser.parse_args()
-    fixes = "with the proposed fixes" if args.server_fixes else "as shipped"
-    print(f"# api_throughput: L = {args.latency * 1000:.0f} ms, server {fixes}; {machine()}")
+    print(f"# api_throughput: L = {args.latency * 1000:.0f} ms; {machine()}")
     rows = []
-    with server_process(args.latency, args.server_fixes) as base_url:
+    with server_process(args.latency) as base_url:
         for n in args.games:
             steps = args.steps or 2 * n + 25
             rates = [asyncio.run(measure(base_url, n, steps)) for _ in range(args.repeats)]

@@ -151,15 +151,23 @@ class GPT4VAgent(ModelAgent):
 
 
 class ClaudeAgent(ModelAgent):
-    """Anthropic's Claude (the ``claude-3.5-sonnet`` preset); key from ``ANTHROPIC_API_KEY``."""
+    """Anthropic's Claude; key from ``ANTHROPIC_API_KEY``.
 
-    default_model = "claude-3.5-sonnet"
+    The seed's Claude 3.5 Sonnet is retired by Anthropic, so the default is the ``claude-sonnet-4``
+    preset; ``ClaudeAgent(model="claude-3.5-sonnet")`` still names the seed's model.
+    """
+
+    default_model = "claude-sonnet-4"
 
 
 class GeminiAgent(ModelAgent):
-    """Google's Gemini (the ``gemini-1.5-pro`` preset); key from ``GEMINI_API_KEY``/``GOOGLE_API_KEY``."""
+    """Google's Gemini; key from ``GEMINI_API_KEY``/``GOOGLE_API_KEY``.
 
-    default_model = "gemini-1.5-pro"
+    The seed's Gemini 1.5 Pro is retired by Google, so the default is the ``gemini-2.5-flash`` preset;
+    ``GeminiAgent(model="gemini-1.5-pro")`` still names the seed's model.
+    """
+
+    default_model = "gemini-2.5-flash"
 
 
 class QwenVLAgent(ModelAgent):
