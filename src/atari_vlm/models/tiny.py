@@ -11,6 +11,7 @@ every code path (templating, image tokens, batching, decoding) is the one a real
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import shutil
@@ -271,6 +272,20 @@ _LLAVA_PROCESSOR = {
     "num_additional_image_tokens": 1,
 }
 
+_QWEN2_VL = _Family(
+    bos="<|endoftext|>",
+    eos="<|im_end|>",
+    pad="<|endoftext|>",
+    image_token="<|image_pad|>",
+    extra_tokens=_QWEN_TOKENS,
+    chat_template=_QWEN_TEMPLATE,
+    make_config=_qwen_config("2"),
+    image_processor=_QWEN_IMAGES,
+    processor=("Qwen2VLProcessor", {}),
+    video_processor=_QWEN_VIDEOS,
+    video_token="<|video_pad|>",
+)
+
 _FAMILIES: dict[str, _Family] = {
     "llava": _Family(
         bos="<s>",
@@ -307,31 +322,10 @@ _FAMILIES: dict[str, _Family] = {
         video_processor={"video_processor_type": "VideoLlavaVideoProcessor", **_CLIP_IMAGES},
         video_token="<video>",
     ),
-    "qwen2_vl": _Family(
-        bos="<|endoftext|>",
-        eos="<|im_end|>",
-        pad="<|endoftext|>",
-        image_token="<|image_pad|>",
-        extra_tokens=_QWEN_TOKENS,
-        chat_template=_QWEN_TEMPLATE,
-        make_config=_qwen_config("2"),
-        image_processor=_QWEN_IMAGES,
-        processor=("Qwen2VLProcessor", {}),
-        video_processor=_QWEN_VIDEOS,
-        video_token="<|video_pad|>",
-    ),
-    "qwen2_5_vl": _Family(
-        bos="<|endoftext|>",
-        eos="<|im_end|>",
-        pad="<|endoftext|>",
-        image_token="<|image_pad|>",
-        extra_tokens=_QWEN_TOKENS,
-        chat_template=_QWEN_TEMPLATE,
-        make_config=_qwen_config("2.5"),
-        image_processor=_QWEN_IMAGES,
-        processor=("Qwen2_5_VLProcessor", {}),
-        video_processor=_QWEN_VIDEOS,
-        video_token="<|video_pad|>",
+    "qwen2_vl": _QWEN2_VL,
+    # Qwen2.5-VL: Qwen2-VL's tokens, template and processors; a newer vision tower.
+    "qwen2_5_vl": dataclasses.replace(
+        _QWEN2_VL, make_config=_qwen_config("2.5"), processor=("Qwen2_5_VLProcessor", {})
     ),
     "idefics2": _Family(
         bos="<s>",
