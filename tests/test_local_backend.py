@@ -406,3 +406,17 @@ def test_demo_checkpoint_is_built_once(tmp_path: Path, monkeypatch: pytest.Monke
     monkeypatch.setattr(tiny, "build_tiny_checkpoint", no_rebuild)
     assert tiny.demo_checkpoint() == path
     assert tiny.demo_checkpoint(cache_dir=tmp_path) == path
+
+
+def test_cogvlm_checkpoints_are_refused_before_their_code_runs(tmp_path: Path) -> None:
+    checkpoint = tmp_path / "cogvlm2-llama3-chat-19B"
+    checkpoint.mkdir()
+    config = {
+        "architectures": ["CogVLMForCausalLM"],
+        "auto_map": {"AutoModelForCausalLM": "modeling_cogvlm.CogVLMForCausalLM"},
+    }
+    (checkpoint / "config.json").write_text(json.dumps(config))
+    (checkpoint / "modeling_cogvlm.py").write_text("raise SystemExit('remote code must not run')\n")
+    with pytest.raises(ConfigError, match="lmdeploy serve api_server") as refused:
+        LocalVLM(checkpoint, trust_remote_code=True)
+    assert "--base-url" in str(refused.value) and "4.41-4.43" in str(refused.value)

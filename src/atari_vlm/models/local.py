@@ -158,6 +158,28 @@ def _read_json(path: Path) -> dict[str, Any]:
         return {}
 
 
+def _refuse_unsupported(path: Path) -> None:
+    """Checkpoints that cannot run in-process here, refused (from config.json alone, before any of
+    their code runs) with the way that works.
+
+    CogVLM and CogVLM2 ship their model code (``trust_remote_code``), written for transformers
+    4.41-4.43: it calls generation internals that transformers 4.45+ removed, and it takes images
+    through its own ``build_conversation_input_ids`` (one image, 1344 px) rather than a processor and
+    chat template. LMDeploy's OpenAI-compatible server runs it (in an environment of its own).
+    """
+    config = _read_json(path / "config.json")
+    names = [*config.get("architectures", []), *map(str, dict(config.get("auto_map") or {}).values())]
+    if any("cogvlm" in name.lower() for name in names):
+        raise ConfigError(
+            f"{path} is a CogVLM checkpoint, whose own model code needs transformers 4.41-4.43 and no "
+            "processor, so it cannot run in-process beside the transformers 5 models here. Serve it with "
+            "LMDeploy in an environment of its own (`lmdeploy serve api_server "
+            "THUDM/cogvlm2-llama3-chat-19B --server-port 23333`) and play with --model "
+            "openai:THUDM/cogvlm2-llama3-chat-19B --base-url http://127.0.0.1:23333/v1 (CogVLM2 reads "
+            "one image per request: keep the default grid layout and no --history-images)"
+        )
+
+
 def _processor_class_name(path: Path, model_type: str) -> str | None:
     """The processor class a checkpoint names (processor or preprocessor config), else the default."""
     for name in ("processor_config.json", "preprocessor_config.json", "tokenizer_config.json"):
@@ -323,6 +345,7 @@ class LocalVLM:
                 "and *.safetensors weights (as written by save_pretrained), or a LoRA adapter directory "
                 "(adapter_config.json + adapter_model.safetensors)"
             )
+        _refuse_unsupported(weights)
         if quantize is not None and quantize not in QUANTIZE_CHOICES:
             raise ConfigError(f"quantize must be one of {QUANTIZE_CHOICES} or None, got {quantize!r}")
         if dtype not in DTYPES:
