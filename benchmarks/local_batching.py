@@ -23,7 +23,7 @@ from pathlib import Path
 from _common import machine, median, pong_workers, print_table, steady_rate
 
 from atari_vlm.models.local import LocalVLM
-from atari_vlm.models.tiny import build_tiny_checkpoint
+from atari_vlm.models.tiny import TINY_FAMILIES, build_tiny_checkpoint
 
 
 def main() -> None:
@@ -34,27 +34,18 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, nargs="+", default=[4, 16, 32])
     parser.add_argument("--steps", type=int, default=40, help="decisions per game")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--family", nargs="+", default=["llava"], choices=TINY_FAMILIES)
     args = parser.parse_args()
-    print(f"# local_batching: {args.games} games, tiny llava (random weights) on CPU; {machine()}")
+    families = ", ".join(args.family)
+    print(f"# local_batching: {args.games} games, tiny {families} (random weights) on CPU; {machine()}")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        vlm = LocalVLM(build_tiny_checkpoint("llava", Path(tmp) / "llava"), max_batch_size=args.games)
-        for max_tokens in args.max_tokens:
-            workers = pong_workers(vlm, max_steps=args.steps, max_tokens=max_tokens)
-            batched, single, ratios = [], [], []
-            for _ in range(args.repeats):
-                vlm.max_batch_size = 1
-                one = asyncio.run(steady_rate(workers, args.games))
-                vlm.max_batch_size = args.games
-                many = asyncio.run(steady_rate(workers, args.games))
-                single.append(one)
-                batched.append(many)
-                ratios.append(many / one)
-            rows.append(
-                (max_tokens, median(single), median(batched), median(ratios), min(ratios), max(ratios))
-            )
+        for family in args.family:
+            vlm = LocalVLM(build_tiny_checkpoint(family, Path(tmp) / family), max_batch_size=args.games)
+            rows += measure(vlm, family, args)
     print_table(
         [
+            "family",
             "max_tokens",
             "one at a time, decisions/s",
             f"batched (max {args.games}), decisions/s",
@@ -64,6 +55,34 @@ def main() -> None:
         ],
         rows,
     )
+
+
+def measure(vlm: LocalVLM, family: str, args: argparse.Namespace) -> list[tuple]:
+    """Rows of the table for one model: each repeat measures one-at-a-time, then batched."""
+    rows = []
+    for max_tokens in args.max_tokens:
+        workers = pong_workers(vlm, max_steps=args.steps, max_tokens=max_tokens)
+        batched, single, ratios = [], [], []
+        for _ in range(args.repeats):
+            vlm.max_batch_size = 1
+            one = asyncio.run(steady_rate(workers, args.games))
+            vlm.max_batch_size = args.games
+            many = asyncio.run(steady_rate(workers, args.games))
+            single.append(one)
+            batched.append(many)
+            ratios.append(many / one)
+        rows.append(
+            (
+                family,
+                max_tokens,
+                median(single),
+                median(batched),
+                median(ratios),
+                min(ratios),
+                max(ratios),
+            )
+        )
+    return rows
 
 
 if __name__ == "__main__":
