@@ -21,7 +21,7 @@ from collections.abc import Iterator
 
 from _common import machine, median, pong_workers, print_table, steady_rate
 
-from atari_vlm.models.openai_compat import OpenAICompatVLM
+from atari_vlm.models.openai_compat import HTTP_BACKENDS, OpenAICompatVLM
 
 
 @contextlib.contextmanager
@@ -41,8 +41,10 @@ def server_process(latency_s: float) -> Iterator[str]:
         process.wait(timeout=10)
 
 
-async def measure(base_url: str, games: int, steps: int) -> float:
-    vlm = OpenAICompatVLM(model="bench", base_url=base_url, concurrency=games, timeout_s=60)
+async def measure(base_url: str, games: int, steps: int, backend: str) -> float:
+    vlm = OpenAICompatVLM(
+        model="bench", base_url=base_url, concurrency=games, timeout_s=60, http_backend=backend
+    )
     try:
         return await steady_rate(pong_workers(vlm, max_steps=steps), games)
     finally:
@@ -62,17 +64,30 @@ def main() -> None:
         default=None,
         help="decisions per game (default 2N + 25: long enough to outlast the staggered start of N games)",
     )
+    parser.add_argument(
+        "--http-backend",
+        nargs="+",
+        default=["auto"],
+        choices=HTTP_BACKENDS,
+        help="the SDK's HTTP transport(s); several are measured in turn within each repeat",
+    )
     args = parser.parse_args()
     print(f"# api_throughput: L = {args.latency * 1000:.0f} ms; {machine()}")
     rows = []
     with server_process(args.latency) as base_url:
         for n in args.games:
             steps = args.steps or 2 * n + 25
-            rates = [asyncio.run(measure(base_url, n, steps)) for _ in range(args.repeats)]
+            rates: dict[str, list[float]] = {b: [] for b in args.http_backend}
+            for _ in range(args.repeats):
+                for backend in args.http_backend:
+                    rates[backend].append(asyncio.run(measure(base_url, n, steps, backend)))
             ideal = n / args.latency
-            ratios = [r / ideal for r in rates]
-            rows.append((n, steps, median(rates), ideal, median(ratios), min(ratios), max(ratios)))
-    print_table(["games N", "steps/game", "decisions/s", "ideal N/L", "ratio (median)", "min", "max"], rows)
+            for backend, measured in rates.items():
+                ratios = [r / ideal for r in measured]
+                row = (backend, n, steps, median(measured), ideal, median(ratios), min(ratios), max(ratios))
+                rows.append(row)
+    headers = ["http", "games N", "steps/game", "decisions/s", "ideal N/L", "ratio (median)", "min", "max"]
+    print_table(headers, rows)
 
 
 if __name__ == "__main__":

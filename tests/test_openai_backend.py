@@ -1,6 +1,8 @@
 """OpenAICompatVLM against a real HTTP server on 127.0.0.1 (in a thread, and once as a subprocess).
 
-Backoff is tiny and seeded, so retry tests take milliseconds and always take the same path. A
+Backoff is tiny and seeded, so retry tests take milliseconds and always take the same path. Every
+test runs on both of the SDK's HTTP transports (aiohttp, the default when installed, and httpx),
+since each maps timeouts, resets and broken bodies to the SDK's errors its own way. A
 non-JSON 200 body is treated as transient (a proxy's error page is usually a passing state): it is
 retried, and when every try gets one the ModelError says the response was malformed and asks
 whether base_url is right.
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import importlib.util
 import json
 import logging
 import os
@@ -29,7 +32,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from atari_vlm.errors import ConfigError, ModelError
+from atari_vlm.errors import ConfigError, DependencyNotInstalled, ModelError
 from atari_vlm.models.base import Completion, ImagePart, Message, Request, TextPart
 from atari_vlm.models.openai_compat import PLACEHOLDER_API_KEY, OpenAICompatVLM
 from atari_vlm.models.retry import RetryPolicy, Transient, parse_retry_after, with_retries
@@ -37,6 +40,24 @@ from atari_vlm.testing import FakeOpenAIServer, Fault, serve_in_thread
 
 MODEL = "fake-vlm-1"
 FAKE_KEY = "sk-test-DO-NOT-LEAK-7f3a9c2e5b1d"
+HAS_AIOHTTP = importlib.util.find_spec("aiohttp") is not None
+_backend = {"name": "auto"}
+
+
+@pytest.fixture(
+    autouse=True,
+    params=[
+        pytest.param("aiohttp", marks=pytest.mark.skipif(not HAS_AIOHTTP, reason="aiohttp not installed")),
+        "httpx",
+    ],
+)
+def http_backend(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Each test once per transport: ``make_vlm`` builds its client on this one."""
+    _backend["name"] = request.param
+    yield request.param
+    _backend["name"] = "auto"
+
+
 REPLY = "ACTION: UP"
 
 
@@ -55,6 +76,7 @@ def make_vlm(server: FakeOpenAIServer, **options: Any) -> OpenAICompatVLM:
         "backoff_base_s": 0.001,
         "backoff_max_s": 0.01,
         "seed": 0,
+        "http_backend": _backend["name"],
     }
     settings.update(options)
     return OpenAICompatVLM(**settings)
@@ -393,6 +415,7 @@ def test_repr_and_str_hide_the_key(server: FakeOpenAIServer) -> None:
         {"timeout_s": 0},
         {"max_retries": -1},
         {"model": ""},
+        {"http_backend": "requests"},
     ],
 )
 def test_bad_options_are_config_errors(server: FakeOpenAIServer, options: dict[str, Any]) -> None:
@@ -550,6 +573,7 @@ def test_subprocess_server_with_faults_over_http() -> None:
             api_key=FAKE_KEY,
             backoff_base_s=0.001,
             seed=0,
+            http_backend=_backend["name"],
         )
         (completion,) = generate(vlm, IMAGES)
         assert (completion.text, completion.retries) == ("ACTION: FIRE", 2)
@@ -564,3 +588,18 @@ def test_subprocess_server_with_faults_over_http() -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def test_auto_picks_aiohttp_when_installed_and_httpx_otherwise(
+    server: FakeOpenAIServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    auto = make_vlm(server, http_backend="auto")
+    assert auto.http_backend == ("aiohttp" if HAS_AIOHTTP else "httpx") and len(auto._clients) == 1
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "aiohttp" else real(name, *a)
+    )
+    fallback = make_vlm(server, http_backend="auto", concurrency=40)
+    assert fallback.http_backend == "httpx" and len(fallback._clients) == 3  # a pool per 16 in flight
+    with pytest.raises(DependencyNotInstalled, match=r"openai\[aiohttp\]"):
+        make_vlm(server, http_backend="aiohttp")

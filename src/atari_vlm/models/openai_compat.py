@@ -8,12 +8,13 @@ module says how a request goes on the wire, how an answer is read and how the SD
 
 from __future__ import annotations
 
+import importlib.util
 import itertools
 import os
 from typing import Any, Literal
 
 from atari_vlm import imaging
-from atari_vlm.errors import ConfigError, ModelError, require
+from atari_vlm.errors import ConfigError, DependencyNotInstalled, ModelError, require
 from atari_vlm.models.base import ImagePart, Message, Request, TextPart, Usage
 from atari_vlm.models.remote import MalformedResponse, Parsed, RemoteVLM
 from atari_vlm.models.retry import Transient, clip, parse_retry_after
@@ -29,7 +30,9 @@ IMAGE_DETAILS: tuple[str, ...] = ("auto", "low", "high")
 RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 """Unlike :data:`atari_vlm.models.retry.RETRY_STATUSES`, no 529: that is Anthropic's "overloaded"."""
 POOL_CONNECTIONS = 16
-"""Requests in flight per SDK client: httpx's pool scans every connection on each request."""
+"""Requests in flight per SDK client on httpx: its pool scans every connection on each request."""
+HttpBackend = Literal["auto", "aiohttp", "httpx"]
+HTTP_BACKENDS: tuple[str, ...] = ("auto", "aiohttp", "httpx")
 
 
 class OpenAICompatVLM(RemoteVLM):
@@ -45,24 +48,54 @@ class OpenAICompatVLM(RemoteVLM):
     key_env_vars = ("OPENAI_API_KEY",)
     default_base_url = DEFAULT_BASE_URL
 
-    def __init__(self, *, model: str, image_detail: ImageDetail = "auto", **settings: Any) -> None:
+    def __init__(
+        self,
+        *,
+        model: str,
+        image_detail: ImageDetail = "auto",
+        http_backend: HttpBackend = "auto",
+        **settings: Any,
+    ) -> None:
         if image_detail not in IMAGE_DETAILS:
             raise ConfigError(f"image_detail must be one of {IMAGE_DETAILS}, got {image_detail!r}")
+        if http_backend not in HTTP_BACKENDS:
+            raise ConfigError(f"http_backend must be one of {HTTP_BACKENDS}, got {http_backend!r}")
         self.image_detail = image_detail
         super().__init__(model=model, **settings)
         self._openai = require("openai", extra="openai")
         self._completion = require("openai.types.chat", extra="openai").ChatCompletion
+        self.http_backend = self._pick_backend(http_backend)
         # Passing both explicitly stops the SDK from reading OPENAI_BASE_URL / OPENAI_API_KEY itself.
-        # One client (one connection pool) per POOL_CONNECTIONS requests in flight, used in turn: at
-        # 64 in flight, one pool's per-request scan of its connections costs 16% of the client's CPU.
-        self._clients = [
-            self._openai.AsyncOpenAI(
-                api_key=self._key, base_url=self.base_url, timeout=self.timeout_s, max_retries=0
-            )
-            for _ in range(-(-self.concurrency // POOL_CONNECTIONS))
-        ]
+        options = {
+            "api_key": self._key,
+            "base_url": self.base_url,
+            "timeout": self.timeout_s,
+            "max_retries": 0,
+        }
+        if self.http_backend == "aiohttp":
+            # The SDK's own aiohttp transport: less client CPU per request than httpx, which is what
+            # many games against one server are short of (BENCHMARKS.md, section 2).
+            transport = self._openai.DefaultAioHttpClient(timeout=self.timeout_s)
+            self._clients = [self._openai.AsyncOpenAI(**options, http_client=transport)]
+        else:
+            # One client (one connection pool) per POOL_CONNECTIONS requests in flight, used in turn:
+            # at 64 in flight, one pool's per-request scan of its connections costs 16% of the CPU.
+            pools = -(-self.concurrency // POOL_CONNECTIONS)
+            self._clients = [self._openai.AsyncOpenAI(**options) for _ in range(pools)]
         self._client = self._clients[0]
         self._turn = itertools.count()
+
+    def _pick_backend(self, wanted: str) -> str:
+        """aiohttp when asked or (``auto``) installed with the SDK's support for it, else httpx."""
+        available = importlib.util.find_spec("aiohttp") is not None and hasattr(
+            self._openai, "DefaultAioHttpClient"
+        )
+        if wanted == "aiohttp" and not available:
+            raise DependencyNotInstalled(
+                "http_backend='aiohttp' needs aiohttp and an openai SDK that supports it; "
+                'run `pip install "openai[aiohttp]"`'
+            )
+        return "aiohttp" if wanted == "aiohttp" or (wanted == "auto" and available) else "httpx"
 
     def _resolve_key(self, api_key: str | None, base_url: str | None) -> str:
         """The explicit key, else OPENAI_API_KEY, else (custom servers only) a placeholder."""
