@@ -311,3 +311,19 @@ def test_export_command(tmp_path):
     rows = read_jsonl(tmp_path / "hf" / "data.jsonl")
     assert len(rows) == 8 and all((tmp_path / "hf" / r["image"]).exists() for r in rows)
     assert main(["export", str(tmp_path / "nothing"), "--out", str(tmp_path / "x")]) == 2
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        ([], 1),
+        (["--num-envs", "16"], 8),  # a hosted API: at most 8 in flight by default
+        (["--num-envs", "16", "--base-url", "http://127.0.0.1:8000/v1"], 16),  # own server: one per game
+        (["--num-envs", "16", "--concurrency", "3"], 3),
+    ],
+)
+def test_concurrency_default_follows_the_games_and_the_server(extra, expected):
+    from atari_vlm.cli import _model_options, build_parser
+
+    args = build_parser().parse_args(["play", "--game", "Pong", *extra])
+    assert _model_options(args).concurrency == expected

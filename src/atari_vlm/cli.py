@@ -68,7 +68,12 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
     m.add_argument("--device", default="cpu", help="local models: cpu, cuda, cuda:1, mps")
     m.add_argument("--dtype", default="auto", help="local models: auto, float32, bfloat16, float16")
     m.add_argument("--quantize", choices=["4bit", "8bit"], default=None, help="local models: bitsandbytes")
-    m.add_argument("--concurrency", type=int, default=8, help="API requests in flight at most")
+    m.add_argument(
+        "--concurrency",
+        type=int,
+        default=None,
+        help="API requests in flight at most (default: --num-envs for a --base-url server, else up to 8)",
+    )
     m.add_argument("--num-envs", type=int, default=1, help="games played concurrently")
 
 
@@ -260,6 +265,18 @@ def _view_options(args: argparse.Namespace) -> dict:
     }
 
 
+HOSTED_API_CONCURRENCY = 8
+"""Default bound on requests in flight to a hosted API: well inside common rate limits (a 429 slows
+every game down together anyway); a server of one's own gets one slot per game."""
+
+
+def _concurrency(args: argparse.Namespace) -> int:
+    if args.concurrency is not None:
+        return args.concurrency
+    games = max(1, args.num_envs)
+    return games if args.base_url else min(games, HOSTED_API_CONCURRENCY)
+
+
 def _model_options(args: argparse.Namespace):
     from atari_vlm.models.registry import ModelOptions
 
@@ -269,7 +286,7 @@ def _model_options(args: argparse.Namespace):
         device=args.device,
         dtype=args.dtype,
         quantize=args.quantize,
-        concurrency=args.concurrency,
+        concurrency=_concurrency(args),
         image_detail=args.image_detail,
         trust_remote_code=args.trust_remote_code,
     )
