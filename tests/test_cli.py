@@ -327,3 +327,16 @@ def test_concurrency_default_follows_the_games_and_the_server(extra, expected):
 
     args = build_parser().parse_args(["play", "--game", "Pong", *extra])
     assert _model_options(args).concurrency == expected
+
+
+def test_a_tiny_checkpoint_by_path_is_labelled_random(tmp_path, capsys):
+    from atari_vlm.models.tiny import build_tiny_checkpoint
+
+    checkpoint = build_tiny_checkpoint("llava", tmp_path / "tiny")
+    out = tmp_path / "run"
+    args = ["play", "--game", "Pong", "--model", str(checkpoint), "--episodes", "1", "--max-steps", "2"]
+    assert main([*args, "--out", str(out), "--no-video", "--no-report"]) == 0
+    printed = capsys.readouterr()
+    assert "RANDOM WEIGHTS" in printed.out + printed.err
+    config = json.loads((out / "config.json").read_text())
+    assert config["model"] == {"spec": str(checkpoint), "provider": "local", "random_weights": True}

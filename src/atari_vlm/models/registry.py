@@ -44,6 +44,10 @@ DEMO_WARNING = (
     "model 'demo' has RANDOM WEIGHTS: it tests the pipeline end to end, its moves are noise and its "
     "scores mean nothing"
 )
+TINY_WARNING = (
+    "{path} is a tiny checkpoint built by atari-vlm with RANDOM WEIGHTS: its moves are noise and its "
+    "scores mean nothing"
+)
 DEFAULT_OPENAI_MODEL = "gpt-4o-mini"
 MODEL_FORMS = (
     "'demo', 'auto', a preset name, 'openai:<model>' (with --base-url for a local server), "
@@ -97,9 +101,12 @@ def _load_openai(model: str, options: ModelOptions) -> LoadedModel:
     return LoadedModel(vlm, f"openai:{model}", "openai")
 
 
-def _load_local(path: str, options: ModelOptions, *, random_weights: bool = False) -> LoadedModel:
+def _load_local(path: str, options: ModelOptions, *, demo: bool = False) -> LoadedModel:
     from atari_vlm.models.local import LocalVLM
+    from atari_vlm.models.tiny import DEMO_MARKER
 
+    # A tiny checkpoint built by atari-vlm carries a marker file: random weights, whatever its path.
+    tiny = (Path(path).expanduser() / DEMO_MARKER).is_file()
     vlm = LocalVLM(
         path,
         device=options.device,
@@ -108,16 +115,16 @@ def _load_local(path: str, options: ModelOptions, *, random_weights: bool = Fals
         max_batch_size=options.max_batch_size,
         trust_remote_code=options.trust_remote_code,
     )
-    spec = "demo" if random_weights else str(path)
+    warning = DEMO_WARNING if demo else (TINY_WARNING.format(path=path) if tiny else None)
     return LoadedModel(
-        vlm, spec, "local", random_weights=random_weights, warning=DEMO_WARNING if random_weights else None
+        vlm, "demo" if demo else str(path), "local", random_weights=demo or tiny, warning=warning
     )
 
 
 def _load_demo(options: ModelOptions) -> LoadedModel:
     from atari_vlm.models.tiny import demo_checkpoint
 
-    return _load_local(str(demo_checkpoint()), options, random_weights=True)
+    return _load_local(str(demo_checkpoint()), options, demo=True)
 
 
 def _served_model(base_url: str, api_key: str | None) -> str:
