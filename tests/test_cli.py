@@ -340,3 +340,10 @@ def test_a_tiny_checkpoint_by_path_is_labelled_random(tmp_path, capsys):
     assert "RANDOM WEIGHTS" in printed.out + printed.err
     config = json.loads((out / "config.json").read_text())
     assert config["model"] == {"spec": str(checkpoint), "provider": "local", "random_weights": True}
+
+
+def test_bench_ray_address_needs_the_ray_executor(tmp_path, capsys):
+    args = ["bench", "--games", "Pong", "--models", "random", "--out", str(tmp_path / "b")]
+    assert main([*args, "--ray-address", "auto"]) == 2
+    assert "--ray-address needs --executor ray" in capsys.readouterr().err
+    assert not (tmp_path / "b").exists()

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import importlib.util
-import inspect
 import json
 import shutil
 import tempfile
@@ -269,18 +268,50 @@ def test_ray_executor_matches_local(server: FakeOpenAIServer, ray_instance: Any,
 def test_run_play_on_ray_writes_a_local_run(
     server: FakeOpenAIServer, ray_instance: Any, tmp_path: Path
 ) -> None:
-    if "executor" not in inspect.signature(run_play).parameters:
-        pytest.skip("runner.run_play takes no executor yet (see the runner diff for --executor ray)")
     from atari_vlm.executors import RayExecutor
 
     settings = api_settings(server, tmp_path / "local", episodes=3, env={"max_steps": 15}, video=True)
     run_play(settings)
-    summary = run_play(replace(settings, out=tmp_path / "ray"), executor=RayExecutor())  # type: ignore[call-arg]
+    summary = run_play(replace(settings, out=tmp_path / "ray"), executor=RayExecutor())
     assert [e.episode for e in summary.episodes] == [0, 1, 2]
     assert_same_games(tmp_path / "local", tmp_path / "ray")
     assert files_in(tmp_path / "ray") == files_in(tmp_path / "local")
     config = json.loads((tmp_path / "ray" / "config.json").read_text())
     assert config == json.loads((tmp_path / "local" / "config.json").read_text())
+
+
+@pytest.mark.slow
+@needs_ray
+def test_bench_on_ray_matches_a_local_bench(
+    server: FakeOpenAIServer, ray_instance: Any, tmp_path: Path
+) -> None:
+    from atari_vlm.bench.sweep import BenchSpec, run_bench
+
+    def bench(out: Path, executor: str) -> dict[str, Any]:
+        spec = BenchSpec(
+            out=out,
+            games=("Pong", "Breakout"),
+            models=(f"openai:{MODEL}",),
+            seeds=(0, 1),
+            max_steps=8,
+            num_envs=2,
+            model_options=ModelOptions(base_url=server.base_url),
+            executor=executor,
+        )
+        return run_bench(spec)
+
+    local = bench(tmp_path / "local", "local")
+    on_ray = bench(tmp_path / "ray", "ray")
+    assert ray_instance.is_initialized()  # the sweep joined the running instance and left it running
+    runs = sorted(p.parent.relative_to(tmp_path / "local") for p in (tmp_path / "local").rglob("config.json"))
+    assert len(runs) == 4  # 2 games x (the model, the random baseline)
+    for run in runs:
+        assert_same_games(tmp_path / "local" / run, tmp_path / "ray" / run)
+    untimed_rows = [
+        [{k: v for k, v in row.items() if k not in ("run_dirs", "wall_s")} for row in results["rows"]]
+        for results in (local, on_ray)
+    ]
+    assert untimed_rows[0] == untimed_rows[1]
 
 
 @pytest.mark.slow

@@ -46,6 +46,26 @@ def _add_view_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--frame-layout", choices=["grid", "sequence"], default="grid")
 
 
+def _add_executor_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--executor",
+        choices=["local", "ray"],
+        default="local",
+        help="local: this process; ray: episodes spread over Ray workers, each loading its own model "
+        '(pip install "atari-vlm[ray]")',
+    )
+    parser.add_argument(
+        "--ray-address",
+        default=None,
+        help="Ray cluster to join (auto, ray://host:10001); default: start a local Ray instance",
+    )
+
+
+def _check_executor_args(args: argparse.Namespace) -> None:
+    if args.ray_address is not None and args.executor != "ray":
+        raise ConfigError("--ray-address needs --executor ray")
+
+
 def _add_model_args(parser: argparse.ArgumentParser) -> None:
     m = parser.add_argument_group("model")
     m.add_argument("--base-url", default=None, help="OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1")
@@ -158,18 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     play.add_argument("--no-video", dest="video", action="store_false", help="skip the mp4 per episode")
     play.add_argument("--video-overlay", action="store_true", help="caption each video frame with the action")
     play.add_argument("--no-report", dest="report", action="store_false", help="skip report.html")
-    play.add_argument(
-        "--executor",
-        choices=["local", "ray"],
-        default="local",
-        help="local: this process; ray: episodes spread over Ray workers, each loading its own model "
-        '(pip install "atari-vlm[ray]")',
-    )
-    play.add_argument(
-        "--ray-address",
-        default=None,
-        help="Ray cluster to join (auto, ray://host:10001); default: start a local Ray instance",
-    )
+    _add_executor_args(play)
     play.add_argument(
         "--dry-run", action="store_true", help="one measured decision, then the run's estimated cost"
     )
@@ -198,6 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--max-steps", type=int, default=None, help="cap decisions (quick looks; flagged)")
     bench.add_argument("--out", required=True, help="the sweep's folder: one run directory per combination")
     bench.add_argument("--video", action="store_true", help="record videos (off by default in sweeps)")
+    _add_executor_args(bench)
     _add_view_args(bench)
     _add_model_args(bench)
 
@@ -311,7 +321,10 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         max_tokens=args.max_tokens,
         temperature=args.temperature,
         max_cost_usd=args.max_cost,
+        executor=args.executor,
+        ray_address=args.ray_address,
     )
+    _check_executor_args(args)
 
     def on_combination(combo, summary) -> None:
         label = f"{combo.game} x {combo.model} x {combo.prompt}"
@@ -386,8 +399,7 @@ def _cmd_play(args: argparse.Namespace) -> int:
         resume=args.resume,
         model_options=_model_options(args),
     )
-    if args.ray_address is not None and args.executor != "ray":
-        raise ConfigError("--ray-address needs --executor ray")
+    _check_executor_args(args)
     if args.dry_run:
         return _dry_run(settings)
     executor = None

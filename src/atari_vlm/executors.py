@@ -39,7 +39,15 @@ if TYPE_CHECKING:
     from atari_vlm.env import AtariVLMEnv
     from atari_vlm.runner import PlaySettings
 
-__all__ = ["EXECUTORS", "EpisodeOutput", "EpisodePlayer", "RayExecutor", "RemoteModel", "write_episode"]
+__all__ = [
+    "EXECUTORS",
+    "EpisodeOutput",
+    "EpisodePlayer",
+    "RayExecutor",
+    "RemoteModel",
+    "ray_session",
+    "write_episode",
+]
 
 EXECUTORS: tuple[str, ...] = ("local", "ray")
 
@@ -203,12 +211,7 @@ class RayExecutor:
                 "--max-cost is enforced within one process; with --executor ray each worker would "
                 "spend it all, so it is refused: run locally, or without a cap"
             )
-        if not ray.is_initialized():
-            options: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True}
-            if self.address is None:
-                options["num_cpus"] = self.num_cpus
-            ray.init(address=self.address, **options)
-            self._started_ray = True
+        self._started_ray = _init_ray(ray, self.address, self.num_cpus)
         gpu = settings.agent == "vlm" and settings.model_options.device.startswith("cuda")
         resources = ray.cluster_resources()
         capacity = int(resources.get("GPU" if gpu else "CPU", 1)) or 1
@@ -302,6 +305,31 @@ class RayExecutor:
                     ray.cancel(ref)
             raise
         return [results[i] for i in episode_ids]
+
+
+def _init_ray(ray: Any, address: str | None, num_cpus: int | None) -> bool:
+    """Join the Ray instance this process already has, else start or join ``address``'s; True when
+    this call initialized Ray (so the caller shuts it down)."""
+    if ray.is_initialized():
+        return False
+    options: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True}
+    if address is None:
+        options["num_cpus"] = num_cpus
+    ray.init(address=address, **options)
+    return True
+
+
+@contextlib.contextmanager
+def ray_session(address: str | None = None, *, num_cpus: int | None = None) -> Any:
+    """Ray for a whole sweep: every run's :class:`RayExecutor` joins it, so Ray starts once rather than
+    once per run; shut down at the end if this started it."""
+    ray = require("ray", extra="ray")
+    started = _init_ray(ray, address, num_cpus)
+    try:
+        yield ray
+    finally:
+        if started and ray.is_initialized():
+            ray.shutdown()
 
 
 def _unwrap(exc: Exception) -> Exception:

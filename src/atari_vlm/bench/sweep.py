@@ -8,6 +8,7 @@ episodes kept, the interrupted one replayed), so rerunning the same command fini
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from typing import Any
 from atari_vlm.bench.protocols import Protocol, load_protocol
 from atari_vlm.bench.results import write_results
 from atari_vlm.errors import ConfigError
+from atari_vlm.executors import EXECUTORS, RayExecutor, ray_session
 from atari_vlm.games import resolve_game
 from atari_vlm.models.registry import LoadedModel, ModelOptions, load_model
 from atari_vlm.rundir import read_jsonl
@@ -62,6 +64,8 @@ class BenchSpec:
     max_tokens: int | None = None
     temperature: float = 0.0
     max_cost_usd: float | None = None  # for the whole sweep in this invocation; it stops where reached
+    executor: str = "local"  # "ray": each combination's episodes spread over Ray workers
+    ray_address: str | None = None
 
 
 @dataclass
@@ -134,49 +138,69 @@ def run_bench(
     combos, protocol, seeds = plan(spec)
     env_options, agent_options = protocol_settings(protocol)
     env = {**env_options, **spec.env, "max_steps": spec.max_steps}
+    if spec.executor not in EXECUTORS:
+        raise ConfigError(f"executor must be one of {EXECUTORS}, got {spec.executor!r}")
+    on_ray = spec.executor == "ray"
     local_models: dict[str, LoadedModel] = {}  # local weights load once; API clients are cheap per run
-    spent = 0.0
-    try:
-        for combo in combos:
-            if _is_complete(combo.out, len(seeds)):
-                if on_combination is not None:
-                    on_combination(combo, None)
-                continue
-            loaded = None
-            if combo.agent == "vlm" and _is_local(combo.model):
-                if combo.model not in local_models:
-                    local_models[combo.model] = load_model(combo.model, spec.model_options)
-                loaded = local_models[combo.model]
-            settings = PlaySettings(
-                game=combo.game,
-                out=combo.out,
-                model=combo.model,
-                agent=combo.agent,
-                episodes=len(seeds),
-                env_seeds=seeds,
-                env=env,
-                prompt=combo.prompt if combo.agent == "vlm" else "basic",
-                video=spec.video,
-                num_envs=spec.num_envs,
-                max_tokens=spec.max_tokens,
-                temperature=spec.temperature,
-                resume=(combo.out / "config.json").exists(),
-                model_options=spec.model_options,
-                protocol=protocol.to_dict() if protocol else None,
-                max_cost_usd=None if spec.max_cost_usd is None else max(0.0, spec.max_cost_usd - spent),
-                **(agent_options if combo.agent == "vlm" else {}),
-            )
-            summary = run_play(settings, loaded=loaded)
-            spent += summary.spent_usd or 0.0
-            if on_combination is not None:
-                on_combination(combo, summary)
-            if summary.stopped:
-                break  # the budget is spent: the rest of the sweep waits for a resumed bench
-    finally:
-        for model in local_models.values():
-            asyncio.run(model.vlm.aclose())
+    with ray_session(spec.ray_address) if on_ray else contextlib.nullcontext():
+        try:
+            _sweep(spec, combos, seeds, protocol, env, agent_options, on_combination, local_models, on_ray)
+        finally:
+            for model in local_models.values():
+                asyncio.run(model.vlm.aclose())
     table = protocol.table if protocol else "dqn_nature"
     return write_results([spec.out], spec.out / "results", table=table)
+
+
+def _sweep(
+    spec: BenchSpec,
+    combos: list[Combination],
+    seeds: tuple[int, ...],
+    protocol: Any,
+    env: dict[str, Any],
+    agent_options: dict[str, Any],
+    on_combination: Callable[[Combination, RunSummary | None], None] | None,
+    local_models: dict[str, LoadedModel],
+    on_ray: bool,
+) -> None:
+    """Play every combination not yet complete, in order, until the sweep's budget (if any) is spent."""
+    spent = 0.0
+    for combo in combos:
+        if _is_complete(combo.out, len(seeds)):
+            if on_combination is not None:
+                on_combination(combo, None)
+            continue
+        loaded = None
+        if combo.agent == "vlm" and _is_local(combo.model) and not on_ray:
+            if combo.model not in local_models:
+                local_models[combo.model] = load_model(combo.model, spec.model_options)
+            loaded = local_models[combo.model]
+        settings = PlaySettings(
+            game=combo.game,
+            out=combo.out,
+            model=combo.model,
+            agent=combo.agent,
+            episodes=len(seeds),
+            env_seeds=seeds,
+            env=env,
+            prompt=combo.prompt if combo.agent == "vlm" else "basic",
+            video=spec.video,
+            num_envs=spec.num_envs,
+            max_tokens=spec.max_tokens,
+            temperature=spec.temperature,
+            resume=(combo.out / "config.json").exists(),
+            model_options=spec.model_options,
+            protocol=protocol.to_dict() if protocol else None,
+            max_cost_usd=None if spec.max_cost_usd is None else max(0.0, spec.max_cost_usd - spent),
+            **(agent_options if combo.agent == "vlm" else {}),
+        )
+        # On Ray, each run's executor joins the sweep's Ray session; its workers load their own model.
+        summary = run_play(settings, loaded=loaded, executor=RayExecutor() if on_ray else None)
+        spent += summary.spent_usd or 0.0
+        if on_combination is not None:
+            on_combination(combo, summary)
+        if summary.stopped:
+            break  # the budget is spent: the rest of the sweep waits for a resumed bench
 
 
 __all__ = ["BenchSpec", "Combination", "parse_seeds", "plan", "protocol_settings", "run_bench"]
