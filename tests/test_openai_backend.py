@@ -171,6 +171,14 @@ def test_request_body_matches_what_is_sent(server: FakeOpenAIServer) -> None:
     assert server.requests[0].body == expected
 
 
+def test_openai_itself_gets_max_completion_tokens_other_servers_max_tokens(server: FakeOpenAIServer) -> None:
+    official = OpenAICompatVLM(model="gpt-5-mini", api_key=FAKE_KEY, http_backend=_backend["name"])
+    body = official.request_body(IMAGES)
+    assert body["max_completion_tokens"] == IMAGES.max_tokens and "max_tokens" not in body
+    custom = make_vlm(server).request_body(IMAGES)
+    assert custom["max_tokens"] == IMAGES.max_tokens and "max_completion_tokens" not in custom
+
+
 def test_images_outside_user_messages_are_refused(server: FakeOpenAIServer) -> None:
     bad = Request((Message("system", (ImagePart(frame(4, 4)),)),))
     with pytest.raises(ValueError, match="only allowed in user messages"):

@@ -123,13 +123,16 @@ class OpenAICompatVLM(RemoteVLM):
     def request_body(self, request: Request) -> dict[str, Any]:
         """The keyword arguments of ``chat.completions.create`` (the JSON body) for ``request``.
 
-        ``max_tokens`` is always sent: servers running random or small models may never emit a stop
-        token on their own.
+        The answer-length limit is always sent: servers running random or small models may never
+        emit a stop token on their own. OpenAI's own API gets it as ``max_completion_tokens``, the
+        only name its reasoning models (o-series, GPT-5) accept and one every chat model takes;
+        compatible servers get the classic ``max_tokens``, which all of them read.
         """
+        limit = "max_completion_tokens" if self.base_url == DEFAULT_BASE_URL else "max_tokens"
         body: dict[str, Any] = {
             "model": self.model,
             "messages": [self._message(m) for m in request.messages],
-            "max_tokens": request.max_tokens,
+            limit: request.max_tokens,
             "temperature": request.temperature,
         }
         if request.json_mode:
