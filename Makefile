@@ -5,21 +5,33 @@ PYTHON ?= python3
 TORCH_PIP_ARGS ?=
 VENV ?= .venv
 BIN := $(VENV)/bin
+BASE := $(VENV)/.base
+PLAY_STAMP := $(VENV)/.installed-play
 STAMP := $(VENV)/.installed
 
 .PHONY: install browser play test lint clean
 
-$(STAMP): pyproject.toml
+# The venv and torch, shared by both installs.
+$(BASE):
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	# The CPU build of torch, pinned: an unpinned torch pulls a multi-GB CUDA build. Never torchvision.
 	$(BIN)/python -m pip install -q torch==2.13.0 $(TORCH_PIP_ARGS)
+	touch $(BASE)
+
+# What `play --model demo` needs (the local model and the report's plots): a lighter install.
+$(PLAY_STAMP): pyproject.toml $(BASE)
+	$(BIN)/python -m pip install -q -e ".[local,report]"
+	touch $(PLAY_STAMP)
+
+# Everything: every provider SDK and optional extra, and the test tools.
+$(STAMP): pyproject.toml $(BASE)
 	$(BIN)/python -m pip install -q -e ".[dev]"
-	touch $(STAMP)
+	touch $(STAMP) $(PLAY_STAMP)
 
 install: $(STAMP)
 
-play: install
+play: $(PLAY_STAMP)
 	$(BIN)/atari-vlm play --game Pong --model demo --episodes 2 --max-steps 300 --seed 0 --out runs/demo --overwrite
 
 # The report's browser tests drive Debian's chromium; install it when missing (root, as on CI).
