@@ -420,3 +420,21 @@ def test_cogvlm_checkpoints_are_refused_before_their_code_runs(tmp_path: Path) -
     with pytest.raises(ConfigError, match="lmdeploy serve api_server") as refused:
         LocalVLM(checkpoint, trust_remote_code=True)
     assert "--base-url" in str(refused.value) and "4.41-4.43" in str(refused.value)
+
+
+def test_history_screens_stay_images_beside_the_video_llava_frame_stack(vlms: dict[str, LocalVLM]) -> None:
+    from atari_vlm.agent import VLMAgent
+    from atari_vlm.env import AtariVLMEnv, EnvConfig
+    from atari_vlm.games import game_info
+
+    env = AtariVLMEnv(EnvConfig(game="Pong", frame_stack=3, frame_layout="sequence"))
+    vlm = vlms["video_llava"]
+    agent = VLMAgent(
+        vlm, game_info("Pong"), env.action_names, frame_stack=3, frame_layout="sequence", history_images=1
+    )
+    obs, _ = env.reset(seed=0)
+    asyncio.run(agent.act(obs))
+    obs, *_ = env.step(0)
+    prompt = vlm.render(agent.build_request(obs).messages)
+    env.close()
+    assert prompt.count("<image>") == 1 and prompt.count("<video>") == 1  # one history screen, one clip

@@ -160,6 +160,10 @@ class VLMAgent:
         for step, image in self._history_images:
             parts.append(TextPart(f"The screen at step {step}:"))
             parts.append(ImagePart(image))
+        if parts:
+            # Said apart from the remembered screens before it: a video model reads a run of
+            # consecutive images as one clip, which must be the current frame stack alone.
+            parts.append(TextPart("The screen now:" if self.frame_layout == "grid" else "The screens now:"))
         if self.frame_layout == "sequence":
             parts.extend(ImagePart(frame) for frame in obs["frames"])
         else:
