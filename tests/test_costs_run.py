@@ -1,5 +1,6 @@
 """Costs in a real run: per decision, per episode, per run; --max-cost stops in time; --dry-run."""
 
+import dataclasses
 import json
 
 import pytest
@@ -113,7 +114,8 @@ def test_bench_max_cost_caps_the_whole_sweep_and_a_rerun_finishes_it(tmp_path, m
 
     with serve_in_thread(reply="ACTION: FIRE") as server:
         one_call = play(tmp_path / "probe", server.base_url, episodes=1, env={"max_steps": 1}).cost_usd
-        monkeypatch.setattr("atari_vlm.runner.load_model", priced_loader(server.base_url))
+        for where in ("atari_vlm.runner.load_model", "atari_vlm.bench.sweep.load_model"):
+            monkeypatch.setattr(where, priced_loader(server.base_url))
         limit = one_call * 13.5
         run_bench(spec(limit))
         steps = [(p, s) for p in (tmp_path / "bench").rglob("steps.jsonl") for s in read_jsonl(p)]
@@ -160,3 +162,26 @@ def test_dry_run_bounds_say_at_most_unless_every_episode_plays_its_full_budget(t
         fixed = estimate_cost(PlaySettings(**common, episodes=2, env=budget))
     assert (capped["decisions_bound"], capped["decisions"]) == ("at most", 150)  # a game over ends sooner
     assert (fixed["decisions_bound"], fixed["decisions"]) == ("exactly", 100)
+
+
+def test_bench_max_cost_refuses_an_unpriced_model_before_spending_anything(tmp_path):
+    from atari_vlm.bench.sweep import BenchSpec, run_bench
+    from atari_vlm.errors import ConfigError
+    from atari_vlm.models.registry import ModelOptions
+
+    with serve_in_thread(reply="ACTION: FIRE") as server:
+        spec = BenchSpec(
+            out=tmp_path / "bench",
+            games=("Pong",),
+            models=("openai:m",),  # behind --base-url: no known price
+            seeds=(0,),
+            max_steps=3,
+            model_options=ModelOptions(base_url=server.base_url, api_key="k"),
+            max_cost_usd=1.0,
+        )
+        with pytest.raises(ConfigError, match="known price"):
+            run_bench(spec)
+        assert not [r for r in server.requests if r.path.endswith("completions")]
+        with pytest.raises(ConfigError, match="executor ray"):
+            run_bench(dataclasses.replace(spec, executor="ray"))
+    assert not list((tmp_path / "bench").rglob("steps.jsonl"))

@@ -141,15 +141,39 @@ def run_bench(
     if spec.executor not in EXECUTORS:
         raise ConfigError(f"executor must be one of {EXECUTORS}, got {spec.executor!r}")
     on_ray = spec.executor == "ray"
+    if on_ray and spec.max_cost_usd is not None:
+        raise ConfigError(
+            "--max-cost is enforced within one process; with --executor ray each worker would spend "
+            "it all, so the pair is refused: run the sweep locally, or without a cap"
+        )
+    pending = [c for c in combos if not _is_complete(c.out, len(seeds))]
     local_models: dict[str, LoadedModel] = {}  # local weights load once; API clients are cheap per run
-    with ray_session(spec.ray_address) if on_ray else contextlib.nullcontext():
+    with ray_session(spec.ray_address) if on_ray and pending else contextlib.nullcontext():
         try:
+            if spec.max_cost_usd is not None:
+                _check_priced(spec, pending, local_models)
             _sweep(spec, combos, seeds, protocol, env, agent_options, on_combination, local_models, on_ray)
         finally:
             for model in local_models.values():
                 asyncio.run(model.vlm.aclose())
     table = protocol.table if protocol else "dqn_nature"
     return write_results([spec.out], spec.out / "results", table=table)
+
+
+def _check_priced(spec: BenchSpec, pending: list[Combination], local_models: dict[str, LoadedModel]) -> None:
+    """A capped sweep needs a price for every model it will call, known before it spends anything
+    (else it would stop at the first unpriced combination with the earlier ones paid for)."""
+    for model in dict.fromkeys(c.model for c in pending if c.agent == "vlm"):
+        loaded = local_models.get(model) or load_model(model, spec.model_options)
+        if _is_local(model):
+            local_models[model] = loaded  # loaded once for the sweep anyway
+        else:
+            asyncio.run(loaded.vlm.aclose())
+        if loaded.prices is None:
+            raise ConfigError(
+                f"--max-cost needs a known price for every model of the sweep, and {model!r} has none "
+                "(a model behind --base-url, or one no preset lists); drop the cap or that model"
+            )
 
 
 def _sweep(
