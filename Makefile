@@ -11,11 +11,12 @@ STAMP := $(VENV)/.installed
 
 .PHONY: install browser play test lint clean
 
-# The venv and torch, shared by both installs.
-$(BASE):
+# The venv and torch, shared by both installs (redone when this file changes the pin).
+$(BASE): Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	# The CPU build of torch, pinned: an unpinned torch pulls a multi-GB CUDA build. Never torchvision.
+	# torch pinned: a range pulls the newest, a multi-GB CUDA build on Linux x86_64. This machine's
+	# index serves 2.13.0 as a CPU build; elsewhere TORCH_PIP_ARGS picks the CPU index. Never torchvision.
 	$(BIN)/python -m pip install -q torch==2.13.0 $(TORCH_PIP_ARGS)
 	touch $(BASE)
 

@@ -168,7 +168,11 @@ def _refuse_unsupported(path: Path) -> None:
     chat template. LMDeploy's OpenAI-compatible server runs it (in an environment of its own).
     """
     config = _read_json(path / "config.json")
-    names = [*config.get("architectures", []), *map(str, dict(config.get("auto_map") or {}).values())]
+    architectures, auto_map = config.get("architectures"), config.get("auto_map")
+    names = [
+        *(map(str, architectures) if isinstance(architectures, list) else []),
+        *(map(str, auto_map.values()) if isinstance(auto_map, dict) else []),
+    ]
     if any("cogvlm" in name.lower() for name in names):
         raise ConfigError(
             f"{path} is a CogVLM checkpoint, whose own model code needs transformers 4.41-4.43 and no "
@@ -600,10 +604,10 @@ class LocalVLM:
             end = next((j + 1 for j, tok in enumerate(new) if tok in self._eos_ids), None)
             tokens = new if end is None else new[:end]
             prompt_ids = inputs["input_ids"][i]
-            vision_ids = [i for i in (self._image_token_id, self._video_token_id) if i is not None]
+            vision_ids = {self._image_token_id, self._video_token_id} - {None}
             image_tokens = None
             if vision_ids:
-                image_tokens = sum(int((prompt_ids == i).sum()) for i in vision_ids)
+                image_tokens = sum(int((prompt_ids == token).sum()) for token in vision_ids)
             rows.append(
                 _Row(
                     text=self.tokenizer.decode(tokens, skip_special_tokens=True),
