@@ -6,6 +6,7 @@ builds, sends and parses real HTTP requests and responses, with no socket and no
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections import deque
 from collections.abc import Callable
@@ -14,6 +15,10 @@ from typing import Any
 import cv2
 import httpx2
 import numpy as np
+import pytest
+
+from atari_vlm.errors import ModelError
+from atari_vlm.models.base import Completion, ImagePart, Message, Request, TextPart
 
 Answer = httpx2.Response | Exception | Callable[[httpx2.Request], httpx2.Response]
 
@@ -62,3 +67,38 @@ def decode_image(data: bytes) -> np.ndarray:
     pixels = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     assert pixels is not None, "not a decodable image"
     return pixels
+
+
+FRAME = np.zeros((210, 160, 3), np.uint8)
+FRAME[100:110, 70:80] = 255
+REQUEST = Request(
+    (
+        Message.text("system", "You play Pong."),
+        Message("user", (TextPart("Frame:"), ImagePart(FRAME), TextPart("Your move?"))),
+    ),
+    max_tokens=64,
+    temperature=0.0,
+)
+
+
+def build(vlm_class: Callable[..., Any], script: HttpScript, **settings: Any) -> Any:
+    """A backend whose SDK talks to ``script``, with seeded jitter and backoffs that only record."""
+    return vlm_class(**{"http_client": script.client(), "sleep": script.sleep, "seed": 0, **settings})
+
+
+def run(vlm: Any, request: Request) -> Completion:
+    """One ``generate`` on a fresh event loop, then close the backend."""
+
+    async def go() -> Completion:
+        try:
+            return await vlm.generate(request)
+        finally:
+            await vlm.aclose()
+
+    return asyncio.run(go())
+
+
+def fails(vlm: Any, request: Request) -> ModelError:
+    with pytest.raises(ModelError) as info:
+        run(vlm, request)
+    return info.value

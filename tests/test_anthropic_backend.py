@@ -6,7 +6,6 @@ fatal paths; backoff sleeps are recorded, never slept.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 from typing import Any
 
@@ -17,10 +16,10 @@ pytest.importorskip("anthropic")
 
 import httpx2
 
-from atari_vlm.errors import ConfigError, ModelError
+from atari_vlm.errors import ConfigError
 from atari_vlm.models.anthropic_backend import AnthropicVLM
-from atari_vlm.models.base import Completion, ImagePart, Message, Request, TextPart
-from http_script import HttpScript, decode_image, error
+from atari_vlm.models.base import ImagePart, Message, Request
+from http_script import FRAME, REQUEST, HttpScript, build, decode_image, error, fails, run
 
 MODEL = "claude-sonnet-4-20250514"
 KEY = "sk-ant-test-DO-NOT-LEAK-4b2e9a"
@@ -52,44 +51,7 @@ OK = httpx2.Response(200, json=MESSAGE)
 
 
 def make(script: HttpScript, **options: Any) -> AnthropicVLM:
-    settings: dict[str, Any] = {
-        "model": MODEL,
-        "api_key": KEY,
-        "base_url": BASE,
-        "http_client": script.client(),
-        "sleep": script.sleep,
-        "seed": 0,
-    }
-    settings.update(options)
-    return AnthropicVLM(**settings)
-
-
-def run(vlm: AnthropicVLM, request: Request) -> Completion:
-    async def go() -> Completion:
-        try:
-            return await vlm.generate(request)
-        finally:
-            await vlm.aclose()
-
-    return asyncio.run(go())
-
-
-def fails(vlm: AnthropicVLM, request: Request) -> ModelError:
-    with pytest.raises(ModelError) as info:
-        run(vlm, request)
-    return info.value
-
-
-FRAME = np.zeros((210, 160, 3), np.uint8)
-FRAME[100:110, 70:80] = 255
-REQUEST = Request(
-    (
-        Message.text("system", "You play Pong."),
-        Message("user", (TextPart("Frame:"), ImagePart(FRAME), TextPart("Your move?"))),
-    ),
-    max_tokens=64,
-    temperature=0.0,
-)
+    return build(AnthropicVLM, script, **{"model": MODEL, "api_key": KEY, "base_url": BASE, **options})
 
 
 def test_request_on_the_wire() -> None:

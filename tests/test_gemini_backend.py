@@ -6,7 +6,6 @@ fatal paths; backoff sleeps are recorded, never slept.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 from typing import Any
 
@@ -17,10 +16,10 @@ pytest.importorskip("google.genai")
 
 import httpx2
 
-from atari_vlm.errors import ConfigError, ModelError
-from atari_vlm.models.base import Completion, ImagePart, Message, Request, TextPart
+from atari_vlm.errors import ConfigError
+from atari_vlm.models.base import ImagePart, Message, Request
 from atari_vlm.models.gemini_backend import GeminiVLM
-from http_script import HttpScript, decode_image, error
+from http_script import REQUEST, HttpScript, build, decode_image, error, fails, run
 
 MODEL = "gemini-2.5-flash"
 KEY = "AIzaSy-test-DO-NOT-LEAK-93kd02"
@@ -57,44 +56,7 @@ def google_error(status: int, code: str, message: str, details: list[Any] | None
 
 
 def make(script: HttpScript, **options: Any) -> GeminiVLM:
-    settings: dict[str, Any] = {
-        "model": MODEL,
-        "api_key": KEY,
-        "base_url": BASE,
-        "http_client": script.client(),
-        "sleep": script.sleep,
-        "seed": 0,
-    }
-    settings.update(options)
-    return GeminiVLM(**settings)
-
-
-def run(vlm: GeminiVLM, request: Request) -> Completion:
-    async def go() -> Completion:
-        try:
-            return await vlm.generate(request)
-        finally:
-            await vlm.aclose()
-
-    return asyncio.run(go())
-
-
-def fails(vlm: GeminiVLM, request: Request) -> ModelError:
-    with pytest.raises(ModelError) as info:
-        run(vlm, request)
-    return info.value
-
-
-FRAME = np.zeros((210, 160, 3), np.uint8)
-FRAME[100:110, 70:80] = 255
-REQUEST = Request(
-    (
-        Message.text("system", "You play Pong."),
-        Message("user", (TextPart("Frame:"), ImagePart(FRAME), TextPart("Your move?"))),
-    ),
-    max_tokens=64,
-    temperature=0.0,
-)
+    return build(GeminiVLM, script, **{"model": MODEL, "api_key": KEY, "base_url": BASE, **options})
 
 
 def inline_bytes(part: dict[str, Any]) -> tuple[bytes, str]:
