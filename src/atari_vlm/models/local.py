@@ -66,6 +66,9 @@ class FramesVideoProcessor:
 
     def __init__(self, image_processor: Any) -> None:
         self.image_processor = image_processor
+        self._options: dict[str, Any] = {"return_tensors": "pt"}
+        if "return_legacy_image_output" in inspect.signature(image_processor.preprocess).parameters:
+            self._options["return_legacy_image_output"] = False  # Video-LLaVA's: name it pixel_values
 
     def __call__(self, videos: Any, return_tensors: Any = None, **_: Any) -> Any:
         t = require("transformers", extra="local")
@@ -73,10 +76,7 @@ class FramesVideoProcessor:
         lengths = {len(c) for c in clips}
         if len(lengths) != 1:
             raise ModelError(f"videos in one batch must have equal frame counts, got {sorted(lengths)}")
-        options = {"return_tensors": "pt"}
-        if "return_legacy_image_output" in inspect.signature(self.image_processor.preprocess).parameters:
-            options["return_legacy_image_output"] = False  # Video-LLaVA's: name it pixel_values
-        out = self.image_processor(images=[f for c in clips for f in c], **options)
+        out = self.image_processor(images=[f for c in clips for f in c], **self._options)
         pixels = out["pixel_values"]
         stacked = pixels.reshape(len(clips), lengths.pop(), *pixels.shape[1:])
         return t.BatchFeature({"pixel_values_videos": stacked}, tensor_type=return_tensors)

@@ -272,6 +272,18 @@ _LLAVA_PROCESSOR = {
     "num_additional_image_tokens": 1,
 }
 
+_LLAVA = _Family(
+    bos="<s>",
+    eos="</s>",
+    pad="<pad>",
+    image_token="<image>",
+    extra_tokens=(),
+    chat_template=_LLAVA_TEMPLATE,
+    make_config=_llava_config("LlavaConfig"),
+    image_processor=("CLIPImageProcessorPil", _CLIP_IMAGES),
+    processor=("LlavaProcessor", _LLAVA_PROCESSOR),
+)
+
 _QWEN2_VL = _Family(
     bos="<|endoftext|>",
     eos="<|im_end|>",
@@ -287,17 +299,7 @@ _QWEN2_VL = _Family(
 )
 
 _FAMILIES: dict[str, _Family] = {
-    "llava": _Family(
-        bos="<s>",
-        eos="</s>",
-        pad="<pad>",
-        image_token="<image>",
-        extra_tokens=(),
-        chat_template=_LLAVA_TEMPLATE,
-        make_config=_llava_config("LlavaConfig"),
-        image_processor=("CLIPImageProcessorPil", _CLIP_IMAGES),
-        processor=("LlavaProcessor", _LLAVA_PROCESSOR),
-    ),
+    "llava": _LLAVA,
     "llava_next": _Family(
         bos="<s>",
         eos="</s>",
@@ -309,11 +311,9 @@ _FAMILIES: dict[str, _Family] = {
         image_processor=("LlavaNextImageProcessorPil", {**_CLIP_IMAGES, "image_grid_pinpoints": [[28, 28]]}),
         processor=("LlavaNextProcessor", _LLAVA_PROCESSOR),
     ),
-    "video_llava": _Family(
-        bos="<s>",
-        eos="</s>",
-        pad="<pad>",
-        image_token="<image>",
+    # Video-LLaVA: LLaVA's tokens and turns, plus a <video> placeholder and its own processors.
+    "video_llava": dataclasses.replace(
+        _LLAVA,
         extra_tokens=("<video>",),
         chat_template=_VIDEO_LLAVA_TEMPLATE,
         make_config=_llava_config("VideoLlavaConfig", video_seq_length=5 * 8),
