@@ -15,12 +15,15 @@ import numpy as np
 from atari_vlm.errors import ConfigError, ModelError
 
 __all__ = [
+    "DECODE_MODES",
     "VLM",
     "Completion",
     "ConfigError",
+    "DecodeMode",
     "ImagePart",
     "Message",
     "ModelError",
+    "Obtained",
     "Part",
     "Request",
     "Role",
@@ -29,6 +32,18 @@ __all__ = [
 ]
 
 Role = Literal["system", "user", "assistant"]
+DecodeMode = Literal["free", "constrained", "score"]
+DECODE_MODES: tuple[str, ...] = ("free", "constrained", "score")
+"""How a backend is asked to answer (the agent resolves the user's ``auto`` to one of these):
+
+- ``free``: free text; the agent's parser finds the action in it.
+- ``constrained``: the backend itself can only answer with one of ``Request.choices`` (structured
+  output with an enum, a forced tool, a grammar, or generation restricted to those tokens); with
+  ``Request.reasoning`` it first writes free reasoning, then the constrained choice.
+- ``score``: no generation: the log-likelihood of every choice after the prompt (local models).
+"""
+Obtained = Literal["scored", "constrained", "free"]
+"""How a completion's answer was produced (``Completion.obtained``)."""
 
 
 @dataclass(frozen=True)
@@ -86,6 +101,15 @@ class Request:
     max_tokens: int = 128
     temperature: float = 0.0
     json_mode: bool = False  # ask for a JSON object where the provider supports structured output
+    choices: tuple[str, ...] = ()  # the legal answers (action names), for constrained or scored decoding
+    decode: DecodeMode = "free"  # see DECODE_MODES; "constrained" and "score" need ``choices``
+    reasoning: bool = False  # the answer reasons before its choice (cot, expert styles)
+
+    def __post_init__(self) -> None:
+        if self.decode not in DECODE_MODES:
+            raise ValueError(f"decode must be one of {DECODE_MODES}, got {self.decode!r}")
+        if self.decode != "free" and not self.choices:
+            raise ValueError(f"decode={self.decode!r} needs the legal choices")
 
     @property
     def num_images(self) -> int:
@@ -126,6 +150,10 @@ class Completion:
     finish_reason: str = "stop"
     retries: int = 0
     cost_usd: float | None = None  # USD at the preset's price; None where the price is unknown
+    obtained: Obtained = "free"  # how the answer was produced: "scored", "constrained" or "free" text
+    choice: str | None = None  # the backend's constrained or scored pick (one of Request.choices), if any
+    choice_probs: dict[str, float] | None = None  # probability of each legal choice, where known
+    constraint_note: str | None = None  # why a constraint was asked for but not applied (a 400 fallback)
 
 
 @runtime_checkable
