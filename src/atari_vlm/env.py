@@ -1,14 +1,26 @@
 """The Gymnasium environment a VLM plays: ale-py's ``ALE/<Game>-v5`` seen as images plus state text.
 
-:class:`AtariVLMEnv` is a ``gymnasium.Env`` over ale-py's env (it composes with standard wrappers
-and passes ``gymnasium.utils.env_checker.check_env``). Its observation is a ``Dict`` space:
+:func:`make_env` builds ordinary Gymnasium wrappers (:mod:`atari_vlm.wrappers` and Gymnasium's own)
+over an unmodified ``gym.make("ALE/<Game>-v5", ...)``, keeping v5's defaults (frame skip 4, sticky
+actions 0.25, the 108,000-frame episode cap) unless the spec says otherwise. From the inside out::
 
-- ``image``: what the model is shown this step: the current frame, or with ``frame_stack > 1`` and
-  ``frame_layout="grid"`` all stacked frames laid out in one image (oldest first);
-- ``frames``: the ``frame_stack`` most recent processed frames, oldest first, shape ``(n, H, W[, 3])``;
-- ``text``: a short description of the game state, read from RAM (see :mod:`atari_vlm.state_text`).
+    ALE/<Game>-v5                       frame skip (frameskip=1 under max-pooling), sticky actions, cap
+    MaxPoolSkip                         max_pool: the frame skip, as the max of its last two frames
+    NoopStart                           noop_max random NOOP steps at reset
+    EnvStepBudget                       total_env_steps, reset_on_game_over
+    DecisionInterval                    the filler action between decisions; counts env steps
+    ResizeFrame, GrayscaleFrame         what one frame looks like to the model
+    FrameStackObservation               the last frame_stack frames
+    VLMObservation                      image (grid or current frame), frames, state text
+    TimeLimit                           max_steps decisions
+    AtariVLMEnv                         the spec, action names, the native frame for videos
 
-The legal actions are the game's own names (``env.action_names``, from ``get_action_meanings()``).
+The observation is a ``Dict``: ``image`` (what the model is shown), ``frames`` (the stack, oldest
+first) and ``text`` (the game state read from RAM, or "" with ``state_text`` off). The legal actions
+are the game's own names (``env.action_names``, from ``get_action_meanings()``).
+
+Every game is also registered with Gymnasium as ``AtariVLM/<Game>-v0`` once this module is imported:
+``gym.make("AtariVLM/Pong-v0", frame_stack=2)`` (options as for :func:`make_env`).
 
 Example:
     >>> from atari_vlm.env import make_env
@@ -20,29 +32,31 @@ Example:
 
 from __future__ import annotations
 
-import re
-import string
-from collections import deque
-from dataclasses import asdict, dataclass
-from typing import Any, Literal, TypedDict
+import dataclasses
+from typing import Any, TypedDict
 
 import gymnasium as gym
 import numpy as np
-from gymnasium import spaces
+from gymnasium.wrappers import FrameStackObservation, TimeLimit
 
-from atari_vlm import imaging
 from atari_vlm.errors import ConfigError
-from atari_vlm.games import game_info, resolve_game
-from atari_vlm.state_text import GameState, describe
+from atari_vlm.games import all_games, game_info
+from atari_vlm.spec import EnvSpec, ObservationSpec, check_int
+from atari_vlm.wrappers import (
+    DecisionInterval,
+    EnvStepBudget,
+    GrayscaleFrame,
+    MaxPoolSkip,
+    NoopStart,
+    ResizeFrame,
+    VLMObservation,
+)
 
-FrameLayout = Literal["grid", "sequence"]
-FRAME_LAYOUTS: tuple[str, ...] = ("grid", "sequence")
 NATIVE_SHAPE = (210, 160)
-TEXT_CHARSET = frozenset(string.printable)
-TEXT_MAX_LENGTH = 2048
+REGISTERED_PREFIX = "AtariVLM"
 
 
-class StepInfo(TypedDict):
+class StepInfo(TypedDict, total=False):
     """What ``reset`` and ``step`` report besides the observation."""
 
     lives: int
@@ -53,313 +67,157 @@ class StepInfo(TypedDict):
     episode_return: float
 
 
-@dataclass(frozen=True)
-class EnvConfig:
-    """Every option of :class:`AtariVLMEnv`, validated on construction.
+def ale_env(env: EnvSpec, *, render_mode: str | None = "rgb_array", obs_type: str = "rgb") -> gym.Env:
+    """The unmodified ALE v5 env of ``env``'s game with its emulator settings."""
+    import ale_py
 
-    Args:
-        game: any spelling :func:`atari_vlm.games.resolve_game` accepts ("Pong", "ALE/Pong-v5", ...).
-        resize_shape: (height, width) of each frame the model sees; ``None`` keeps the native 210x160.
-        grayscale: show the model luminance only (a third of the bytes; colour often matters, so off).
-        frame_stack: how many recent frames the model sees at each decision.
-        frame_layout: ``"grid"`` puts the stacked frames in one image; ``"sequence"`` sends them apart.
-        frame_skip: emulator frames per decision (the action repeats); ALE v5's default is 4.
-        repeat_action_probability: sticky actions; ALE v5's default is 0.25 (Machado et al., 2018).
-        max_steps: truncate an episode after this many decisions; ``None`` keeps the game's own cap.
-        full_action_space: all 18 Atari actions instead of the game's minimal set.
-        seed: seed of the first reset; later resets continue the emulator's RNG unless given a seed.
-        noop_max: at each reset, play a random number in [0, noop_max] of NOOP steps first (DQN-style
-            no-op starts; 0 off). Drawn from the env's seeded RNG.
-        decision_interval: each ``step`` plays the chosen action once, then ``filler_action`` on the
-            next ``decision_interval - 1`` env steps (the Atari-GPT protocol decides every other step).
-        filler_action: the action name played between decisions (normally "NOOP").
-        max_episode_frames: truncate after this many emulator frames (ALE's own cap; 108,000 = 30 min).
-        total_env_steps: a budget of env steps for one episode of this env; with
-            ``reset_on_game_over`` the game restarts on game over and rewards keep accumulating until
-            the budget is spent (the Atari-GPT protocol's "1000 steps").
-        reset_on_game_over: see ``total_env_steps``.
-    """
-
-    game: str
-    resize_shape: tuple[int, int] | None = None
-    grayscale: bool = False
-    frame_stack: int = 1
-    frame_layout: FrameLayout = "grid"
-    frame_skip: int = 4
-    repeat_action_probability: float = 0.25
-    max_steps: int | None = None
-    full_action_space: bool = False
-    seed: int | None = None
-    noop_max: int = 0
-    decision_interval: int = 1
-    filler_action: str = "NOOP"
-    max_episode_frames: int | None = None
-    total_env_steps: int | None = None
-    reset_on_game_over: bool = False
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "game", resolve_game(self.game))
-        if self.resize_shape is not None:
-            shape = self.resize_shape
-            if not isinstance(shape, (tuple, list)) or len(shape) != 2:
-                raise ConfigError(
-                    f"resize_shape must be a (height, width) pair of integers or None, got {shape!r}"
-                )
-            if not all(_is_int(v) for v in shape):
-                raise ConfigError(f"resize_shape must hold integers, got {shape!r}")
-            if not all(8 <= v <= 1024 for v in shape):
-                raise ConfigError(f"resize_shape sides must be between 8 and 1024 pixels, got {tuple(shape)}")
-            object.__setattr__(self, "resize_shape", (int(shape[0]), int(shape[1])))
-        if not isinstance(self.grayscale, bool):
-            raise ConfigError(f"grayscale must be True or False, got {self.grayscale!r}")
-        _check_int("frame_stack", self.frame_stack, 1, 16)
-        if self.frame_layout not in FRAME_LAYOUTS:
-            raise ConfigError(f"frame_layout must be one of {FRAME_LAYOUTS}, got {self.frame_layout!r}")
-        _check_int("frame_skip", self.frame_skip, 1, 64)
-        p = self.repeat_action_probability
-        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p <= 1.0:
-            raise ConfigError(f"repeat_action_probability must be a number in [0, 1], got {p!r}")
-        if self.max_steps is not None:
-            _check_int("max_steps", self.max_steps, 1, 10_000_000)
-        if not isinstance(self.full_action_space, bool):
-            raise ConfigError(f"full_action_space must be True or False, got {self.full_action_space!r}")
-        if self.seed is not None:
-            _check_int("seed", self.seed, 0, 2**32 - 1)
-        _check_int("noop_max", self.noop_max, 0, 1000)
-        _check_int("decision_interval", self.decision_interval, 1, 100)
-        if not isinstance(self.filler_action, str) or not self.filler_action.strip():
-            raise ConfigError(
-                f"filler_action must be an action name such as 'NOOP', got {self.filler_action!r}"
-            )
-        object.__setattr__(self, "filler_action", self.filler_action.strip().upper())
-        if self.max_episode_frames is not None:
-            _check_int("max_episode_frames", self.max_episode_frames, 1, 10_000_000)
-        if self.total_env_steps is not None:
-            _check_int("total_env_steps", self.total_env_steps, 1, 10_000_000)
-        if not isinstance(self.reset_on_game_over, bool):
-            raise ConfigError(f"reset_on_game_over must be True or False, got {self.reset_on_game_over!r}")
-        if self.reset_on_game_over and self.total_env_steps is None:
-            raise ConfigError(
-                "reset_on_game_over needs a total_env_steps budget (else every game ends the episode)"
-            )
-
-    @property
-    def frame_shape(self) -> tuple[int, ...]:
-        """Shape of one processed frame."""
-        h, w = self.resize_shape or NATIVE_SHAPE
-        return (h, w) if self.grayscale else (h, w, 3)
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["resize_shape"] = list(self.resize_shape) if self.resize_shape else None
-        return d
+    gym.register_envs(ale_py)
+    return gym.make(
+        game_info(env.game).env_id,
+        obs_type=obs_type,
+        frameskip=env.frame_skip,
+        repeat_action_probability=env.repeat_action_probability,
+        full_action_space=env.full_action_space,
+        max_num_frames_per_episode=env.max_episode_frames,
+        render_mode=render_mode,
+    )
 
 
-def _is_int(value: object) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+def _action_index(names: list[str], name: str, what: str, game: str) -> int:
+    if name not in names:
+        raise ConfigError(f"{what} {name!r} is not an action of {game}; its actions: {', '.join(names)}")
+    return names.index(name)
 
 
-def _check_int(name: str, value: object, low: int, high: int) -> None:
-    if not _is_int(value):
-        raise ConfigError(f"{name} must be an integer, got {value!r}")
-    if not low <= int(value) <= high:  # type: ignore[call-overload]
-        raise ConfigError(f"{name} must be between {low} and {high}, got {value}")
+class AtariVLMEnv(gym.Wrapper):
+    """The outermost wrapper of the stack :func:`make_env` builds: it holds the spec and exposes what
+    the rest of atari-vlm reads (``action_names``, ``ale``, ``last_rgb_frame``)."""
 
-
-class AtariVLMEnv(gym.Env):
-    """An ALE game as a VLM sees it. Build it with :func:`make_env`."""
-
-    metadata = {"render_modes": ["rgb_array"], "render_fps": 60}
-
-    def __init__(self, config: EnvConfig):
-        import ale_py
-
-        gym.register_envs(ale_py)
-        inner = gym.make(
-            game_info(config.game).env_id,
-            obs_type="rgb",
-            frameskip=config.frame_skip,
-            repeat_action_probability=float(config.repeat_action_probability),
-            full_action_space=config.full_action_space,
-            max_num_frames_per_episode=config.max_episode_frames,
-            render_mode="rgb_array",
+    def __init__(
+        self, env: EnvSpec, observation: ObservationSpec | None = None, *, seed: int | None = None
+    ) -> None:
+        observation = observation or ObservationSpec()
+        pooled = observation.max_pool and env.frame_skip > 1
+        # Max-pooling does the frame skip itself, reading only the last two screens of each skip.
+        base = ale_env(dataclasses.replace(env, frame_skip=1), obs_type="ram") if pooled else ale_env(env)
+        names = list(base.unwrapped.get_action_meanings())
+        noop = names.index("NOOP") if "NOOP" in names else 0  # Backgammon, say, has no NOOP
+        filler = noop
+        if env.decision_interval > 1:
+            filler = _action_index(names, env.filler_action, "filler_action", env.game)
+        stack: gym.Env = base
+        if pooled:
+            stack = MaxPoolSkip(stack, env.frame_skip)
+        if env.noop_max:
+            stack = NoopStart(stack, env.noop_max, noop_action=noop)
+        if env.total_env_steps is not None:
+            stack = EnvStepBudget(stack, env.total_env_steps, reset_on_game_over=env.reset_on_game_over)
+        stack = DecisionInterval(stack, env.decision_interval, filler_action=filler)
+        if observation.resize_shape is not None and observation.resize_shape != NATIVE_SHAPE:
+            stack = ResizeFrame(stack, observation.resize_shape)
+        if observation.grayscale:
+            stack = GrayscaleFrame(stack)
+        stack = FrameStackObservation(stack, observation.frame_stack)
+        stack = VLMObservation(
+            stack, env.game, layout=observation.frame_layout, state_text=observation.state_text
         )
-        self._inner = inner
-        self.render_mode = "rgb_array"
-        self.config = config
-        self.game = config.game
-        self.action_names: list[str] = list(inner.unwrapped.get_action_meanings())
-        frame = config.frame_shape
-        stack_shape = (config.frame_stack, *frame)
-        if config.frame_layout == "grid" and config.frame_stack > 1:
-            rows, cols = imaging.grid_shape(config.frame_stack)
-            border = 2
-            image_shape = (rows * frame[0] + (rows - 1) * border, cols * frame[1] + (cols - 1) * border)
-            image_shape = (*image_shape, *frame[2:])
-        else:
-            image_shape = frame
-        self.observation_space = spaces.Dict(
-            {
-                "image": spaces.Box(0, 255, image_shape, np.uint8),
-                "frames": spaces.Box(0, 255, stack_shape, np.uint8),
-                "text": spaces.Text(
-                    max_length=TEXT_MAX_LENGTH, min_length=1, charset="".join(sorted(TEXT_CHARSET))
-                ),
-            }
-        )
-        self.action_space = spaces.Discrete(len(self.action_names))
-        if config.decision_interval > 1 and config.filler_action not in self.action_names:
-            raise ConfigError(
-                f"filler_action {config.filler_action!r} is not an action of {self.game}; "
-                f"its actions: {', '.join(self.action_names)}"
-            )
-        # (Backgammon, say, has no NOOP: the filler only matters with a decision interval.)
-        names = self.action_names
-        self._filler = names.index(config.filler_action) if config.filler_action in names else 0
-        self._noop = self.action_names.index("NOOP") if "NOOP" in self.action_names else 0
-        self._env_steps = 0
-        self._game_overs = 0
-        self._frames: deque[np.ndarray] = deque(maxlen=config.frame_stack)
-        self._pending_seed = config.seed
-        self._prev_ram: np.ndarray | None = None
-        self._step = 0
-        self._return = 0.0
-        self._lives = 0
-        self._last_rgb: np.ndarray | None = None
+        if env.max_steps is not None:
+            stack = TimeLimit(stack, env.max_steps)
+        super().__init__(stack)
+        self.env_spec = env
+        self.observation_spec = observation
+        self.game = env.game
+        self.action_names: list[str] = names
+        self._pending_seed = seed
 
     @property
-    def ale(self):  # the emulator, for RAM and lives
-        return self._inner.unwrapped.ale
+    def spec(self) -> gym.envs.registration.EnvSpec:  # type: ignore[override]
+        """The registered ``AtariVLM/<Game>-v0`` id with this env's options: ``env.spec.make()`` builds
+        the same env again (Gymnasium's env checker does)."""
+        registered = gym.spec(f"{REGISTERED_PREFIX}/{self.game}-v0")
+        options = {**self.env_spec.to_dict(), **self.observation_spec.to_dict()}
+        defaults = {
+            name: default for cls in (EnvSpec, ObservationSpec) for name, _, default in cls.settings()
+        }
+        changed = {k: v for k, v in options.items() if k != "game" and v != defaults.get(k)}
+        if "resize_shape" in changed:
+            changed["resize_shape"] = tuple(changed["resize_shape"])
+        return dataclasses.replace(registered, kwargs={**registered.kwargs, **changed})
 
     @property
-    def last_rgb_frame(self) -> np.ndarray | None:
-        """The last full-resolution RGB frame (210x160x3), for videos; the model never sees this one."""
-        return self._last_rgb
+    def ale(self) -> Any:
+        """The emulator (RAM, lives, screen)."""
+        return self.unwrapped.ale
+
+    @property
+    def last_rgb_frame(self) -> np.ndarray:
+        """The current native 210x160 RGB frame, for videos: the model is shown the processed one."""
+        return self.ale.getScreenRGB()
 
     def reset(
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
-    ) -> tuple[dict[str, Any], StepInfo]:
+    ) -> tuple[dict, StepInfo]:
         if seed is None and self._pending_seed is not None:
             seed = self._pending_seed
         self._pending_seed = None
-        super().reset(seed=seed)
-        rgb, ale_info = self._start_game(seed=seed, options=options)
-        self._step = 0
-        self._env_steps = 0
-        self._game_overs = 0
-        self._return = 0.0
-        self._prev_ram = None
-        frame = self._process(rgb)
-        self._frames.clear()
-        for _ in range(self.config.frame_stack):
-            self._frames.append(frame)
-        return self._observe(rgb, ale_info)
+        obs, info = self.env.reset(seed=seed, options=options)
+        return obs, self._info(info)
 
-    def _start_game(
-        self, seed: int | None = None, options: dict[str, Any] | None = None
-    ) -> tuple[np.ndarray, dict[str, Any]]:
-        """Reset the emulator, then play the no-op start (its length from the env's seeded RNG)."""
-        rgb, ale_info = self._inner.reset(seed=seed, options=options)
-        noops = int(self.np_random.integers(0, self.config.noop_max + 1)) if self.config.noop_max else 0
-        for _ in range(noops):
-            rgb, _, terminated, truncated, ale_info = self._inner.step(self._noop)
-            if terminated or truncated:
-                rgb, ale_info = self._inner.reset()
-        return rgb, ale_info
-
-    def step(self, action: int) -> tuple[dict[str, Any], float, bool, bool, StepInfo]:
-        if not self.action_space.contains(action):
+    def step(self, action: Any) -> tuple[dict, float, bool, bool, StepInfo]:
+        legal = isinstance(action, (int, np.integer)) and not isinstance(action, bool)
+        if not (legal and 0 <= action < len(self.action_names)):
             raise ValueError(
                 f"action must be an integer in [0, {self.action_space.n}) for {self.game}, got {action!r}"
             )
-        config = self.config
-        reward, terminated, truncated = 0.0, False, False
-        for i in range(config.decision_interval):
-            rgb, r, terminated, truncated, ale_info = self._inner.step(
-                int(action) if i == 0 else self._filler
-            )
-            self._env_steps += 1
-            reward += float(r)
-            budget_spent = config.total_env_steps is not None and self._env_steps >= config.total_env_steps
-            if (terminated or truncated) and config.reset_on_game_over and not budget_spent:
-                self._game_overs += 1  # the protocol plays on: a new game, rewards keep adding up
-                rgb, ale_info = self._start_game()
-                terminated = truncated = False
-                break
-            if budget_spent:
-                truncated = True
-            if terminated or truncated:
-                break
-        self._step += 1
-        self._return += reward
-        self._frames.append(self._process(rgb))
-        if config.max_steps is not None and self._step >= config.max_steps:
-            truncated = True
-        obs, info = self._observe(rgb, ale_info)
-        return obs, reward, bool(terminated), bool(truncated), info
+        obs, reward, terminated, truncated, info = self.env.step(int(action))
+        return obs, float(reward), bool(terminated), bool(truncated), self._info(info)
 
-    def render(self) -> np.ndarray | None:  # type: ignore[override]
-        return self._last_rgb
-
-    def close(self) -> None:
-        self._inner.close()
-
-    def _process(self, rgb: np.ndarray) -> np.ndarray:
-        frame = imaging.resize(rgb, self.config.resize_shape)
-        if self.config.grayscale:
-            frame = imaging.to_grayscale(frame)
-        return frame
-
-    def _observe(self, rgb: np.ndarray, ale_info: dict[str, Any]) -> tuple[dict[str, Any], StepInfo]:
-        self._last_rgb = rgb
-        ram = self.ale.getRAM()
-        self._lives = int(ale_info.get("lives", self.ale.lives()))
-        text = describe(
-            self.game,
-            GameState(
-                ram=ram,
-                prev_ram=self._prev_ram,
-                episode_return=self._return,
-                lives=self._lives,
-                step=self._step,
-            ),
-        )
-        self._prev_ram = ram
-        frames = np.stack(self._frames)
-        if self.config.frame_layout == "grid" and self.config.frame_stack > 1:
-            image = imaging.make_grid(list(self._frames))
-        else:
-            image = self._frames[-1]
-        obs = {"image": image, "frames": frames, "text": _clean_text(text)}
-        info: StepInfo = {
-            "lives": self._lives,
-            "step": self._step,
-            "env_steps": self._env_steps,
-            "game_overs": self._game_overs,
-            "episode_frame_number": int(ale_info.get("episode_frame_number", 0)),
-            "episode_return": self._return,
-        }
-        return obs, info
+    @staticmethod
+    def _info(info: dict[str, Any]) -> StepInfo:
+        keep = ("lives", "step", "env_steps", "game_overs", "episode_frame_number", "episode_return")
+        out = {k: info[k] for k in keep if k in info}
+        out.setdefault("game_overs", 0)
+        return out  # type: ignore[return-value]
 
 
-_OUTSIDE_CHARSET = re.compile(f"[^{re.escape(string.printable)}]")
+ENV_OPTIONS: frozenset[str] = frozenset(
+    name for cls in (EnvSpec, ObservationSpec) for name, *_ in cls.settings() if name != "game"
+)
 
 
-def _clean_text(text: str) -> str:
-    """Keep the state text inside the observation space's charset and length (cheap: runs every step)."""
-    if _OUTSIDE_CHARSET.search(text):
-        text = _OUTSIDE_CHARSET.sub("?", text)
-    return (text or " ")[:TEXT_MAX_LENGTH]
+def split_options(options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``make_env``'s flat options as (EnvSpec fields, ObservationSpec fields).
+
+    Raises:
+        ConfigError: an option that is neither.
+    """
+    unknown = sorted(set(options) - ENV_OPTIONS)
+    if unknown:
+        raise ConfigError(f"unknown environment option(s) {unknown}; valid options: {sorted(ENV_OPTIONS)}")
+    observation_names = {name for name, *_ in ObservationSpec.settings()}
+    env = {k: v for k, v in options.items() if k not in observation_names}
+    return env, {k: v for k, v in options.items() if k in observation_names}
 
 
-def make_env(game: str, **options: Any) -> AtariVLMEnv:
-    """Build the environment for ``game``; ``options`` are the fields of :class:`EnvConfig`.
+def make_env(game: str, *, seed: int | None = None, **options: Any) -> AtariVLMEnv:
+    """Build the environment for ``game``; ``options`` are the fields of
+    :class:`~atari_vlm.spec.EnvSpec` and :class:`~atari_vlm.spec.ObservationSpec`; ``seed`` seeds the
+    first reset.
 
     Raises:
         ConfigError: an unknown game or option, or an option with a bad value.
     """
-    valid = set(EnvConfig.__dataclass_fields__) - {"game"}
-    unknown = sorted(set(options) - valid)
-    if unknown:
-        raise ConfigError(f"unknown environment option(s) {unknown}; valid options: {sorted(valid)}")
-    return AtariVLMEnv(EnvConfig(game=game, **options))
+    env_options, observation_options = split_options(options)
+    if seed is not None:
+        seed = check_int("seed", seed, 0, 2**32 - 1)
+    return AtariVLMEnv(EnvSpec(game=game, **env_options), ObservationSpec(**observation_options), seed=seed)
+
+
+def _register() -> None:
+    for name in all_games():
+        env_id = f"{REGISTERED_PREFIX}/{name}-v0"
+        if env_id not in gym.registry:
+            gym.register(id=env_id, entry_point="atari_vlm.env:make_env", kwargs={"game": name})
+
+
+_register()
