@@ -17,11 +17,12 @@ from typing import Any
 
 import numpy as np
 
-from atari_vlm.agent import Agent, VLMAgent
-from atari_vlm.env import AtariVLMEnv, make_env
-from atari_vlm.games import game_info
+from atari_vlm.agent import Agent
+from atari_vlm.env import AtariVLMEnv
 from atari_vlm.models.base import VLM
 from atari_vlm.rollout import play_episodes
+from atari_vlm.spec import RunSpec
+from atari_vlm.workers import vlm_agent
 
 
 def machine() -> str:
@@ -64,17 +65,11 @@ def pong_workers(
 ) -> Callable[[], tuple[AtariVLMEnv, Agent]]:
     """``make_worker`` for ``rollout.play_episodes``: a Pong env and a VLM agent at default settings."""
 
+    spec = RunSpec.build(game="Pong", max_steps=max_steps, max_tokens=max_tokens, **env_options)
+
     def make_worker() -> tuple[AtariVLMEnv, Agent]:
-        env = make_env("Pong", max_steps=max_steps, **env_options)
-        agent = VLMAgent(
-            vlm,
-            game_info("Pong"),
-            env.action_names,
-            frame_stack=env.config.frame_stack,
-            frame_layout=env.config.frame_layout,
-            max_tokens=max_tokens,
-        )
-        return env, agent
+        env = AtariVLMEnv(spec.env, spec.observation)
+        return env, vlm_agent(spec, env.action_names, vlm)
 
     return make_worker
 

@@ -26,7 +26,8 @@ from _common import machine
 from atari_vlm.models.registry import load_model
 from atari_vlm.models.tiny import build_tiny_checkpoint
 from atari_vlm.record import record
-from atari_vlm.runner import PlaySettings, run_play
+from atari_vlm.runner import run_play
+from atari_vlm.spec import RunSpec
 from atari_vlm.training.finetune import finetune
 
 T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
@@ -42,19 +43,11 @@ def ci95(values: list[float]) -> tuple[float, float]:
 
 
 def evaluate(label: str, agent: str, model: str, seeds: list[int], env: dict, out: Path) -> list[float]:
-    settings = PlaySettings(
-        game="Pong",
-        out=out / f"eval-{label}",
-        model=model,
-        agent=agent,
-        episodes=len(seeds),
-        env_seeds=tuple(seeds),
-        env=env,
-        video=False,
-        overwrite=True,
+    spec = RunSpec.build(
+        game="Pong", model=model, agent=agent, episodes=len(seeds), env_seeds=tuple(seeds), video=False, **env
     )
     start = time.perf_counter()
-    summary = run_play(settings)
+    summary = run_play(spec, out / f"eval-{label}", overwrite=True)
     returns = [e.episode_return for e in summary.episodes]
     steps = sum(e.steps for e in summary.episodes)
     print(f"{label}: returns {returns} ({steps} decisions, {time.perf_counter() - start:.0f} s)", flush=True)

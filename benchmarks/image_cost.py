@@ -27,12 +27,13 @@ import numpy as np
 from _common import machine, print_table
 
 from atari_vlm import imaging
-from atari_vlm.agent import VLMAgent
 from atari_vlm.env import make_env
 from atari_vlm.games import game_info
-from atari_vlm.models.base import Completion, Request
+from atari_vlm.models.base import Request
 from atari_vlm.models.local import LocalVLM
 from atari_vlm.models.tiny import build_tiny_checkpoint
+from atari_vlm.prompts.builder import PromptBuilder
+from atari_vlm.spec import ObservationSpec
 
 
 def openai_tile_tokens(width: int, height: int, detail: str = "high") -> int:
@@ -82,18 +83,6 @@ class Setting:
         return size, "gray" if self.grayscale else "rgb", frames
 
 
-class _NoModel:
-    """The agent only builds requests here; nothing is ever asked."""
-
-    name = "none"
-
-    async def generate(self, request: Request) -> Completion:
-        raise NotImplementedError
-
-    async def aclose(self) -> None:
-        pass
-
-
 def decision_images(setting: Setting, decisions: int) -> tuple[list[list[np.ndarray]], Request]:
     """The images sent at each decision of a Pong episode (fixed actions), and the last request."""
     env = make_env(
@@ -104,18 +93,16 @@ def decision_images(setting: Setting, decisions: int) -> tuple[list[list[np.ndar
         frame_layout=setting.layout,
         repeat_action_probability=0.0,
     )
-    agent = VLMAgent(
-        _NoModel(),
+    builder = PromptBuilder(
         game_info("Pong"),
         env.action_names,
-        frame_stack=setting.stack,
-        frame_layout=setting.layout,
+        observation=ObservationSpec(frame_stack=setting.stack, frame_layout=setting.layout),
     )
     actions = np.random.default_rng(0).integers(env.action_space.n, size=decisions)
     obs, _ = env.reset(seed=0)
-    images, request = [], agent.build_request(obs)
+    images, request = [], builder.request(obs)
     for action in actions:
-        request = agent.build_request(obs)
+        request = builder.request(obs)
         images.append([part.pixels for message in request.messages for part in message.images])
         obs, *_ = env.step(int(action))
     env.close()

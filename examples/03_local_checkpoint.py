@@ -14,7 +14,8 @@ from pathlib import Path
 
 from _common import example_args
 
-from atari_vlm.runner import PlaySettings, run_play
+from atari_vlm.runner import run_play
+from atari_vlm.spec import RunSpec
 
 
 def main() -> None:
@@ -26,16 +27,15 @@ def main() -> None:
 
             model = str(build_tiny_checkpoint("qwen2_vl", Path(tmp) / "tiny-qwen2-vl"))
             print("no --model given: using a tiny RANDOM-WEIGHT Qwen2-VL checkpoint at", model)
-        summary = run_play(
-            PlaySettings(
-                game="Breakout",
-                out=args.out or Path(tmp) / "run",
-                model=model,
-                episodes=1,
-                env={"max_steps": args.steps, "resize_shape": (105, 80)},
-                video=False,
-            )
+        spec = RunSpec.build(
+            game="Breakout",
+            model=model,
+            episodes=1,
+            max_steps=args.steps,
+            resize_shape=(105, 80),
+            video=False,
         )
+        summary = run_play(spec, args.out or Path(tmp) / "run")
         print(summary.to_dict())
 
 

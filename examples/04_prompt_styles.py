@@ -11,7 +11,8 @@ from pathlib import Path
 from _common import example_args
 
 from atari_vlm import AtariVLMEnvironment
-from atari_vlm.runner import PlaySettings, run_play
+from atari_vlm.runner import run_play
+from atari_vlm.spec import RunSpec
 
 
 def main() -> None:
@@ -22,17 +23,15 @@ def main() -> None:
     env.close()
     with tempfile.TemporaryDirectory() as tmp:
         for style in ("basic", "cot", "expert"):
-            summary = run_play(
-                PlaySettings(
-                    game="SpaceInvaders",
-                    out=Path(args.out or tmp) / style,
-                    model=args.model,
-                    prompt=style,
-                    answer_format="json" if style == "cot" else "line",
-                    env={"max_steps": args.steps},
-                    video=False,
-                )
+            spec = RunSpec.build(
+                game="SpaceInvaders",
+                model=args.model,
+                prompt=style,
+                answer_format="json" if style == "cot" else "line",
+                max_steps=args.steps,
+                video=False,
             )
+            summary = run_play(spec, Path(args.out or tmp) / style)
             data = summary.to_dict()
             unparsed = f"{data['unparsed']}/{data['decisions']}"
             print(f"{style:>6s}: return {data['mean_return']:g}, unparsable answers {unparsed}")

@@ -14,25 +14,27 @@ from pathlib import Path
 
 from _common import example_args
 
-from atari_vlm.agent import VLMAgent
-from atari_vlm.env import make_env
-from atari_vlm.games import game_info
+from atari_vlm.env import AtariVLMEnv
 from atari_vlm.memory import TrajectoryStore, select_exemplars
 from atari_vlm.models.registry import load_model
-from atari_vlm.rollout import EpisodeSeeds, play_episode
+from atari_vlm.rollout import explicit_seeds, play_episode
+from atari_vlm.spec import RunSpec
+from atari_vlm.workers import vlm_agent
 
 
 async def play(store: TrajectoryStore, model, episodes: int, steps: int, use_icl: bool) -> list[float]:
-    env = make_env("Pong", max_steps=steps, resize_shape=(105, 80))
-    agent = VLMAgent(model.vlm, game_info("Pong"), env.action_names, max_tokens=16)
+    spec = RunSpec.build(
+        game="Pong", model=model.spec, max_steps=steps, resize_shape=(105, 80), max_tokens=16
+    )
+    env = AtariVLMEnv(spec.env, spec.observation)
+    agent = vlm_agent(spec, env.action_names, model.vlm)
     returns = []
     for episode in range(episodes):
         if use_icl:
             agent.set_exemplars(select_exemplars(store, "Pong", top_k_episodes=2, image_budget=4))
         sink = store.recorder("Pong", {"action_names": env.action_names, "seed": episode, "source": "self"})
-        result = await play_episode(
-            env, agent, episode=episode, seeds=EpisodeSeeds(episode, episode), sink=sink
-        )
+        seeds = explicit_seeds([episode])[0]
+        result = await play_episode(env, agent, episode=episode, seeds=seeds, sink=sink)
         returns.append(result.episode_return)
     env.close()
     return returns

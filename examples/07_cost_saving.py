@@ -14,7 +14,8 @@ from _common import example_args
 
 from atari_vlm import imaging
 from atari_vlm.env import make_env
-from atari_vlm.runner import PlaySettings, run_play
+from atari_vlm.runner import run_play
+from atari_vlm.spec import RunSpec
 
 SETTINGS = {
     "native 210x160 colour": {},
@@ -35,15 +36,8 @@ def main() -> None:
         env.close()
     with tempfile.TemporaryDirectory() as tmp:
         cheapest = SETTINGS["84x84 grayscale, frame_skip 8"]
-        summary = run_play(
-            PlaySettings(
-                game="Pong",
-                out=args.out or Path(tmp) / "run",
-                model=args.model,
-                env={**cheapest, "max_steps": args.steps},
-                video=False,
-            )
-        )
+        spec = RunSpec.build(game="Pong", model=args.model, max_steps=args.steps, video=False, **cheapest)
+        summary = run_play(spec, args.out or Path(tmp) / "run")
         print(summary.to_dict())
 
 

@@ -12,8 +12,8 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from atari_vlm.models.registry import ModelOptions
-from atari_vlm.runner import PlaySettings, run_play
+from atari_vlm.runner import run_play
+from atari_vlm.spec import RunSpec
 
 
 def main() -> None:
@@ -29,16 +29,10 @@ def main() -> None:
 
             model = str(build_tiny_checkpoint("llava", Path(tmp) / "tiny-llava"))
             print("no --model given: quantizing a tiny RANDOM-WEIGHT LLaVA checkpoint:", model)
-        summary = run_play(
-            PlaySettings(
-                game="Pong",
-                out=Path(tmp) / "run",
-                model=model,
-                env={"max_steps": args.steps},
-                video=False,
-                model_options=ModelOptions(quantize="4bit", device=args.device),
-            )
+        spec = RunSpec.build(
+            game="Pong", model=model, max_steps=args.steps, video=False, quantize="4bit", device=args.device
         )
+        summary = run_play(spec, Path(tmp) / "run")
         print(summary.to_dict())
 
 

@@ -11,7 +11,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from atari_vlm.runner import PlaySettings, run_play
+from atari_vlm.runner import run_play
+from atari_vlm.spec import RunSpec
 
 
 def main() -> None:
@@ -23,17 +24,15 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for num_envs in (1, args.num_envs):
             start = time.perf_counter()
-            summary = run_play(
-                PlaySettings(
-                    game="Breakout",
-                    out=Path(tmp) / f"n{num_envs}",
-                    model=args.model,
-                    episodes=args.num_envs,
-                    num_envs=num_envs,
-                    env={"max_steps": args.steps},
-                    video=False,
-                )
+            spec = RunSpec.build(
+                game="Breakout",
+                model=args.model,
+                episodes=args.num_envs,
+                num_envs=num_envs,
+                max_steps=args.steps,
+                video=False,
             )
+            summary = run_play(spec, Path(tmp) / f"n{num_envs}")
             data = summary.to_dict()
             rate = data["decisions"] / (time.perf_counter() - start)
             print(f"{num_envs:3d} games at once: {data['decisions']} decisions, {rate:6.1f} decisions/s")

@@ -3,11 +3,12 @@ import asyncio
 import numpy as np
 import pytest
 
-from atari_vlm.agent import RandomAgent, VLMAgent
-from atari_vlm.env import make_env
+from atari_vlm.agent import RandomAgent
+from atari_vlm.env import AtariVLMEnv
 from atari_vlm.errors import ConfigError
-from atari_vlm.games import game_info
 from atari_vlm.models.base import Completion, ImagePart, Request, TextPart, Usage
+from atari_vlm.spec import RunSpec
+from atari_vlm.workers import vlm_agent
 
 
 class ScriptedVLM:
@@ -27,18 +28,12 @@ class ScriptedVLM:
         pass
 
 
-def make_agent(answers, **kwargs):
-    env = make_env("Pong", seed=0, **{k: kwargs.pop(k) for k in list(kwargs) if k.startswith("frame")})
+def make_agent(answers, **settings):
+    """An env and the policy the run spec of ``settings`` (flat names) builds, over a scripted model."""
+    spec = RunSpec.build(game="Pong", model="scripted", **settings)
+    env = AtariVLMEnv(spec.env, spec.observation, seed=0)
     vlm = ScriptedVLM(answers)
-    agent = VLMAgent(
-        vlm,
-        game_info("Pong"),
-        env.action_names,
-        frame_stack=env.config.frame_stack,
-        frame_layout=env.config.frame_layout,
-        **kwargs,
-    )
-    return env, vlm, agent
+    return env, vlm, vlm_agent(spec, env.action_names, vlm)
 
 
 def test_the_system_prompt_names_the_game_the_actions_and_the_answer_format():
@@ -86,16 +81,16 @@ def test_unparsable_answer_plays_noop_is_counted_and_the_next_prompt_says_so():
 def test_a_custom_prompt_file_is_used_and_a_missing_one_is_a_clear_error(tmp_path):
     template = tmp_path / "mine.txt"
     template.write_text("Play ${title}. Actions: ${actions}")
-    _, _, agent = make_agent([], prompt_style=str(template))
+    _, _, agent = make_agent([], prompt=str(template))
     assert agent.system_prompt.startswith("Play Pong. Actions: 0: NOOP")
     with pytest.raises(ConfigError, match="cannot read prompt file"):
-        make_agent([], prompt_style=str(tmp_path / "missing.txt"))
+        make_agent([], prompt=str(tmp_path / "missing.txt"))
     bad = tmp_path / "bad.txt"
     bad.write_text("Play ${nonsense}")
     with pytest.raises(ConfigError, match="unknown or malformed variable"):
-        make_agent([], prompt_style=str(bad))
-    with pytest.raises(ConfigError, match="unknown prompt style 'fancy'"):
-        make_agent([], prompt_style="fancy")
+        make_agent([], prompt=str(bad))
+    with pytest.raises(ConfigError, match=r"prompt must be one of basic, cot, expert or a \.txt template"):
+        make_agent([], prompt="fancy")
 
 
 def test_random_agent_is_seeded_and_legal():

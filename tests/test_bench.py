@@ -4,10 +4,11 @@ import json
 
 import pytest
 
-from atari_vlm.bench.sweep import BenchSpec, parse_seeds, plan
+from atari_vlm.bench.sweep import BenchSpec, plan
 from atari_vlm.cli import main
 from atari_vlm.errors import ConfigError
 from atari_vlm.rundir import read_jsonl
+from atari_vlm.spec import SweepSpec, parse_seeds
 
 
 @pytest.mark.parametrize(
@@ -27,10 +28,8 @@ def test_plan_puts_the_random_baseline_beside_every_game(tmp_path):
     combos, protocol, seeds = plan(
         BenchSpec(
             out=tmp_path,
-            games=("pong", "Breakout"),
-            models=("demo",),
-            prompts=("basic", "cot"),
-            protocol="atari-gpt",
+            sweep=SweepSpec(games=("pong", "Breakout"), models=("demo",), prompts=("basic", "cot")),
+            settings={"protocol": "atari-gpt"},
         )
     )
     assert [(c.game, c.model, c.prompt) for c in combos] == [
@@ -43,7 +42,7 @@ def test_plan_puts_the_random_baseline_beside_every_game(tmp_path):
     ]
     assert protocol.name == "atari-gpt" and len(seeds) == protocol.runs
     with pytest.raises(ConfigError, match="unknown game"):
-        plan(BenchSpec(out=tmp_path, games=("Pongg",), models=("demo",)))
+        plan(BenchSpec(out=tmp_path, sweep=SweepSpec(games=("Pongg",), models=("demo",))))
 
 
 def test_bench_sweep_end_to_end_and_resumable(tmp_path, capsys):
@@ -71,11 +70,13 @@ def test_bench_sweep_end_to_end_and_resumable(tmp_path, capsys):
     assert "| Pong |" in first.out and "Published, not measured" in first.out
     for run in (tmp_path / "Pong" / "random", tmp_path / "Pong" / "demo" / "basic"):
         config = json.loads((run / "config.json").read_text())
-        assert config["env_seeds"] == [3, 4] and config["protocol"]["name"] == "atari-gpt"
-        assert config["env"]["decision_interval"] == 2 and config["env"]["total_env_steps"] == 1000
+        spec = config["spec"]
+        assert spec["env_seeds"] == [3, 4] and config["protocol"]["name"] == "atari-gpt"
+        assert spec["protocol"] == "atari-gpt"
+        assert spec["env"]["decision_interval"] == 2 and spec["env"]["total_env_steps"] == 1000
         assert [e["seed"] for e in read_jsonl(run / "episodes.jsonl")] == [3, 4]
     demo_config = json.loads((tmp_path / "Pong" / "demo" / "basic" / "config.json").read_text())
-    assert demo_config["history_images"] == 4  # the protocol's rolling context of 4 frame/answer pairs
+    assert demo_config["spec"]["prompt"]["history_images"] == 4  # the protocol's context of 4 pairs
     assert main(args) == 0  # a second call finds everything done
     assert capsys.readouterr().err.count("done already") == 2
     assert {p.name for p in (tmp_path / "results").iterdir()} == {"results.md", "results.csv", "results.json"}

@@ -62,7 +62,8 @@ def test_play_random_agent_writes_a_complete_run_directory(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     config, _steps, _eps = check_run_dir(out, 2, 120, model_calls=False)
-    assert config["game"] == "Breakout" and config["agent"] == "random" and config["seed"] == 3
+    spec = config["spec"]
+    assert spec["env"]["game"] == "Breakout" and spec["agent"] == "random" and spec["seed"] == 3
     assert "mean return" in result.stdout and "run directory" in result.stdout
 
 
@@ -108,7 +109,7 @@ def test_games_lists_all_104_and_marks_rich_ones(capsys):
         (["--game", "Pongg"], "closest matches: Pong"),
         (["--game", "Pong", "--frame-stack", "0"], "frame_stack must be between 1 and 16"),
         (["--game", "Pong", "--resize", "84"], "expected HEIGHTxWIDTH"),
-        (["--game", "Pong", "--episodes", "-1"], "episodes must be an integer >= 1"),
+        (["--game", "Pong", "--episodes", "-1"], "episodes must be between 1 and 1000000, got -1"),
         (["--game", "Pong", "--model", "no-such-model"], "unknown model 'no-such-model'"),
         (["--game", "Pong", "--model", "openai:gpt-4o-mini"], "OPENAI_API_KEY"),
         (["--game", "Pong", "--prompt", "/nonexistent/prompt.txt"], "cannot read prompt file"),
@@ -269,8 +270,8 @@ def test_train_command_writes_curves_and_resumes(tmp_path):
         "random",
         "--eval-every",
         "1",
-        "--eval-episodes",
-        "1",
+        "--eval-seeds",
+        "10000",
         "--max-steps",
         "5",
         "--out",
@@ -323,10 +324,11 @@ def test_export_command(tmp_path):
     ],
 )
 def test_concurrency_default_follows_the_games_and_the_server(extra, expected):
-    from atari_vlm.cli import _model_options, build_parser
+    from atari_vlm.cli import _run_spec, build_parser
+    from atari_vlm.workers import model_spec_for
 
     args = build_parser().parse_args(["play", "--game", "Pong", *extra])
-    assert _model_options(args).concurrency == expected
+    assert model_spec_for(_run_spec("Pong", args)).concurrency == expected
 
 
 def test_a_tiny_checkpoint_by_path_is_labelled_random(tmp_path, capsys):

@@ -7,9 +7,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from atari_vlm.bench.protocols import Protocol, load_protocol
-from atari_vlm.env import EnvConfig
+from atari_vlm.env import split_options
 from atari_vlm.errors import ConfigError
-from atari_vlm.rundir import RunDir
+from atari_vlm.rundir import RunDir, run_record
+from atari_vlm.spec import EnvSpec, ObservationSpec, RunSpec
 
 json_values = st.recursive(
     st.none()
@@ -82,17 +83,39 @@ env_fields = st.sampled_from(
         "max_episode_frames",
         "total_env_steps",
         "reset_on_game_over",
+        "max_pool",
+        "state_text",
     ]
 )
 
 
 @settings(max_examples=150, deadline=None)
 @given(st.dictionaries(env_fields, json_values, max_size=5))
-def test_env_config_accepts_or_explains(options):
+def test_env_settings_accept_or_explain(options):
+    options.pop("seed", None)
     try:
-        EnvConfig(game="Pong", **options)
+        env, observation = split_options(options)
+        EnvSpec(game="Pong", **env)
+        ObservationSpec(**observation)
     except ConfigError as exc:
         assert str(exc)
+
+
+spec_dicts = st.fixed_dictionaries(
+    {"format_version": st.just(2), "agent": json_values, "env": st.fixed_dictionaries({"game": json_values})},
+    optional={"observation": json_values, "episodes": json_values, "seed": json_values, "nope": json_values},
+)
+
+
+@settings(max_examples=100, deadline=None)
+@given(spec_dicts | json_values)
+def test_a_recorded_spec_of_any_content_reads_or_explains(data):
+    try:
+        spec = RunSpec.from_record(data)
+    except ConfigError as exc:
+        assert str(exc)
+    else:
+        assert spec.record()["format_version"] == 2
 
 
 @settings(max_examples=30, deadline=None)
@@ -101,9 +124,10 @@ def test_resuming_a_corrupt_run_is_a_clear_error(tmp_path_factory, content):
     run = tmp_path_factory.mktemp("run")
     (run / "config.json").write_bytes(content)
     (run / "episodes.jsonl").write_bytes(content)
+    spec = RunSpec.build(game="Pong", agent="random")
     try:
-        RunDir(run).open({"game": "Pong"}, resume=True).close()
+        RunDir(run).open(run_record(spec, kind="play"), spec, resume=True).close()
     except ConfigError as exc:
         assert str(exc)
     else:  # the bytes happened to be the same config: then it resumed what it could read
-        assert json.loads(content) == {"game": "Pong"}
+        assert json.loads(content)["spec"] == spec.record()

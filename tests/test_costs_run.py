@@ -9,7 +9,8 @@ from atari_vlm.cli import main
 from atari_vlm.models.presets import Prices
 from atari_vlm.models.registry import LoadedModel
 from atari_vlm.rundir import read_jsonl
-from atari_vlm.runner import PlaySettings, run_play
+from atari_vlm.runner import run_play
+from atari_vlm.spec import RunSpec, SweepSpec
 from atari_vlm.testing.openai_server import serve_in_thread
 
 PRICES = Prices(input_per_mtok=2.5, output_per_mtok=10.0, date="test")
@@ -23,16 +24,9 @@ def priced_model(base_url):
 
 
 def play(tmp_path, base_url, **settings):
-    defaults = {
-        "game": "Pong",
-        "out": tmp_path / "run",
-        "episodes": 2,
-        "env": {"max_steps": 10},
-        "video": False,
-    }
-    return run_play(
-        PlaySettings(**{**defaults, **settings}), loaded=priced_model(base_url), close_loaded=True
-    )
+    defaults = {"game": "Pong", "model": "openai:m", "episodes": 2, "max_steps": 10, "video": False}
+    spec = RunSpec.build(**{**defaults, **settings})
+    return run_play(spec, tmp_path / "run", loaded=priced_model(base_url), close_loaded=True)
 
 
 def test_every_decision_episode_and_run_carries_its_cost(tmp_path):
@@ -53,7 +47,7 @@ def test_every_decision_episode_and_run_carries_its_cost(tmp_path):
 
 def test_max_cost_stops_before_the_call_that_would_pass_it(tmp_path):
     with serve_in_thread(reply="ACTION: FIRE") as server:
-        one_call = play(tmp_path / "probe", server.base_url, episodes=1, env={"max_steps": 1}).cost_usd
+        one_call = play(tmp_path / "probe", server.base_url, episodes=1, max_steps=1).cost_usd
         limit = one_call * 13.5
         summary = play(tmp_path, server.base_url, max_cost_usd=limit)
         calls = len([r for r in server.requests if r.path.endswith("completions")])
@@ -96,7 +90,7 @@ def test_dry_run_measures_one_decision_and_writes_nothing(tmp_path, capsys):
 
 def priced_loader(base_url):
     """``load_model`` stand-in: every spec loads as the priced model behind ``base_url``."""
-    return lambda spec, options: priced_model(base_url)
+    return lambda spec: priced_model(base_url)
 
 
 def test_bench_max_cost_caps_the_whole_sweep_and_a_rerun_finishes_it(tmp_path, monkeypatch):
@@ -105,15 +99,12 @@ def test_bench_max_cost_caps_the_whole_sweep_and_a_rerun_finishes_it(tmp_path, m
     def spec(max_cost_usd):
         return BenchSpec(
             out=tmp_path / "bench",
-            games=("Pong", "Breakout"),
-            models=("openai:m",),
-            seeds=(0, 1),
-            max_steps=10,
-            max_cost_usd=max_cost_usd,
+            sweep=SweepSpec(games=("Pong", "Breakout"), models=("openai:m",), seeds=(0, 1)),
+            settings={"max_steps": 10, "max_cost_usd": max_cost_usd},
         )
 
     with serve_in_thread(reply="ACTION: FIRE") as server:
-        one_call = play(tmp_path / "probe", server.base_url, episodes=1, env={"max_steps": 1}).cost_usd
+        one_call = play(tmp_path / "probe", server.base_url, episodes=1, max_steps=1).cost_usd
         for where in ("atari_vlm.runner.load_model", "atari_vlm.bench.sweep.load_model"):
             monkeypatch.setattr(where, priced_loader(server.base_url))
         limit = one_call * 13.5
@@ -132,7 +123,7 @@ def test_train_max_cost_stops_in_time_and_resume_goes_on(tmp_path, monkeypatch):
     from atari_vlm.training import VLMTrainer
 
     with serve_in_thread(reply="ACTION: FIRE") as server:
-        one_call = play(tmp_path / "probe", server.base_url, episodes=1, env={"max_steps": 1}).cost_usd
+        one_call = play(tmp_path / "probe", server.base_url, episodes=1, max_steps=1).cost_usd
         monkeypatch.setattr("atari_vlm.training.trainer.load_model", priced_loader(server.base_url))
         options = {"out_dir": tmp_path / "train", "eval_episodes": 1, "eval_every": 2, "max_steps": 5}
         limit = one_call * 7.5
@@ -147,19 +138,13 @@ def test_train_max_cost_stops_in_time_and_resume_goes_on(tmp_path, monkeypatch):
 
 
 def test_dry_run_bounds_say_at_most_unless_every_episode_plays_its_full_budget(tmp_path):
-    from atari_vlm.models.registry import ModelOptions
     from atari_vlm.runner import estimate_cost
 
     with serve_in_thread(reply="ACTION: FIRE") as server:
-        common = {
-            "game": "Pong",
-            "out": tmp_path / "run",
-            "model": "openai:m",
-            "model_options": ModelOptions(base_url=server.base_url, api_key="k"),
-        }
-        capped = estimate_cost(PlaySettings(**common, episodes=3, env={"max_steps": 50}))
+        common = {"game": "Pong", "model": "openai:m", "base_url": server.base_url, "api_key": "k"}
+        capped = estimate_cost(RunSpec.build(**common, episodes=3, max_steps=50))
         budget = {"total_env_steps": 100, "decision_interval": 2, "reset_on_game_over": True}
-        fixed = estimate_cost(PlaySettings(**common, episodes=2, env=budget))
+        fixed = estimate_cost(RunSpec.build(**common, episodes=2, **budget))
     assert (capped["decisions_bound"], capped["decisions"]) == ("at most", 150)  # a game over ends sooner
     assert (fixed["decisions_bound"], fixed["decisions"]) == ("exactly", 100)
 
@@ -167,21 +152,17 @@ def test_dry_run_bounds_say_at_most_unless_every_episode_plays_its_full_budget(t
 def test_bench_max_cost_refuses_an_unpriced_model_before_spending_anything(tmp_path):
     from atari_vlm.bench.sweep import BenchSpec, run_bench
     from atari_vlm.errors import ConfigError
-    from atari_vlm.models.registry import ModelOptions
 
     with serve_in_thread(reply="ACTION: FIRE") as server:
+        settings = {"max_steps": 3, "base_url": server.base_url, "api_key": "k", "max_cost_usd": 1.0}
         spec = BenchSpec(
             out=tmp_path / "bench",
-            games=("Pong",),
-            models=("openai:m",),  # behind --base-url: no known price
-            seeds=(0,),
-            max_steps=3,
-            model_options=ModelOptions(base_url=server.base_url, api_key="k"),
-            max_cost_usd=1.0,
+            sweep=SweepSpec(games=("Pong",), models=("openai:m",), seeds=(0,)),  # behind --base-url: no price
+            settings=settings,
         )
         with pytest.raises(ConfigError, match="known price"):
             run_bench(spec)
         assert not [r for r in server.requests if r.path.endswith("completions")]
         with pytest.raises(ConfigError, match="executor ray"):
-            run_bench(dataclasses.replace(spec, executor="ray"))
+            run_bench(dataclasses.replace(spec, settings={**settings, "executor": "ray"}))
     assert not list((tmp_path / "bench").rglob("steps.jsonl"))

@@ -14,22 +14,23 @@ from PIL import Image
 
 from atari_vlm import export
 from atari_vlm.agent import RandomAgent
-from atari_vlm.env import AtariVLMEnv, EnvConfig
+from atari_vlm.env import make_env
 from atari_vlm.errors import ConfigError, DependencyNotInstalled
 from atari_vlm.export import HF_FEATURES, default_dataset_id, export_hf, export_minari
 from atari_vlm.memory import TrajectoryStore
 from atari_vlm.rollout import play_episodes
 from atari_vlm.rundir import read_jsonl
-from atari_vlm.runner import PlaySettings, run_play
+from atari_vlm.runner import run_play
+from atari_vlm.spec import RunSpec
 from atari_vlm.video import read_native_frames
 
-PONG = EnvConfig(game="Pong", resize_shape=(48, 48), frame_skip=8, max_steps=20)
+PONG = {"game": "Pong", "resize_shape": (48, 48), "frame_skip": 8, "max_steps": 20}
 
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("run") / "pong-random"
-    run_play(PlaySettings(game="Pong", out=out, agent="random", episodes=2, env={"max_steps": 20}))
+    run_play(RunSpec.build(game="Pong", agent="random", episodes=2, max_steps=20), out)
     return out
 
 
@@ -39,10 +40,10 @@ def memory(tmp_path_factory) -> Path:
     'best' (return 2, 5 steps) and 'worst' (return -1, 3 steps), whose frame i is filled with 10 + i."""
     root = tmp_path_factory.mktemp("memory")
     store = TrajectoryStore(root)
-    names = AtariVLMEnv(PONG).action_names
+    names = make_env(**PONG).action_names
 
     def make_worker():
-        env = AtariVLMEnv(PONG)
+        env = make_env(**PONG)
         return env, RandomAgent(env.action_names)
 
     def sink(i, seeds):
@@ -90,7 +91,7 @@ def test_a_run_becomes_one_row_per_decision_with_replayed_frames_and_state_text(
         assert row["image"] == f"images/{row['episode']}/{row['step']:06d}.png"
     # The first screen is the reset screen: the replay reproduces it exactly, the video nearly.
     first = np.asarray(Image.open(out / rows[0]["image"]))
-    env = AtariVLMEnv(EnvConfig(game="Pong", max_steps=20))
+    env = make_env("Pong", max_steps=20)
     env.reset(seed=read_jsonl(run_dir / "episodes.jsonl")[0]["seed"])
     assert first.shape == (210, 160, 3) and np.array_equal(first, env.last_rgb_frame)
     video = next(read_native_frames(run_dir / "videos" / "episode_0000.mp4"))

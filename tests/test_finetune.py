@@ -22,9 +22,11 @@ from atari_vlm.models.base import Usage
 from atari_vlm.models.local import LocalVLM, _Row, _to_chat
 from atari_vlm.models.registry import load_model
 from atari_vlm.models.tiny import build_tiny_checkpoint
+from atari_vlm.prompts.builder import PromptBuilder
 from atari_vlm.record import record
 from atari_vlm.rollout import EpisodeSeeds, play_episode
-from atari_vlm.runner import PlaySettings, run_play
+from atari_vlm.runner import run_play
+from atari_vlm.spec import RunSpec
 from atari_vlm.training import VLMTrainer
 from atari_vlm.training.finetune import _collate, _lora, build_examples, finetune
 
@@ -59,7 +61,7 @@ def test_examples_are_the_prompts_played(base: Path, tmp_path: Path) -> None:
 
     vlm._generate_batch = capture  # type: ignore[method-assign]
     env = make_env("Pong", resize_shape=SHAPE, max_steps=3)
-    agent = VLMAgent(vlm, game_info("Pong"), env.action_names)
+    agent = VLMAgent(vlm, PromptBuilder(game_info("Pong"), env.action_names))
     store = TrajectoryStore(tmp_path)
     sink = store.recorder("Pong", {"action_names": env.action_names, "episode_id": "played"})
     asyncio.run(play_episode(env, agent, episode=0, seeds=EpisodeSeeds(5, 5), sink=sink))
@@ -69,10 +71,10 @@ def test_examples_are_the_prompts_played(base: Path, tmp_path: Path) -> None:
     examples = build_examples(vlm, [trajectory])
     assert [e.prompt for e in examples] == [prompt for prompt, _ in fed]
     assert [e.input_ids[: e.prompt_len] for e in examples] == [ids for _, ids in fed]
-    # ... and the same text the chat template renders from VLMAgent.build_request directly.
+    # ... and the same text the chat template renders from the prompt builder's request directly.
     step = trajectory.steps[1]
     obs = {"image": trajectory.frames[1], "frames": trajectory.frames[1][None], "text": step.state_text}
-    request = VLMAgent(vlm, game_info("Pong"), env.action_names).build_request(obs)
+    request = PromptBuilder(game_info("Pong"), env.action_names).request(obs)
     direct = vlm.processor.apply_chat_template(
         _to_chat(request.messages), add_generation_prompt=True, tokenize=False
     )
@@ -126,13 +128,8 @@ def test_adapter_saves_loads_and_plays(base: Path, demos: Path, tmp_path: Path) 
     asyncio.run(loaded.vlm.aclose())
 
     summary = run_play(
-        PlaySettings(
-            game="Pong",
-            out=tmp_path / "run",
-            model=str(out),
-            env={"resize_shape": SHAPE, "max_steps": 3},
-            video=False,
-        )
+        RunSpec.build(game="Pong", model=str(out), resize_shape=SHAPE, max_steps=3, video=False),
+        tmp_path / "run",
     )
     assert summary.episodes[0].decisions == 3
 

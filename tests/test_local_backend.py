@@ -423,15 +423,14 @@ def test_cogvlm_checkpoints_are_refused_before_their_code_runs(tmp_path: Path) -
 
 
 def test_history_screens_stay_images_beside_the_video_llava_frame_stack(vlms: dict[str, LocalVLM]) -> None:
-    from atari_vlm.agent import VLMAgent
-    from atari_vlm.env import AtariVLMEnv, EnvConfig
-    from atari_vlm.games import game_info
+    from atari_vlm.env import AtariVLMEnv
+    from atari_vlm.spec import RunSpec
+    from atari_vlm.workers import vlm_agent
 
-    env = AtariVLMEnv(EnvConfig(game="Pong", frame_stack=3, frame_layout="sequence"))
+    spec = RunSpec.build(game="Pong", frame_stack=3, frame_layout="sequence", history_images=1)
+    env = AtariVLMEnv(spec.env, spec.observation)
     vlm = vlms["video_llava"]
-    agent = VLMAgent(
-        vlm, game_info("Pong"), env.action_names, frame_stack=3, frame_layout="sequence", history_images=1
-    )
+    agent = vlm_agent(spec, env.action_names, vlm)
     obs, _ = env.reset(seed=0)
     asyncio.run(agent.act(obs))
     obs, *_ = env.step(0)

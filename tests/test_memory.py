@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from atari_vlm.agent import RandomAgent
-from atari_vlm.env import AtariVLMEnv, EnvConfig
+from atari_vlm.env import make_env
 from atari_vlm.errors import ConfigError
 from atari_vlm.memory import (
     TrajectoryStore,
@@ -28,7 +28,7 @@ from atari_vlm.memory import (
 from atari_vlm.rollout import episode_seeds, play_episodes
 
 NAMES = ["NOOP", "FIRE", "UP", "DOWN"]
-PONG = EnvConfig(game="Pong", resize_shape=(48, 48), frame_skip=8, max_steps=20)
+PONG = {"game": "Pong", "resize_shape": (48, 48), "frame_skip": 8, "max_steps": 20}
 
 
 def frame(code: int, shape=(12, 10, 3)) -> np.ndarray:
@@ -56,10 +56,10 @@ def code_of(image: np.ndarray) -> int:
 
 def test_real_pong_play_is_recorded_through_the_sink(tmp_path):
     store = TrajectoryStore(tmp_path)
-    names = AtariVLMEnv(PONG).action_names
+    names = make_env(**PONG).action_names
 
     def make_worker():
-        env = AtariVLMEnv(PONG)
+        env = make_env(**PONG)
         return env, RandomAgent(env.action_names)
 
     def sink(i, seeds):
@@ -84,7 +84,7 @@ def test_real_pong_play_is_recorded_through_the_sink(tmp_path):
         assert trajectory.frames.shape == (20, 48, 48, 3) and trajectory.frames.dtype == np.uint8
         assert [s.step for s in trajectory.steps] == list(range(1, 21))
         assert all(s.action_name == names[s.action] for s in trajectory.steps)
-        first, _ = AtariVLMEnv(PONG).reset(seed=seeds[result.episode].env)
+        first, _ = make_env(**PONG).reset(seed=seeds[result.episode].env)
         assert np.array_equal(trajectory.frames[0], first["image"])  # the image the model saw first
         assert trajectory.steps[0].state_text == first["text"]
     assert [m.episode_return for m in store.episodes("Pong")] == sorted(
@@ -104,7 +104,7 @@ def test_abort_leaves_nothing_and_a_failed_episode_is_not_stored(tmp_path):
             raise RuntimeError("model down")
 
     def make_worker():
-        env = AtariVLMEnv(PONG)
+        env = make_env(**PONG)
         return env, Failing(env.action_names)
 
     sink = lambda i, s: store.recorder("Pong", {"episode_id": "x", "action_names": NAMES})  # noqa: E731

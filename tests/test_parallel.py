@@ -16,16 +16,15 @@ import json
 import shutil
 import tempfile
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from atari_vlm.executors import EpisodePlayer, write_episode
-from atari_vlm.models.registry import ModelOptions
-from atari_vlm.rundir import RunDir, read_jsonl
-from atari_vlm.runner import PlaySettings, run_play
+from atari_vlm.rundir import RunDir, read_jsonl, run_record
+from atari_vlm.runner import run_play
+from atari_vlm.spec import RunSpec, SweepSpec
 from atari_vlm.testing import FakeOpenAIServer, serve_in_thread
 
 MODEL = "hash-vlm"
@@ -47,18 +46,18 @@ def server() -> Iterator[FakeOpenAIServer]:
         yield srv
 
 
-def api_settings(server: FakeOpenAIServer, out: Path, **changes: Any) -> PlaySettings:
-    settings = PlaySettings(
+def api_spec(server: FakeOpenAIServer, **changes: Any) -> RunSpec:
+    spec = RunSpec.build(
         game="Pong",
-        out=out,
         model=f"openai:{MODEL}",
         episodes=4,
         seed=11,
-        env={"max_steps": 25},
+        max_steps=25,
         video=False,
-        model_options=ModelOptions(base_url=server.base_url, concurrency=8),
+        base_url=server.base_url,
+        concurrency=8,
     )
-    return replace(settings, **changes)
+    return spec.replace(**changes)
 
 
 def untimed(record: dict[str, Any]) -> dict[str, Any]:
@@ -108,12 +107,14 @@ def assert_same_games(a: Path, b: Path) -> None:
 
 
 def test_api_backend_parallel_games_match_sequential(server: FakeOpenAIServer, tmp_path: Path) -> None:
-    one = run_play(api_settings(server, tmp_path / "one", num_envs=1))
-    server.reset()
-    four = run_play(api_settings(server, tmp_path / "four", num_envs=4))
-    assert server.max_in_flight > 1  # the four games really had requests in flight together
-    sent = sum(e.decisions + e.retries for e in four.episodes)
-    assert server.stats()["chat_requests"] == sent  # every request accounted for: none lost
+    one = run_play(api_spec(server, num_envs=1), tmp_path / "one")
+    # A server that holds its first answers until 4 requests are in flight: the four games overlap
+    # by construction (a client sending one request at a time would never get there).
+    with serve_in_thread(model=MODEL, reply=hash_reply, hold_until=4) as held:
+        four = run_play(api_spec(held, num_envs=4), tmp_path / "four")
+        assert held.max_in_flight == 4  # the four games really had requests in flight together
+        sent = sum(e.decisions + e.retries for e in four.episodes)
+        assert held.stats()["chat_requests"] == sent  # every request accounted for: none lost
 
     assert_same_games(tmp_path / "one", tmp_path / "four")
     assert [e.episode_return for e in one.episodes] == [e.episode_return for e in four.episodes]
@@ -125,8 +126,8 @@ def test_api_backend_parallel_games_match_sequential(server: FakeOpenAIServer, t
 
 
 def test_more_envs_than_episodes_and_odd_split(server: FakeOpenAIServer, tmp_path: Path) -> None:
-    run_play(api_settings(server, tmp_path / "one", episodes=3, env={"max_steps": 10}))
-    run_play(api_settings(server, tmp_path / "many", episodes=3, num_envs=8, env={"max_steps": 10}))
+    run_play(api_spec(server, episodes=3, max_steps=10), tmp_path / "one")
+    run_play(api_spec(server, episodes=3, num_envs=8, max_steps=10), tmp_path / "many")
     assert_same_games(tmp_path / "one", tmp_path / "many")
 
 
@@ -154,21 +155,21 @@ def test_local_backend_batches_and_matches_sequential(
         return real(self, batch)
 
     monkeypatch.setattr(LocalVLM, "_generate_batch", counting)
-    settings = PlaySettings(
+    spec = RunSpec.build(
         game="Pong",
-        out=tmp_path / "one",
         model=str(checkpoint),
         episodes=4,
         seed=3,
-        env={"max_steps": 8},
+        max_steps=8,
         max_tokens=6,
+        decode="free",
         video=False,
-        model_options=ModelOptions(max_batch_size=3),
+        max_batch_size=3,
     )
-    run_play(settings)
+    run_play(spec, tmp_path / "one")
     assert batches == [1] * 32  # one game: every generate holds one request
     batches.clear()
-    run_play(replace(settings, out=tmp_path / "four", num_envs=4))
+    run_play(spec.replace(num_envs=4), tmp_path / "four")
 
     assert sum(batches) == 32  # every decision answered exactly once
     assert 1 < max(batches) <= 3  # batched, and never above max_batch_size
@@ -178,29 +179,27 @@ def test_local_backend_batches_and_matches_sequential(
 # --- (c) the Ray executor: the worker side in-process, then a real local Ray instance ---
 
 
-def play_like_a_worker(settings: PlaySettings, episodes: list[int]) -> None:
+def play_like_a_worker(spec: RunSpec, out: Path, episodes: list[int]) -> None:
     """What each Ray actor does, without Ray: one player, episodes at once, outputs sent to a run dir."""
 
     async def play_all() -> list[Any]:
-        player = EpisodePlayer(settings)
+        player = EpisodePlayer(spec)
         try:
             return list(await asyncio.gather(*(player.play(i) for i in episodes)))
         finally:
             await player.close()
 
     outputs = asyncio.run(play_all())
-    with RunDir(settings.out).open({"worker": True}) as run:
+    with RunDir(out).open(run_record(spec, kind="play"), spec) as run:
         for output in reversed(outputs):  # arrival order must not matter
             write_episode(run, output)
 
 
 def test_episode_player_outputs_rebuild_a_local_run(server: FakeOpenAIServer, tmp_path: Path) -> None:
     # Explicit env seeds here; the Ray test below covers the seeds derived from the root seed.
-    settings = api_settings(
-        server, tmp_path / "local", episodes=3, env={"max_steps": 10}, env_seeds=(5, 9, 13), video=True
-    )
-    run_play(settings)
-    play_like_a_worker(replace(settings, out=tmp_path / "worker"), [0, 1, 2])
+    spec = api_spec(server, episodes=3, max_steps=10, env_seeds=(5, 9, 13), video=True)
+    run_play(spec, tmp_path / "local")
+    play_like_a_worker(spec, tmp_path / "worker", [0, 1, 2])
     assert episodes_of(tmp_path / "local") == episodes_of(tmp_path / "worker")
     assert steps_of(tmp_path / "local") == steps_of(tmp_path / "worker")
     for episode in range(3):
@@ -220,7 +219,7 @@ def test_ray_executor_refuses_a_spending_cap(server: FakeOpenAIServer, tmp_path:
 
     executor = RayExecutor()
     with pytest.raises(ConfigError, match="max-cost"):
-        executor.start(api_settings(server, tmp_path / "run", max_cost_usd=1.0))
+        executor.start(api_spec(server, max_cost_usd=1.0))
     executor.close()
     assert not (tmp_path / "run").exists()
 
@@ -243,13 +242,13 @@ def ray_instance() -> Iterator[Any]:
 def test_ray_executor_matches_local(server: FakeOpenAIServer, ray_instance: Any, tmp_path: Path) -> None:
     from atari_vlm.executors import RayExecutor
 
-    settings = api_settings(server, tmp_path / "local", episodes=5, num_envs=2, video=True)
-    run_play(settings)
+    spec = api_spec(server, episodes=5, num_envs=2, video=True)
+    run_play(spec, tmp_path / "local")
     executor = RayExecutor()
     try:
-        model = executor.start(settings)
+        model = executor.start(spec)
         assert model is not None and model.spec == f"openai:{MODEL}"
-        with RunDir(tmp_path / "ray").open({"executor": "ray"}) as run:
+        with RunDir(tmp_path / "ray").open(run_record(spec, kind="play"), spec) as run:
             progress: list[int] = []
             results = executor.play(episode_ids=range(5), run=run, on_step=progress.append)
     finally:
@@ -270,14 +269,16 @@ def test_run_play_on_ray_writes_a_local_run(
 ) -> None:
     from atari_vlm.executors import RayExecutor
 
-    settings = api_settings(server, tmp_path / "local", episodes=3, env={"max_steps": 15}, video=True)
-    run_play(settings)
-    summary = run_play(replace(settings, out=tmp_path / "ray"), executor=RayExecutor())
+    spec = api_spec(server, episodes=3, max_steps=15, video=True)
+    run_play(spec, tmp_path / "local")
+    summary = run_play(spec, tmp_path / "ray", executor=RayExecutor())
     assert [e.episode for e in summary.episodes] == [0, 1, 2]
     assert_same_games(tmp_path / "local", tmp_path / "ray")
     assert files_in(tmp_path / "ray") == files_in(tmp_path / "local")
     config = json.loads((tmp_path / "ray" / "config.json").read_text())
-    assert config == json.loads((tmp_path / "local" / "config.json").read_text())
+    local = json.loads((tmp_path / "local" / "config.json").read_text())
+    assert config["spec"] == local["spec"] and config["fingerprint"] == local["fingerprint"]
+    assert config["model"] == local["model"]
 
 
 @pytest.mark.slow
@@ -290,13 +291,8 @@ def test_bench_on_ray_matches_a_local_bench(
     def bench(out: Path, executor: str) -> dict[str, Any]:
         spec = BenchSpec(
             out=out,
-            games=("Pong", "Breakout"),
-            models=(f"openai:{MODEL}",),
-            seeds=(0, 1),
-            max_steps=8,
-            num_envs=2,
-            model_options=ModelOptions(base_url=server.base_url),
-            executor=executor,
+            sweep=SweepSpec(games=("Pong", "Breakout"), models=(f"openai:{MODEL}",), seeds=(0, 1)),
+            settings={"max_steps": 8, "num_envs": 2, "base_url": server.base_url, "executor": executor},
         )
         return run_bench(spec)
 
@@ -320,10 +316,10 @@ def test_ray_worker_errors_arrive_as_themselves(ray_instance: Any, tmp_path: Pat
     from atari_vlm.errors import ConfigError
     from atari_vlm.executors import RayExecutor
 
-    settings = PlaySettings(game="Pong", out=tmp_path / "run", model=str(tmp_path / "no-such-checkpoint"))
+    spec = RunSpec.build(game="Pong", model=str(tmp_path / "no-such-checkpoint"))
     executor = RayExecutor()
     with pytest.raises(ConfigError, match="no-such-checkpoint"):
-        executor.start(settings)  # raised in the worker's constructor: not Ray's ActorDiedError
+        executor.start(spec)  # raised in the worker's constructor: not Ray's ActorDiedError
     executor.close()
 
 

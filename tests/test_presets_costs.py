@@ -38,8 +38,9 @@ from atari_vlm.models.presets import (
     local_snapshot,
     recommend,
 )
-from atari_vlm.models.registry import ModelOptions, load_model
+from atari_vlm.models.registry import load_model
 from atari_vlm.models.table import DOCS_BEGIN, DOCS_END, presets_markdown, render_models_table
+from atari_vlm.spec import ModelSpec
 
 KEY_VARS = ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "GEMINI_API_KEY", "GOOGLE_API_KEY")
 REQUIRED = {
@@ -276,10 +277,10 @@ def test_api_presets_load_their_backend_with_prices(no_keys: pytest.MonkeyPatch)
     assert loaded.preset == "gpt-4o" and loaded.prices == get_preset("gpt-4o").prices
     assert load_model("openai:gpt-4o-mini").prices == get_preset("gpt-4o-mini").prices
     assert load_model("openai:some-new-model").prices is None
-    served = load_model("openai:qwen", ModelOptions(base_url="http://127.0.0.1:8000/v1"))
+    served = load_model(ModelSpec(model="openai:qwen", base_url="http://127.0.0.1:8000/v1"))
     assert served.prices is None  # a custom server's price is unknown, not zero
     with pytest.raises(ConfigError, match="openai:<served model name>"):
-        load_model("gpt-4o", ModelOptions(base_url="http://127.0.0.1:8000/v1"))
+        load_model(ModelSpec(model="gpt-4o", base_url="http://127.0.0.1:8000/v1"))
 
 
 def test_anthropic_and_gemini_prefixes_and_preset_options(no_keys: pytest.MonkeyPatch) -> None:
@@ -298,7 +299,7 @@ def test_anthropic_and_gemini_prefixes_and_preset_options(no_keys: pytest.Monkey
     assert load_model("gemini:gemini-2.5-flash").prices == get_preset("gemini-2.5-flash").prices
     claude4 = "anthropic:claude-sonnet-4-20250514"
     assert load_model(claude4).prices == get_preset("claude-sonnet-4").prices
-    assert load_model(claude4, ModelOptions(base_url="http://127.0.0.1:9")).prices is None  # a proxy
+    assert load_model(ModelSpec(model=claude4, base_url="http://127.0.0.1:9")).prices is None  # a proxy
     for spec in ("anthropic:", "gemini:"):
         with pytest.raises(ConfigError, match="needs a model name"):
             load_model(spec)
@@ -333,7 +334,7 @@ def test_local_presets_need_cached_weights_and_opt_in(
     assert built[-1]["path"] == str(snapshot) and built[-1]["trust_remote_code"] is False
     assert loaded.spec == "qwen2.5-vl-3b" and loaded.provider == "local" and loaded.prices == FREE
     cog = cache_model(hf_cache, "THUDM/cogvlm2-llama3-chat-19B")
-    load_model("cogvlm2", ModelOptions(trust_remote_code=True))
+    load_model(ModelSpec(model="cogvlm2", trust_remote_code=True))
     assert built[-1]["path"] == str(cog) and built[-1]["trust_remote_code"] is True
     assert load_model("local:Qwen/Qwen2.5-VL-3B-Instruct").spec == "local:Qwen/Qwen2.5-VL-3B-Instruct"
 

@@ -9,6 +9,21 @@ from atari_vlm.games import game_info
 from atari_vlm.memory import Exemplar
 from atari_vlm.models.base import Completion, ImagePart, TextPart
 from atari_vlm.prompts import PROMPT_STYLES, render_system_prompt, render_turn_prompt
+from atari_vlm.prompts.builder import PromptBuilder
+from atari_vlm.spec import DecodingSpec, ObservationSpec, PromptSpec
+
+
+def policy(vlm, *, exemplars=(), max_tokens=None, state_text=True, **prompt):
+    """The policy for Pong-like ACTIONS with prompt settings ``prompt`` (PromptSpec fields)."""
+    builder = PromptBuilder(
+        game_info("Pong"),
+        ACTIONS,
+        PromptSpec(**prompt),
+        ObservationSpec(state_text=state_text),
+        DecodingSpec(max_tokens=max_tokens),
+    )
+    return VLMAgent(vlm, builder, exemplars=exemplars)
+
 
 RICH = ["Pong", "Breakout", "SpaceInvaders", "MsPacman", "Qbert", "Seaquest"]
 ACTIONS = ["NOOP", "FIRE", "UP", "DOWN"]
@@ -63,7 +78,7 @@ def obs(value=0):
 
 def test_history_limits_text_and_images_separately():
     vlm = Echo([f"The ball is high. ACTION: {a}" for a in ["UP", "DOWN", "UP", "FIRE", "NOOP"]])
-    agent = VLMAgent(vlm, game_info("Pong"), ACTIONS, history_steps=3, history_images=1)
+    agent = policy(vlm, history_steps=3, history_images=1)
     for i in range(5):
         asyncio.run(agent.act(obs(i)))
     last = vlm.requests[-1].messages[1]
@@ -80,7 +95,7 @@ def test_history_limits_text_and_images_separately():
 def test_exemplars_come_first_as_frame_then_action_pairs():
     ex = [Exemplar(np.full((20, 16, 3), 200, np.uint8), "ball near", "UP", "2 steps before scoring +1")]
     vlm = Echo(["ACTION: UP"])
-    agent = VLMAgent(vlm, game_info("Pong"), ACTIONS, exemplars=ex)
+    agent = policy(vlm, exemplars=ex)
     request = agent.build_request(obs(7))
     parts = request.messages[1].parts
     assert isinstance(parts[1], ImagePart) and int(parts[1].pixels[0, 0, 0]) == 200
@@ -91,10 +106,23 @@ def test_exemplars_come_first_as_frame_then_action_pairs():
 
 
 def test_style_defaults_for_max_tokens_and_bad_history():
-    assert VLMAgent(Echo([]), game_info("Pong"), ACTIONS, prompt_style="cot").max_tokens == 256
-    assert VLMAgent(Echo([]), game_info("Pong"), ACTIONS, max_tokens=9).max_tokens == 9
-    with pytest.raises(ConfigError, match="history_steps must be an integer between 0 and 64"):
-        VLMAgent(Echo([]), game_info("Pong"), ACTIONS, history_steps=-1)
+    assert policy(Echo([]), prompt="cot").max_tokens == 256
+    assert policy(Echo([]), prompt="basic", answer_format="json").max_tokens == 32 + 32
+    assert policy(Echo([]), max_tokens=9).max_tokens == 9
+    with pytest.raises(ConfigError, match="history_steps must be between 0 and 64, got -1"):
+        policy(Echo([]), history_steps=-1)
+
+
+def test_without_state_text_the_prompt_never_mentions_it():
+    vlm = Echo(["ACTION: UP"])
+    agent = policy(vlm, state_text=False)
+    assert "description of the game state" not in agent.system_prompt
+    asyncio.run(agent.act(obs(3)))
+    turn = vlm.requests[0].messages[1].parts[-1].text
+    assert "state 3" not in turn and "Game state" not in turn
+    with_text = policy(Echo([]))
+    assert "description of the game state" in with_text.system_prompt
+    assert "Game state: state 3" in with_text.build_request(obs(3)).messages[1].parts[-1].text
 
 
 def test_json_mode_asks_openai_compatible_servers_for_a_json_object():
@@ -102,8 +130,8 @@ def test_json_mode_asks_openai_compatible_servers_for_a_json_object():
     from atari_vlm.models.openai_compat import OpenAICompatVLM
 
     vlm = OpenAICompatVLM(model="m", base_url="http://127.0.0.1:9/v1", api_key="k")
-    agent = VLMAgent(vlm, game_info("Pong"), ACTIONS, answer_format="json")
+    agent = policy(vlm, answer_format="json")
     body = vlm.request_body(agent.build_request(obs()))
     assert body["response_format"] == {"type": "json_object"}
-    plain = VLMAgent(vlm, game_info("Pong"), ACTIONS)
+    plain = policy(vlm)
     assert "response_format" not in vlm.request_body(plain.build_request(obs()))

@@ -22,7 +22,9 @@ import pytest
 
 from atari_vlm.errors import ConfigError, DependencyNotInstalled
 from atari_vlm.report import render_report, write_report
-from atari_vlm.runner import PlaySettings, run_play
+from atari_vlm.rundir import run_record
+from atari_vlm.runner import run_play
+from atari_vlm.spec import RunSpec
 from atari_vlm.video import VideoWriter
 
 pytest.importorskip("matplotlib", reason='plots need matplotlib: pip install "atari-vlm[report]"')
@@ -38,23 +40,17 @@ HOSTILE_SPEC = "<img src=x onerror=alert(3)>"
 def played(tmp_path_factory):
     """A real run: Pong, random agent, 2 short episodes with videos."""
     out = tmp_path_factory.mktemp("report") / "pong"
-    run_play(
-        PlaySettings(game="Pong", out=out, agent="random", episodes=2, env={"max_steps": 40}, video=True)
-    )
+    run_play(RunSpec.build(game="Pong", agent="random", episodes=2, max_steps=40, video=True), out)
     return out
 
 
 def _hostile_run(path: Path, steps: int = 6) -> Path:
     """A run directory written by hand: a model whose answers and name are hostile HTML."""
     (path / "videos").mkdir(parents=True)
-    config = {
-        "game": "Pong",
-        "agent": "vlm",
-        "prompt": "basic",
-        "model": {"spec": HOSTILE_SPEC, "provider": "local", "random_weights": True},
-        "env": {"frame_skip": 4, "max_steps": steps},
-        "seed": 0,
-    }
+    spec = RunSpec.build(game="Pong", agent="vlm", model="local:x", max_steps=steps)
+    config = run_record(
+        spec, kind="play", model={"spec": HOSTILE_SPEC, "provider": "local", "random_weights": True}
+    )
     (path / "config.json").write_text(json.dumps(config))
     rng = np.random.default_rng(0)
     with VideoWriter(path / "videos" / "episode_0000.mp4", fps=15) as video:

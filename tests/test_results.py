@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,21 +15,15 @@ from atari_vlm.bench.results import build_results, collect_run_dirs, load_run, w
 from atari_vlm.bench.scores import human_normalized
 from atari_vlm.errors import ConfigError
 from atari_vlm.rundir import read_jsonl
-from atari_vlm.runner import PlaySettings, run_play
+from atari_vlm.runner import run_play
+from atari_vlm.spec import RunSpec
 
 
-def _play(out, game, *, seed=0, max_steps=50):
-    run_play(
-        PlaySettings(
-            game=game,
-            out=out,
-            agent="random",
-            episodes=2,
-            seed=seed,
-            env={"max_steps": max_steps},
-            video=False,
-        )
+def _play(out, game, *, seed=0, max_steps=50, **settings):
+    spec = RunSpec.build(
+        game=game, agent="random", episodes=2, seed=seed, max_steps=max_steps, video=False, **settings
     )
+    run_play(spec, out)
     return out
 
 
@@ -38,11 +33,10 @@ def _as_model_run(
     """A hand-edited copy of a random run standing in for a model run on the same seeds (no model needed)."""
     shutil.copytree(random_run, out)
     config = json.loads((out / "config.json").read_text())
-    config.update(
-        agent="vlm",
-        prompt=prompt,
-        model={"spec": spec, "provider": "openai", "random_weights": random_weights},
-    )
+    config["spec"].update(agent="vlm")
+    config["spec"]["prompt"]["prompt"] = prompt
+    config["spec"]["model"]["model"] = spec
+    config["model"] = {"spec": spec, "provider": "openai", "random_weights": random_weights}
     (out / "config.json").write_text(json.dumps(config))
     episodes = read_jsonl(out / "episodes.jsonl")
     for i, e in enumerate(episodes):
@@ -167,3 +161,36 @@ def test_errors_and_skips(runs, tmp_path):
     results = build_results([unfinished, runs["pong_random"]], reps=100)
     assert results["skipped"] == [{"path": str(unfinished), "reason": "no finished episode"}]
     assert collect_run_dirs([runs["pong_random"], runs["pong_random"]]) == [runs["pong_random"]]
+
+
+def test_runs_under_other_settings_never_share_a_row_and_say_what_differs(tmp_path):
+    """Frame skip 4 and frame skip 8 are two measurements; seeds 0 and 1 of the same settings pool."""
+    _play(tmp_path / "fs4", "Pong", max_steps=20)
+    _play(tmp_path / "fs8", "Pong", max_steps=20, frame_skip=8)
+    _play(tmp_path / "fs4-seed1", "Pong", max_steps=20, seed=1)
+    rows = build_results([tmp_path], reps=200)["rows"]
+    by_settings = {r["settings"]: r for r in rows}
+    assert set(by_settings) == {"frame_skip=4", "frame_skip=8"}
+    assert by_settings["frame_skip=4"]["episodes"] == 4 and by_settings["frame_skip=4"]["runs"] == 2
+    assert by_settings["frame_skip=8"]["episodes"] == 2
+    assert by_settings["frame_skip=4"]["fingerprint"] != by_settings["frame_skip=8"]["fingerprint"]
+    md = write_results([tmp_path], tmp_path / "out", reps=200)["files"]["markdown"]
+    text = Path(md).read_text()
+    assert "random [frame_skip=4]" in text and "random [frame_skip=8]" in text
+
+
+def test_the_results_command_uses_the_reference_table_it_is_given(runs, tmp_path):
+    from atari_vlm.cli import main
+
+    returns = [e["return"] for e in read_jsonl(runs["pong_model"] / "episodes.jsonl")]
+    points = {}
+    for table in ("dqn_nature", "atari57"):
+        out = tmp_path / table
+        assert (
+            main(["results", str(runs["pong_model"]), "--out", str(out), "--table", table, "--reps", "100"])
+            == 0
+        )
+        (row,) = json.loads((out / "results.json").read_text())["rows"]
+        points[table] = row["human_normalized"]["point"]
+        assert points[table] == pytest.approx(np.mean(human_normalized("Pong", returns, table)))
+    assert points["dqn_nature"] != pytest.approx(points["atari57"])

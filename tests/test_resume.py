@@ -11,6 +11,7 @@ import time
 import pytest
 
 from atari_vlm.rundir import read_jsonl
+from atari_vlm.spec import RunSpec
 from atari_vlm.testing.openai_server import serve_in_thread
 
 
@@ -101,36 +102,126 @@ def test_kill_9_mid_episode_then_resume_loses_nothing_and_counts_nothing_twice(t
             assert b"sk-test-resume" not in path.read_bytes(), path
 
 
+def _open(path, spec, **options):
+    from atari_vlm.rundir import RunDir, run_record
+
+    return RunDir(path).open(run_record(spec, kind="play"), spec, **options)
+
+
+PONG = RunSpec.build(game="Pong", agent="vlm", model="demo", seed=1, episodes=2, train=True)
+ALTERNATIVES = {
+    "game": "Breakout",
+    "filler_action": "FIRE",
+    "reset_on_game_over": {"reset_on_game_over": True, "total_env_steps": 100},  # it needs a budget
+    "resize_shape": (84, 84),
+    "prompt": "cot",
+    "model": "openai:gpt-4o-mini",
+    "base_url": "http://127.0.0.1:1/v1",
+    "device": "cuda",
+    "quantize": "4bit",
+    "protocol": "machado",
+    "env_seeds": (5, 6),
+    "eval_seeds": (7,),
+    "demos": ("demos/Pong",),
+    "ray_address": {"ray_address": "auto", "executor": "ray"},  # it needs the ray executor
+    "api_key": "sk-another-key",
+    "max_cost_usd": 1.0,
+    "finetune_lr": 0.01,
+}
+
+
+def _other_value(name, setting, default):
+    """A valid value of setting ``name`` other than ``default`` (its value in PONG)."""
+    if name in ALTERNATIVES:
+        return ALTERNATIVES[name]
+    if setting.choices:
+        return next(c for c in setting.choices if c != default)
+    if isinstance(default, bool):
+        return not default
+    if isinstance(default, float):
+        return default + 0.5 if default < 1 else default / 2
+    if isinstance(default, int):
+        return default + 1
+    if default is None:
+        return 3  # the optional integers (max_steps, total_env_steps, max_tokens, concurrency, ...)
+    raise AssertionError(f"no alternative value for {name}")
+
+
+# template_sha256 is derived from a prompt file's text: test_spec.py edits a file and resumes.
+@pytest.mark.parametrize("name", sorted(set(RunSpec.flat_settings()) - {"template_sha256"}))
+def test_resume_refuses_every_setting_that_changes_play_and_accepts_the_rest(tmp_path, name):
+    """Derived from the spec: whatever field is added, its role decides what a resume does with it."""
+    from atari_vlm.errors import ConfigError
+
+    _, setting, _ = RunSpec.flat_settings()[name]
+    value = _other_value(name, setting, PONG.get(name))
+    _open(tmp_path, PONG.replace(api_key="sk-first-key")).close()
+    changed = PONG.replace(**(value if isinstance(value, dict) else {name: value}))
+    if setting.role in ("play", "sample"):
+        with pytest.raises(ConfigError, match=rf"these settings differ from the recorded run: {name} "):
+            _open(tmp_path, changed, resume=True)
+    else:
+        _open(tmp_path, changed, resume=True).close()
+        assert b"sk-" not in (tmp_path / "config.json").read_bytes()  # a key is never recorded
+
+
+def test_a_growing_list_of_seeds_resumes_and_any_other_change_is_refused(tmp_path):
+    from atari_vlm.errors import ConfigError
+
+    seeds = PONG.replace(env_seeds=(0, 1))
+    _open(tmp_path, seeds).close()
+    _open(tmp_path, seeds.replace(env_seeds=(0, 1, 2), episodes=3), resume=True).close()
+    for other in ((0,), (1, 0, 2), (0, 2, 3)):
+        with pytest.raises(ConfigError, match="env_seeds"):
+            _open(tmp_path, seeds.replace(env_seeds=other, episodes=1), resume=True)
+
+
+def test_a_reference_agent_resumes_whatever_the_model_settings(tmp_path):
+    """The random agent reads no prompt and calls no model: only its env settings and seeds count."""
+    from atari_vlm.errors import ConfigError
+
+    random = PONG.replace(agent="random")
+    _open(tmp_path, random).close()
+    _open(tmp_path, random.replace(base_url="http://127.0.0.1:1/v1", prompt="cot"), resume=True).close()
+    with pytest.raises(ConfigError, match="frame_skip 4 -> 8"):
+        _open(tmp_path, random.replace(frame_skip=8), resume=True)
+
+
 def test_a_second_run_on_a_locked_directory_is_refused(tmp_path):
     from atari_vlm.errors import ConfigError
-    from atari_vlm.rundir import RunDir
 
-    first = RunDir(tmp_path).open({"game": "Pong"})
+    first = _open(tmp_path, PONG)
     try:
         with pytest.raises(ConfigError, match=r"is in use by another atari-vlm run \(pid \d+\)"):
-            RunDir(tmp_path).open({"game": "Pong"}, resume=True)
+            _open(tmp_path, PONG, resume=True)
     finally:
         first.close()
-    RunDir(tmp_path).open({"game": "Pong"}, resume=True).close()  # free again once the first is closed
+    _open(tmp_path, PONG, resume=True).close()  # free again once the first is closed
 
 
 def test_resume_refuses_a_different_run_and_a_corrupt_config(tmp_path):
     from atari_vlm.errors import ConfigError
-    from atari_vlm.rundir import RunDir
 
-    RunDir(tmp_path).open({"game": "Pong", "seed": 1, "episodes": 2}).close()
-    RunDir(tmp_path).open(
-        {"game": "Pong", "seed": 1, "episodes": 5}, resume=True
-    ).close()  # more episodes: fine
-    with pytest.raises(ConfigError, match="these settings differ from the recorded run: seed"):
-        RunDir(tmp_path).open({"game": "Pong", "seed": 2, "episodes": 2}, resume=True)
+    _open(tmp_path, PONG).close()
+    _open(tmp_path, PONG.replace(episodes=5), resume=True).close()  # more episodes: fine
+    with pytest.raises(ConfigError, match="these settings differ from the recorded run: seed 1 -> 2"):
+        _open(tmp_path, PONG.replace(seed=2), resume=True)
+    config = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(
+        json.dumps({**config, "spec": {**config["spec"], "format_version": 1}})
+    )
+    with pytest.raises(ConfigError, match="run spec format 1 is not this atari-vlm's"):
+        _open(tmp_path, PONG, resume=True)
+    (tmp_path / "config.json").write_text(json.dumps({"game": "Pong", "seed": 1}))
+    with pytest.raises(ConfigError, match="written by an older atari-vlm"):
+        _open(tmp_path, PONG, resume=True)
     (tmp_path / "config.json").write_text("{not json")
     with pytest.raises(ConfigError, match="unreadable or corrupt"):
-        RunDir(tmp_path).open({"game": "Pong"}, resume=True)
+        _open(tmp_path, PONG, resume=True)
     with pytest.raises(ConfigError, match="nothing to resume"):
-        RunDir(tmp_path / "empty").open({"game": "Pong"}, resume=True)
+        _open(tmp_path / "empty", PONG, resume=True)
     with pytest.raises(ConfigError, match="contradict"):
-        RunDir(tmp_path / "x").open({}, resume=True, overwrite=True)
+        _open(tmp_path / "x", PONG, resume=True, overwrite=True)
 
 
 def test_unwritable_output_directory_is_a_clear_error_before_play(tmp_path):

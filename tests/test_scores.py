@@ -161,7 +161,8 @@ def test_builtin_protocols():
     assert "Pong" in gpt.games and len(gpt.games) == 7
     machado = PROTOCOLS["machado"]
     assert machado.repeat_action_probability == 0.25 and machado.noop_max == 30
-    assert machado.max_episode_frames == 108_000 and machado.max_episode_steps == 27_000
+    assert machado.max_episode_frames == 108_000
+    assert gpt.fixed_settings()["history_images"] == 4 and machado.fixed_settings()["frame_skip"] == 4
     for p in PROTOCOLS.values():
         assert p.description and p.source
         assert Protocol.from_dict(p.to_dict()) == p  # round trip through plain data
@@ -246,3 +247,16 @@ def test_protocol_file_errors(tmp_path):
     ):
         load_protocol(wrong)
     assert protocols_module.PROTOCOLS["atari-gpt"] is load_protocol("atari-gpt")
+
+
+def test_a_95_percent_interval_is_as_wide_as_a_95_percent_interval():
+    """The bootstrap interval of a mean of n normal draws is about mean +- 1.96 sd / sqrt(n): a 97.5%
+    interval labelled 95% would be 14% wider (2.24 sd), far outside this tolerance."""
+    values = np.random.default_rng(7).normal(10.0, 3.0, size=400)
+    interval = stratified_bootstrap_ci(values, "mean", reps=4000, seed=1)
+    expected = 2 * 1.959964 * values.std(ddof=1) / np.sqrt(len(values))
+    assert interval.confidence == 0.95
+    assert (interval.high - interval.low) == pytest.approx(expected, rel=0.05)
+    assert interval.low < values.mean() < interval.high
+    wider = stratified_bootstrap_ci(values, "mean", reps=4000, seed=1, confidence=0.99)
+    assert (wider.high - wider.low) == pytest.approx(2 * 2.575829 * values.std(ddof=1) / 20, rel=0.05)

@@ -114,12 +114,10 @@ def test_random_agent_training_writes_the_learning_curve_and_the_memory(tmp_path
     ):
         assert meta.seed == train_seeds[i].env and meta.episode_return == result.episodes[i].episode_return
     config = json.loads((out / "config.json").read_text())
-    assert (config["kind"], config["game"], config["vlm_type"], config["episodes"]) == (
-        "train",
-        "Pong",
-        "random",
-        3,
-    )
+    spec = config["spec"]
+    assert (config["kind"], spec["env"]["game"], spec["agent"]) == ("train", "Pong", "random")
+    assert spec["episodes"] == 3
+    assert spec["train"]["eval_seeds"] == list(seeds) and spec["train"]["eval_every"] == 2
     state = json.loads((out / "trainer_state.json").read_text())
     assert state["episodes_done"] == 3 and state["curve"] == rows
     assert ("eval/mean_return", rows[1]["eval_mean_return"], 2) in logged and logged[-1] == "closed"
@@ -128,13 +126,14 @@ def test_random_agent_training_writes_the_learning_curve_and_the_memory(tmp_path
 
 def test_icl_exemplars_appear_once_the_memory_has_key_moments(tmp_path, monkeypatch):
     baselines = []
-    real = trainer._play_on_seeds
+    real = trainer.play_episodes
 
-    async def counting(make_worker, seeds, *, num_envs, uses_model):
-        baselines.append(uses_model)
-        return await real(make_worker, seeds, num_envs=num_envs, uses_model=uses_model)
+    async def counting(make_worker, **options):
+        if options.get("env_seeds") is not None:  # an evaluation (training episodes derive their seeds)
+            baselines.append(options["uses_model"])
+        return await real(make_worker, **options)
 
-    monkeypatch.setattr(trainer, "_play_on_seeds", counting)
+    monkeypatch.setattr(trainer, "play_episodes", counting)
     model = FakeVLM()
     out = tmp_path / "icl"
     result = VLMTrainer(
@@ -184,7 +183,7 @@ def test_an_interrupted_run_resumes_where_it_stopped(tmp_path):
 
     with pytest.raises(ConfigError, match="pass it again"):
         VLMTrainer.resume(out)
-    with pytest.raises(ConfigError, match="differ from the recorded run: prompt_type"):
+    with pytest.raises(ConfigError, match="differ from the recorded run: prompt basic -> cot"):
         VLMTrainer("Pong", FakeVLM(), "cot", True, **settings).train(4, resume=True)
 
     model = FakeVLM()
@@ -249,9 +248,10 @@ def test_similar_strategy_retrieves_exemplars_for_each_decision(tmp_path):
         ({"env_options": {"max_steps": 3}}, "may not set \\['max_steps'\\]"),
         ({"env_options": {"colour": True}}, "unknown env option"),
         ({"prompt_type": "no-such-style"}, "prompt"),
-        ({"exemplar_strategy": "best"}, "exemplar_strategy must be one of"),
+        ({"exemplar_strategy": "best"}, "exemplars must be one of key_moments, similar"),
         ({"agent_options": {"top_p": 1}}, "unknown agent option"),
         ({"model_options": {"nope": 1}}, "bad model_options"),
+        ({"finetune_options": {"warmup": 1}}, "unknown finetune option"),
         ({"eval_every": 0}, "eval_every must be"),
         ({"game_name": "Pongg"}, "unknown game"),
     ],

@@ -1,7 +1,8 @@
 """atari-vlm: vision-language models play Atari 2600 games.
 
 Start with :func:`atari_vlm.env.make_env` (the environment), :func:`atari_vlm.models.registry.load_model`
-(a model from a ``--model`` string) and :func:`atari_vlm.runner.run_play` (a whole recorded run). The
+(a model from a ``--model`` string), :class:`atari_vlm.spec.RunSpec` (every setting of a run) and
+:func:`atari_vlm.runner.run_play` (a whole recorded run). The
 seed's API (``AtariVLMEnvironment``, ``GPT4VAgent`` and friends, ``VLMTrainer``) is importable from here;
 names load lazily so ``import atari_vlm`` stays cheap.
 """
@@ -26,7 +27,7 @@ _LAZY = {
     "make_env": "atari_vlm.env",
     "load_model": "atari_vlm.models.registry",
     "run_play": "atari_vlm.runner",
-    "PlaySettings": "atari_vlm.runner",
+    "RunSpec": "atari_vlm.spec",
 }
 
 __all__ = ["__version__", *_LAZY]

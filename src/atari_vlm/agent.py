@@ -1,7 +1,10 @@
-"""Agents turn observations into actions: a VLM agent that asks a model, and the random baseline.
+"""Agents turn observations into actions: the VLM policy, and the random baseline.
 
-An agent keeps state only within an episode (the feedback about an unparsable answer); ``reset`` is
-called at the start of each one.
+The policy (:class:`VLMAgent`) asks the model for each decision with a request from the prompt
+builder (:mod:`atari_vlm.prompts.builder`), then turns the answer into a legal action with the parser
+(:mod:`atari_vlm.prompts.parse`). An agent keeps state only within an episode (history, the feedback
+about an unusable answer); ``reset`` is called at the start of each one. Agents are built from the run
+spec by :func:`atari_vlm.workers.build_agent`.
 """
 
 from __future__ import annotations
@@ -13,19 +16,13 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from atari_vlm.errors import ConfigError
-from atari_vlm.games import GameInfo
 from atari_vlm.memory import Exemplar
-from atari_vlm.models.base import VLM, Completion, ImagePart, Message, Part, Request, TextPart, Usage
-from atari_vlm.prompts import (
-    DEFAULT_MAX_TOKENS,
-    invalid_answer_feedback,
-    parse_action,
-    render_system_prompt,
-    render_turn_prompt,
-)
+from atari_vlm.models.base import VLM, Completion, Part, Request, Usage
+from atari_vlm.prompts import invalid_answer_feedback, parse_action
+from atari_vlm.prompts.builder import PromptBuilder, Recall
 
 FALLBACK_ACTION = "NOOP"
+HISTORY_WHY_CHARS = 80
 
 
 @dataclass(frozen=True)
@@ -53,7 +50,7 @@ class Agent(Protocol):
 class RandomAgent:
     """Uniformly random legal actions, seeded: the baseline every score is compared with."""
 
-    def __init__(self, action_names: list[str], seed: int | None = None):
+    def __init__(self, action_names: Sequence[str], seed: int | None = None):
         self.action_names = list(action_names)
         self._rng = np.random.default_rng(seed)
 
@@ -67,80 +64,40 @@ class RandomAgent:
 
 
 class VLMAgent:
-    """Shows the model the frame(s) and the state text; parses its answer into a legal action.
-
-    Everything goes in one user message after the system prompt (some local chat templates refuse two
-    user turns in a row): in-context exemplars first, then recent history, then this turn.
+    """The policy: a request per decision from ``builder``, the model's answer parsed into an action.
 
     Args:
         model: any :class:`~atari_vlm.models.base.VLM`.
-        info: the game's catalog entry.
-        action_names: the env's legal action names, in index order.
-        prompt_style: ``"basic"``, ``"cot"``, ``"expert"``, or a path to a template file.
-        frame_stack, frame_layout: as in the env, so the prompt describes the images right.
-        max_tokens: per answer; ``None`` takes the style's default (reasoning styles need more).
-        temperature: 0 is greedy.
-        answer_format: ``"line"`` (``ACTION: <name>``) or ``"json"`` (``{"reasoning", "action"}``).
-        history_steps: how many past decisions (action and the start of the answer) are recalled in text.
-        history_images: how many past frames are shown again (images are what costs; default none).
+        builder: the prompt builder of this game and spec.
         exemplars: remembered decisions shown as examples (in-context learning).
     """
 
-    def __init__(
-        self,
-        model: VLM,
-        info: GameInfo,
-        action_names: list[str],
-        *,
-        prompt_style: str = "basic",
-        frame_stack: int = 1,
-        frame_layout: str = "grid",
-        max_tokens: int | None = None,
-        temperature: float = 0.0,
-        answer_format: str = "line",
-        history_steps: int = 0,
-        history_images: int = 0,
-        exemplars: Sequence[Exemplar] = (),
-    ):
-        for name, value in (("history_steps", history_steps), ("history_images", history_images)):
-            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 64:
-                raise ConfigError(f"{name} must be an integer between 0 and 64, got {value!r}")
+    def __init__(self, model: VLM, builder: PromptBuilder, *, exemplars: Sequence[Exemplar] = ()):
         self.model = model
-        self.action_names = list(action_names)
-        self.frame_layout = frame_layout
-        self.max_tokens = max_tokens or DEFAULT_MAX_TOKENS.get(prompt_style, 128)
-        if answer_format == "json":
-            self.max_tokens += 32
-        self.temperature = temperature
-        self.answer_format = answer_format
-        self._fallback = self.action_names.index(FALLBACK_ACTION) if FALLBACK_ACTION in action_names else 0
-        self.system_prompt = render_system_prompt(
-            prompt_style,
-            info,
-            self.action_names,
-            frame_stack=frame_stack,
-            layout=frame_layout,
-            answer_format=answer_format,
+        self.builder = builder
+        self.action_names = list(builder.action_names)
+        self._fallback = (
+            self.action_names.index(FALLBACK_ACTION) if FALLBACK_ACTION in self.action_names else 0
         )
-        self._system = Message.text("system", self.system_prompt)
         self._feedback = ""
-        self._history: deque[tuple[int, str, str]] = deque(maxlen=history_steps)
-        self._history_images: deque[tuple[int, np.ndarray]] = deque(maxlen=history_images)
+        prompt = builder.prompt
+        self._history: deque[Recall] = deque(maxlen=prompt.history_steps)
+        self._history_images: deque[tuple[int, np.ndarray]] = deque(maxlen=prompt.history_images)
         self._step = 0
         self._exemplar_parts: tuple[Part, ...] = ()
         self.set_exemplars(exemplars)
 
+    @property
+    def system_prompt(self) -> str:
+        return self.builder.system_prompt
+
+    @property
+    def max_tokens(self) -> int:
+        return self.builder.max_tokens
+
     def set_exemplars(self, exemplars: Sequence[Exemplar]) -> None:
         """Replace the examples shown to the model (rendered once here, not at every decision)."""
-        parts: list[Part] = []
-        if exemplars:
-            parts.append(TextPart("Examples from your best past games (the screen, then what was done):"))
-            for i, ex in enumerate(exemplars, 1):
-                parts.append(ImagePart(ex.image))
-                note = f" ({ex.note})" if ex.note else ""
-                parts.append(TextPart(f"Example {i}: state: {ex.state_text}\nACTION: {ex.action_name}{note}"))
-            parts.append(TextPart("Now the current game."))
-        self._exemplar_parts = tuple(parts)
+        self._exemplar_parts = self.builder.exemplar_parts(exemplars)
 
     def reset(self, seed: int | None = None) -> None:
         self._feedback = ""
@@ -148,33 +105,14 @@ class VLMAgent:
         self._history_images.clear()
         self._step = 0
 
-    def _history_text(self) -> str:
-        if not self._history:
-            return ""
-        lines = [f"- step {step}: {name}" + (f" ({why})" if why else "") for step, name, why in self._history]
-        return "Your recent decisions, oldest first:\n" + "\n".join(lines) + "\n"
-
     def build_request(self, obs: dict[str, Any]) -> Request:
         """The request for one decision: the system prompt, then exemplars, history and this turn."""
-        parts: list[Part] = list(self._exemplar_parts)
-        for step, image in self._history_images:
-            parts.append(TextPart(f"The screen at step {step}:"))
-            parts.append(ImagePart(image))
-        if parts:
-            # Said apart from the remembered screens before it: a video model reads a run of
-            # consecutive images as one clip, which must be the current frame stack alone.
-            parts.append(TextPart("The screen now:" if self.frame_layout == "grid" else "The screens now:"))
-        if self.frame_layout == "sequence":
-            parts.extend(ImagePart(frame) for frame in obs["frames"])
-        else:
-            parts.append(ImagePart(obs["image"]))
-        turn = render_turn_prompt(obs["text"], self._feedback, self._history_text(), self.answer_format)
-        parts.append(TextPart(turn))
-        return Request(
-            messages=(self._system, Message("user", tuple(parts))),
-            max_tokens=self.max_tokens,
-            temperature=self.temperature,
-            json_mode=self.answer_format == "json",
+        return self.builder.request(
+            obs,
+            exemplars=self._exemplar_parts,
+            history=tuple(self._history),
+            history_images=tuple(self._history_images),
+            feedback=self._feedback,
         )
 
     def decide(self, completion: Completion) -> Decision:
@@ -197,9 +135,11 @@ class VLMAgent:
     def _remember(self, obs: dict[str, Any], decision: Decision) -> None:
         self._step += 1
         if self._history.maxlen:
-            why = " ".join(decision.text.split())[:80] if self.answer_format == "line" else ""
-            first_line = why.split("ACTION")[0].strip(" .:-") if why else ""
-            self._history.append((self._step, decision.action_name, first_line))
+            why = ""
+            if self.builder.prompt.answer_format == "line":
+                words = " ".join(decision.text.split())[:HISTORY_WHY_CHARS]
+                why = words.split("ACTION")[0].strip(" .:-")
+            self._history.append(Recall(self._step, decision.action_name, why))
         if self._history_images.maxlen:
             self._history_images.append((self._step, obs["image"]))
 

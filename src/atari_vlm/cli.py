@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from rich.console import Console
@@ -23,132 +23,131 @@ err = Console(stderr=True, highlight=False)
 out = Console(highlight=False)
 
 
-def _shape(text: str) -> tuple[int, int]:
-    """Parse "84x84" or "84,84" as (height, width)."""
-    parts = text.lower().replace(",", "x").split("x")
-    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
-        raise argparse.ArgumentTypeError(f"expected HEIGHTxWIDTH such as 105x80, got {text!r}")
-    return int(parts[0]), int(parts[1])
-
-
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # type: ignore[override]
         err.print(f"[red]error:[/red] {escape(message)}  (see `{self.prog} --help`)")
         raise SystemExit(2)
 
 
-def _add_view_args(parser: argparse.ArgumentParser) -> None:
-    """How frames are shown to the model (shared by play and bench: protocols leave these open)."""
-    g = parser.add_argument_group("what the model sees")
-    g.add_argument("--resize", type=_shape, default=None, metavar="HxW", help="frame size the model sees")
-    g.add_argument("--grayscale", action="store_true")
-    g.add_argument("--frame-stack", type=int, default=1)
-    g.add_argument("--frame-layout", choices=["grid", "sequence"], default="grid")
+SECTION_TITLES: dict[str | None, str] = {
+    "env": "environment",
+    "observation": "what the model sees",
+    "prompt": "prompt",
+    "decoding": "decoding",
+    "model": "model",
+    "train": "training",
+    "sweep": "sweep",
+    None: "run",
+}
+ALL = "all"
 
 
-def _add_executor_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--executor",
-        choices=["local", "ray"],
-        default="local",
-        help="local: this process; ray: episodes spread over Ray workers, each loading its own model "
-        '(pip install "atari-vlm[ray]")',
-    )
-    parser.add_argument(
-        "--ray-address",
-        default=None,
-        help="Ray cluster to join (auto, ray://host:10001); default: start a local Ray instance",
-    )
+def _shown(value: object) -> str:
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, tuple):
+        return ",".join(map(str, value)) or "none"
+    return str(value)
 
 
-def _check_executor_args(args: argparse.Namespace) -> None:
-    if args.ray_address is not None and args.executor != "ray":
+def _reader(read: Callable[[str], object]) -> Callable[[str], object]:
+    """An option's text parser whose failures read as one clear line ("expected an integer, got 'x'")."""
+    what = {int: "an integer", float: "a number"}.get(read)  # type: ignore[call-overload]
+
+    def parse(text: str) -> object:
+        try:
+            return read(text)
+        except (ValueError, ConfigError) as exc:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}" if what else str(exc)) from None
+
+    return parse
+
+
+def add_spec_arguments(
+    parser: argparse.ArgumentParser,
+    sections: dict[str | None, Sequence[str] | str],
+    *,
+    exclude: Sequence[str] = (),
+    defaults: dict[str, object] | None = None,
+    aliases: dict[str, Sequence[str]] | None = None,
+) -> None:
+    """Add the CLI options of the spec's settings, one per field, as the spec declares them.
+
+    ``sections`` maps a section name (None: the run's own settings) to the fields to offer, or ALL.
+    Options left out of the command line are not set on the namespace (``argparse.SUPPRESS``), so
+    :func:`given_settings` returns exactly what the user typed; ``defaults`` are what this command
+    shows and uses instead of the spec's own default.
+    """
+    from atari_vlm.spec import RunSpec, SweepSpec
+
+    defaults, aliases = defaults or {}, aliases or {}
+    classes: dict[str | None, type] = {**RunSpec.SECTIONS, "sweep": SweepSpec, None: RunSpec}
+    names: list[str] = list(getattr(parser, "_spec_names", ()))
+    for section, wanted in sections.items():
+        group = parser.add_argument_group(SECTION_TITLES[section])
+        for name, setting, default in classes[section].settings():
+            if not setting.cli or name in exclude or (wanted != ALL and name not in wanted):
+                continue
+            default = defaults.get(name, default)
+            flag = setting.flag or "--" + name.replace("_", "-")
+            flags = [flag, *setting.aliases, *aliases.get(name, ())]
+            options: dict[str, object] = {"dest": name, "default": argparse.SUPPRESS}
+            text = f"{setting.help} (default: {_shown(default)})"
+            if isinstance(default, bool) and not setting.on_off:
+                options["action"] = argparse.BooleanOptionalAction
+            else:
+                options["type"] = _reader(setting.read)
+                if setting.on_off:
+                    options["metavar"] = "on|off"
+                elif setting.choices:
+                    options["choices"] = list(setting.choices)
+                elif setting.metavar:
+                    options["metavar"] = setting.metavar
+            group.add_argument(*flags, help=text.replace("%", "%%"), **options)  # type: ignore[arg-type]
+            names.append(name)
+    parser._spec_names = names  # type: ignore[attr-defined]
+    command_defaults = {**getattr(parser, "_spec_command_defaults", {}), **defaults}
+    parser._spec_command_defaults = command_defaults  # type: ignore[attr-defined]
+    parser.set_defaults(_spec_defaults=command_defaults, _spec_names=tuple(names))
+
+
+def given_settings(args: argparse.Namespace, *, with_defaults: bool = True) -> dict[str, object]:
+    """The spec settings on the command line, plus (``with_defaults``) this command's own defaults for
+    those not given."""
+    known = set(getattr(args, "_spec_names", ()))
+    given = {k: v for k, v in vars(args).items() if k in known}
+    if with_defaults:
+        for name, value in getattr(args, "_spec_defaults", {}).items():
+            given.setdefault(name, value)
+    return given
+
+
+def _check_executor_args(settings: dict[str, object]) -> None:
+    if settings.get("ray_address") is not None and settings.get("executor", "local") != "ray":
         raise ConfigError("--ray-address needs --executor ray")
 
 
-def _add_model_args(parser: argparse.ArgumentParser) -> None:
-    m = parser.add_argument_group("model")
-    m.add_argument("--base-url", default=None, help="OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1")
-    m.add_argument(
-        "--api-key",
-        default=None,
-        help="else OPENAI_API_KEY / ANTHROPIC_API_KEY / GEMINI_API_KEY / GOOGLE_API_KEY; never written",
-    )
-    m.add_argument(
-        "--image-detail", choices=["auto", "low", "high"], default="auto", help="OpenAI image detail"
-    )
-    m.add_argument(
-        "--trust-remote-code", action="store_true", help="local models: run a checkpoint's own code"
-    )
-    m.add_argument(
-        "--max-cost", type=float, default=None, metavar="USD", help="stop before a call could pass this"
-    )
-    m.add_argument("--max-tokens", type=int, default=None, help="default: the prompt style's own")
-    m.add_argument("--temperature", type=float, default=0.0)
-    m.add_argument("--device", default="cpu", help="local models: cpu, cuda, cuda:1, mps")
-    m.add_argument("--dtype", default="auto", help="local models: auto, float32, bfloat16, float16")
-    m.add_argument("--quantize", choices=["4bit", "8bit"], default=None, help="local models: bitsandbytes")
-    m.add_argument(
-        "--concurrency",
-        type=int,
-        default=None,
-        help="API requests in flight at most (default: --num-envs for a --base-url server, else up to 8)",
-    )
-    m.add_argument("--num-envs", type=int, default=1, help="games played concurrently")
-
-
-def add_train_parser(sub) -> None:
-    train = sub.add_parser("train", help="play, remember, evaluate on held-out seeds, checkpoint; resumable")
-    train.add_argument("--game", required=True, help="any ALE game: Pong, Pong-v5, ALE/Pong-v5, ...")
-    train.add_argument(
-        "--vlm",
-        "--model",
-        dest="model",
-        default="auto",
-        help="a preset (see `atari-vlm models`) | demo | auto | openai:|anthropic:|gemini:<model> | "
-        "local:<hf id> | <checkpoint dir> | random (the baseline agent)",
-    )
-    train.add_argument("--prompt", default="basic", help="basic | cot | expert | a template .txt file")
-    train.add_argument(
-        "--use-icl", action="store_true", help="show exemplars from the memory (in-context learning)"
-    )
-    train.add_argument("--exemplars", choices=["key_moments", "similar"], default="key_moments")
-    train.add_argument("--top-k", type=int, default=3, help="exemplars come from the best K episodes")
-    train.add_argument("--image-budget", type=int, default=8, help="exemplar images per request at most")
-    train.add_argument(
-        "--episodes", type=int, default=10, help="training episodes in all (a resume counts those done)"
-    )
-    train.add_argument("--eval-every", type=int, default=5, help="evaluate after every N training episodes")
-    train.add_argument(
-        "--eval-episodes", type=int, default=3, help="held-out evaluation seeds 10000, 10001, ..."
-    )
-    train.add_argument("--max-steps", type=int, default=None, help="decisions per episode at most")
-    train.add_argument("--seed", type=int, default=0, help="root seed of the training episodes")
-    train.add_argument("--frame-skip", type=int, default=4)
-    train.add_argument(
-        "--demo",
-        action="append",
-        default=[],
-        metavar="PATH",
-        help="a recorded episode to import into the memory first (repeatable)",
-    )
-    train.add_argument(
-        "--out", default=None, help="run directory (default: runs/train-<game>-<model>-s<seed>)"
-    )
-    train.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
-    train.add_argument("--resume", action="store_true", help="continue the run in --out where it stopped")
-    train.add_argument(
-        "--finetune-every",
-        type=int,
-        default=None,
-        metavar="K",
-        help="expert iteration: every K episodes fine-tune the (local) model on the best --top-k episodes",
-    )
-    train.add_argument("--finetune-full", action="store_true", help="full fine-tuning instead of LoRA")
-    train.add_argument("--finetune-epochs", type=int, default=1)
-    train.add_argument("--finetune-lr", type=float, default=None, help="default: 1e-3 LoRA, 1e-4 full")
-    _add_view_args(train)
-    _add_model_args(train)
+PLAY_SECTIONS: dict[str | None, Sequence[str] | str] = {
+    None: (
+        "agent",
+        "protocol",
+        "episodes",
+        "seed",
+        "num_envs",
+        "max_cost_usd",
+        "executor",
+        "ray_address",
+        "video",
+        "video_overlay",
+    ),
+    "env": ALL,
+    "observation": ALL,
+    "prompt": ALL,
+    "decoding": ALL,
+    "model": ALL,
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -156,18 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"atari-vlm {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    play = sub.add_parser("play", help="play episodes with a model (or the random agent) and record them")
+    play = sub.add_parser("play", help="play episodes with a model (or a reference agent) and record them")
     play.add_argument("--game", required=True, help="any ALE game: Pong, pong, Pong-v5, ALE/Pong-v5, ...")
-    play.add_argument(
-        "--model",
-        default="auto",
-        help="a preset (see `atari-vlm models`) | demo | auto | openai:|anthropic:|gemini:<model> | "
-        "local:<hf id> | <checkpoint dir> (default: auto = an API key or server if set, else demo)",
-    )
-    play.add_argument("--agent", default="vlm", choices=["vlm", "random"], help="random: the baseline")
-    play.add_argument("--episodes", type=int, default=1)
-    play.add_argument("--max-steps", type=int, default=None, help="decisions per episode at most")
-    play.add_argument("--seed", type=int, default=0, help="root seed of the whole run")
     play.add_argument("--out", default=None, help="run directory (default: runs/<game>-<model>-s<seed>)")
     play.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
     play.add_argument(
@@ -175,53 +164,78 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="continue the run in --out: keep finished episodes, redo the rest",
     )
-    play.add_argument("--no-video", dest="video", action="store_false", help="skip the mp4 per episode")
-    play.add_argument("--video-overlay", action="store_true", help="caption each video frame with the action")
     play.add_argument("--no-report", dest="report", action="store_false", help="skip report.html")
-    _add_executor_args(play)
     play.add_argument(
         "--dry-run", action="store_true", help="one measured decision, then the run's estimated cost"
     )
-    _add_view_args(play)
-    g = play.add_argument_group("environment")
-    g.add_argument("--frame-skip", type=int, default=4)
-    g.add_argument("--sticky", type=float, default=0.25, help="repeat_action_probability (ALE v5: 0.25)")
-    g.add_argument("--full-action-space", action="store_true")
-    p = play.add_argument_group("prompt")
-    p.add_argument(
-        "--prompt", "--prompt-file", default="basic", help="basic | cot | expert | a template .txt file"
-    )
-    p.add_argument("--answer-format", choices=["line", "json"], default="line", help="ACTION: line or JSON")
-    p.add_argument("--history-steps", type=int, default=0, help="past decisions recalled in text")
-    p.add_argument("--history-images", type=int, default=0, help="past frames shown again")
-    _add_model_args(play)
+    add_spec_arguments(play, PLAY_SECTIONS)
 
     bench = sub.add_parser(
         "bench", help="every game x model x prompt on the same seeds, plus the random agent"
     )
-    bench.add_argument("--games", default="", help="comma-separated (default: the protocol's games)")
-    bench.add_argument("--models", required=True, help="comma-separated --model values")
-    bench.add_argument("--prompts", default="basic", help="comma-separated prompt styles or template files")
-    bench.add_argument("--seeds", default=None, help="e.g. 0-4 or 1,5,9 (default: the protocol's runs)")
-    bench.add_argument("--protocol", default=None, help="atari-gpt | machado | a JSON/TOML protocol file")
-    bench.add_argument("--max-steps", type=int, default=None, help="cap decisions (quick looks; flagged)")
     bench.add_argument("--out", required=True, help="the sweep's folder: one run directory per combination")
-    bench.add_argument("--video", action="store_true", help="record videos (off by default in sweeps)")
-    _add_executor_args(bench)
-    _add_view_args(bench)
-    _add_model_args(bench)
+    add_spec_arguments(bench, {"sweep": ALL})
+    add_spec_arguments(
+        bench,
+        {
+            None: (
+                "protocol",
+                "num_envs",
+                "max_cost_usd",
+                "executor",
+                "ray_address",
+                "video",
+                "video_overlay",
+            ),
+            "env": ALL,
+            "observation": ALL,
+            "prompt": ALL,
+            "decoding": ALL,
+            "model": ALL,
+        },
+        exclude=("model", "prompt"),
+        defaults={"video": False},  # sweeps are many runs: videos only when asked for
+    )
 
-    add_train_parser(sub)
+    train = sub.add_parser("train", help="play, remember, evaluate on held-out seeds, checkpoint; resumable")
+    train.add_argument("--game", required=True, help="any ALE game: Pong, Pong-v5, ALE/Pong-v5, ...")
+    train.add_argument(
+        "--out", default=None, help="run directory (default: runs/train-<game>-<model>-s<seed>)"
+    )
+    train.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
+    train.add_argument("--resume", action="store_true", help="continue the run in --out where it stopped")
+    train.add_argument(
+        "--demo",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="recorded demonstrations to import into the memory first (repeatable): an episode folder or "
+        "the game folder `atari-vlm record` writes",
+    )
+    add_spec_arguments(
+        train,
+        {
+            None: ("episodes", "seed", "num_envs", "max_cost_usd"),
+            "train": ALL,
+            "env": ALL,
+            "observation": ALL,
+            "prompt": ALL,
+            "decoding": ALL,
+            "model": ALL,
+        },
+        defaults={"episodes": 10},
+        aliases={"model": ("--vlm",)},
+    )
 
     rec = sub.add_parser("record", help="record demonstrations (RAM expert, keyboard, random) into a memory")
-    rec.add_argument("--game", required=True, help="any ALE game (the expert plays Pong and Breakout)")
+    rec.add_argument("--game", required=True, help="any ALE game (the expert plays the rich-state games)")
     rec.add_argument("--agent", choices=["expert", "human", "random"], default="expert")
     rec.add_argument("--episodes", type=int, default=1)
     rec.add_argument("--out", required=True, help="trajectory store directory (created if missing)")
     rec.add_argument("--seed", type=int, default=0, help="root seed of the episodes")
     rec.add_argument("--max-steps", type=int, default=None, help="decisions per episode at most")
     rec.add_argument("--scale", type=int, default=3, help="human play: window scale of the 160x210 screen")
-    _add_view_args(rec)
+    add_spec_arguments(rec, {"observation": ALL})
 
     ft = sub.add_parser("finetune", help="fine-tune a local VLM on the best recorded episodes (LoRA)")
     ft.add_argument("--model", required=True, help="a local checkpoint directory (or a LoRA adapter dir)")
@@ -266,65 +280,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _view_options(args: argparse.Namespace) -> dict:
-    return {
-        "resize_shape": args.resize,
-        "grayscale": args.grayscale,
-        "frame_stack": args.frame_stack,
-        "frame_layout": args.frame_layout,
-    }
+def _run_spec(game: str, args: argparse.Namespace, **extra: object):
+    """The run spec of a command line: its settings, with the protocol it names applied."""
+    from atari_vlm.bench.protocols import with_protocol
+    from atari_vlm.spec import RunSpec
 
-
-HOSTED_API_CONCURRENCY = 8
-"""Default bound on requests in flight to a hosted API: well inside common rate limits (a 429 slows
-every game down together anyway); a server of one's own gets one slot per game."""
-
-
-def _concurrency(args: argparse.Namespace) -> int:
-    if args.concurrency is not None:
-        return args.concurrency
-    games = max(1, args.num_envs)
-    return games if args.base_url else min(games, HOSTED_API_CONCURRENCY)
-
-
-def _model_options(args: argparse.Namespace):
-    from atari_vlm.models.registry import ModelOptions
-
-    return ModelOptions(
-        base_url=args.base_url,
-        api_key=args.api_key,
-        device=args.device,
-        dtype=args.dtype,
-        quantize=args.quantize,
-        concurrency=_concurrency(args),
-        image_detail=args.image_detail,
-        trust_remote_code=args.trust_remote_code,
-    )
+    settings = with_protocol(given_settings(args), set(given_settings(args, with_defaults=False)))
+    _check_executor_args(settings)
+    return RunSpec.build(game=game, **settings, **extra)
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from atari_vlm.bench.sweep import BenchSpec, parse_seeds, run_bench
+    from atari_vlm.bench.sweep import BenchSpec, run_bench
+    from atari_vlm.spec import SweepSpec
 
-    split = lambda text: tuple(t.strip() for t in text.split(",") if t.strip())  # noqa: E731
-    spec = BenchSpec(
-        out=Path(args.out),
-        games=split(args.games),
-        models=split(args.models),
-        prompts=split(args.prompts) or ("basic",),
-        seeds=parse_seeds(args.seeds) if args.seeds else None,
-        protocol=args.protocol,
-        max_steps=args.max_steps,
-        env=_view_options(args),
-        model_options=_model_options(args),
-        num_envs=args.num_envs,
-        video=args.video,
-        max_tokens=args.max_tokens,
-        temperature=args.temperature,
-        max_cost_usd=args.max_cost,
-        executor=args.executor,
-        ray_address=args.ray_address,
-    )
-    _check_executor_args(args)
+    settings = given_settings(args)
+    sweep_names = {name for name, *_ in SweepSpec.settings()}
+    sweep = SweepSpec(**{k: v for k, v in settings.items() if k in sweep_names})
+    run_settings = {k: v for k, v in settings.items() if k not in sweep_names}
+    _check_executor_args(run_settings)
+    given = set(given_settings(args, with_defaults=False)) - sweep_names
+    spec = BenchSpec(out=Path(args.out), sweep=sweep, settings=run_settings, given=frozenset(given))
 
     def on_combination(combo, summary) -> None:
         label = f"{combo.game} x {combo.model} x {combo.prompt}"
@@ -365,48 +341,19 @@ def _cmd_games(args: argparse.Namespace) -> int:
 def _cmd_play(args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from atari_vlm.runner import PlaySettings, run_play
+    from atari_vlm.runner import run_play
 
-    model_label = "random" if args.agent == "random" else args.model
-    safe_label = "".join(c if c.isalnum() or c in "-_." else "-" for c in model_label.split("/")[-1])
-    out_dir = args.out or os.path.join("runs", f"{args.game.split('/')[-1]}-{safe_label}-s{args.seed}")
-    env_options = {
-        **_view_options(args),
-        "frame_skip": args.frame_skip,
-        "repeat_action_probability": args.sticky,
-        "max_steps": args.max_steps,
-        "full_action_space": args.full_action_space,
-    }
-    settings = PlaySettings(
-        game=args.game,
-        out=out_dir,
-        model=args.model,
-        agent=args.agent,
-        episodes=args.episodes,
-        seed=args.seed,
-        num_envs=args.num_envs,
-        env=env_options,
-        prompt=args.prompt,
-        max_tokens=args.max_tokens,
-        temperature=args.temperature,
-        answer_format=args.answer_format,
-        history_steps=args.history_steps,
-        history_images=args.history_images,
-        video=args.video,
-        video_overlay=args.video_overlay,
-        max_cost_usd=args.max_cost,
-        overwrite=args.overwrite,
-        resume=args.resume,
-        model_options=_model_options(args),
-    )
-    _check_executor_args(args)
+    spec = _run_spec(args.game, args)
+    label = spec.agent if spec.agent != "vlm" else spec.model.model
+    safe_label = "".join(c if c.isalnum() or c in "-_." else "-" for c in label.split("/")[-1])
+    out_dir = args.out or os.path.join("runs", f"{spec.game}-{safe_label}-s{spec.seed}")
     if args.dry_run:
-        return _dry_run(settings)
+        return _dry_run(spec)
     executor = None
-    if args.executor == "ray":
+    if spec.executor == "ray":
         from atari_vlm.executors import RayExecutor
 
-        executor = RayExecutor(args.ray_address)
+        executor = RayExecutor(spec.ray_address)
     progress = Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -423,13 +370,21 @@ def _cmd_play(args: argparse.Namespace) -> int:
         if model is not None and model.warning:
             err.print(f"[bold yellow]WARNING:[/bold yellow] {escape(model.warning)}")
         progress.start()
-        task_id = progress.add_task(f"{settings.game} x {model.spec if model else 'random'}", total=total)
+        task_id = progress.add_task(f"{spec.game} x {model.spec if model else spec.agent}", total=total)
 
     def on_step(n: int) -> None:
         progress.advance(task_id, n)
 
     try:
-        summary = run_play(settings, on_start=on_start, on_step=on_step, executor=executor)
+        summary = run_play(
+            spec,
+            out_dir,
+            overwrite=args.overwrite,
+            resume=args.resume,
+            on_start=on_start,
+            on_step=on_step,
+            executor=executor,
+        )
     finally:
         progress.stop()
     _print_summary(summary)
@@ -453,10 +408,10 @@ def _num(value: float | None) -> str:
     return "-" if value is None else f"{value:g}"
 
 
-def _dry_run(settings) -> int:
+def _dry_run(spec) -> int:
     from atari_vlm.runner import estimate_cost
 
-    est = estimate_cost(settings)
+    est = estimate_cost(spec)
     per = est["cost_per_decision_usd"]
     out.print(
         f"one measured decision of {est['model']['spec']}: {est['input_tokens']} input + "
@@ -506,34 +461,12 @@ def _print_summary(summary) -> None:
 def _cmd_train(args: argparse.Namespace) -> int:
     from atari_vlm.training import VLMTrainer
 
-    trainer = VLMTrainer(
-        args.game,
-        args.model,
-        args.prompt,
-        args.use_icl,
-        out_dir=args.out,
-        eval_every=args.eval_every,
-        eval_episodes=args.eval_episodes,
-        max_steps=args.max_steps,
-        seed=args.seed,
-        num_envs=args.num_envs,
-        top_k_episodes=args.top_k,
-        image_budget=args.image_budget,
-        exemplar_strategy=args.exemplars,
-        env_options={**_view_options(args), "frame_skip": args.frame_skip},
-        model_options=_model_options(args),
-        max_tokens=args.max_tokens,
-        agent_options={"temperature": args.temperature},
-        demonstrations=args.demo,
-        overwrite=args.overwrite,
-        finetune_every=args.finetune_every,
-        finetune_options={
-            "lora": not args.finetune_full,
-            "epochs": args.finetune_epochs,
-            "lr": args.finetune_lr,
-        },
-        max_cost_usd=args.max_cost,
-    )
+    extra: dict[str, object] = {"train": True, "demos": tuple(args.demo)}
+    if getattr(args, "model", None) == "random":  # `--vlm random`: the baseline agent, as the seed wrote it
+        del args.model
+        extra["agent"] = "random"
+    spec = _run_spec(args.game, args, **extra)
+    trainer = VLMTrainer.from_spec(spec, out_dir=args.out, overwrite=args.overwrite)
 
     def on_evaluation(row: dict) -> None:
         err.print(
@@ -541,7 +474,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
             f"(random {row['random_mean_return']:g}), {row['n_exemplars']} exemplar image(s)"
         )
 
-    result = trainer.train(args.episodes, resume=args.resume, on_evaluation=on_evaluation)
+    result = trainer.train(spec.episodes, resume=args.resume, on_evaluation=on_evaluation)
     out.print(f"learning curve: {result.out_dir / 'learning_curve.csv'}; memory: {trainer.store.root}")
     if result.stopped:
         out.print(f"[bold yellow]stopped early:[/bold yellow] {escape(result.stopped)} (--resume continues)")
@@ -571,7 +504,7 @@ def _cmd_record(args: argparse.Namespace) -> int:
         args.out,
         seed=args.seed,
         max_steps=args.max_steps,
-        env_options=_view_options(args),
+        env_options=given_settings(args),
         scale=args.scale,
     )
     for meta in metas:

@@ -1,7 +1,7 @@
 """Where episodes are played: in this process (``rollout.play_episodes``) or spread over a Ray cluster.
 
 :class:`RayExecutor` starts Ray actors; each builds its own model and envs from the
-:class:`~atari_vlm.runner.PlaySettings` (models never travel between processes, only settings do) and
+:class:`~atari_vlm.spec.RunSpec` (models never travel between processes, only the spec does) and
 plays the episodes the driver hands it, up to ``num_envs`` at once against its one model (so a local
 model still batches). Everything an episode produced (its result, its step records, its video as
 bytes) comes back in the task's return value, because a cluster's workers need not share a
@@ -33,11 +33,12 @@ from atari_vlm.models.costs import BudgetedVLM
 from atari_vlm.models.registry import LoadedModel, load_model
 from atari_vlm.rollout import EpisodeResult, EpisodeSeeds, episode_seeds, explicit_seeds, play_episode
 from atari_vlm.rundir import RunDir
+from atari_vlm.spec import RunSpec
+from atari_vlm.workers import model_spec_for, worker_factory
 
 if TYPE_CHECKING:
     from atari_vlm.agent import Agent
     from atari_vlm.env import AtariVLMEnv
-    from atari_vlm.runner import PlaySettings
 
 __all__ = [
     "EXECUTORS",
@@ -77,28 +78,25 @@ class _CapturedRun(RunDir):
 
 
 class EpisodePlayer:
-    """One Ray actor's state: a model built from the settings and a pool of idle (env, agent) pairs.
+    """One Ray actor's state: a model built from the spec and a pool of idle (env, agent) pairs.
 
     Its ``play`` is a coroutine, so Ray runs it as an async actor: concurrent calls share one event
     loop and one model, as the ``num_envs`` workers of a local run do.
     """
 
-    def __init__(self, settings: PlaySettings) -> None:
-        from atari_vlm.runner import _make_worker_factory
-
-        self.settings = settings
+    def __init__(self, spec: RunSpec) -> None:
+        self.spec = spec
         self.model: LoadedModel | None = None
         self._idle: list[tuple[AtariVLMEnv, Agent]] = []
         # A failure here is kept for ``loaded`` to raise: Ray reports an error in an actor's
         # constructor as the actor's death, not as the error (a bad model path, a missing key).
         self._error: Exception | None = None
         try:
-            env_config = settings.validate()
-            if settings.agent != "random":
-                loaded = load_model(settings.model, settings.model_options)
+            if spec.agent == "vlm":
+                loaded = load_model(model_spec_for(spec))
                 # Priced as in a local run (runner.run_play), so episodes record the same cost_usd.
                 self.model = dataclasses.replace(loaded, vlm=BudgetedVLM(loaded.vlm, None, loaded.prices))
-            self._factory = _make_worker_factory(settings, env_config, self.model)
+            self._factory = worker_factory(spec, self.model.vlm if self.model else None)
         except Exception as exc:
             self._error = exc
 
@@ -112,9 +110,9 @@ class EpisodePlayer:
 
     def seeds(self, episode: int) -> EpisodeSeeds:
         """Episode ``episode``'s seeds, as ``rollout.play_episodes`` gives them."""
-        if self.settings.env_seeds is not None:
-            return explicit_seeds(self.settings.env_seeds)[episode]
-        return episode_seeds(self.settings.seed, episode + 1)[episode]
+        if self.spec.env_seeds is not None:
+            return explicit_seeds(self.spec.env_seeds)[episode]
+        return episode_seeds(self.spec.seed, episode + 1)[episode]
 
     async def play(self, episode: int) -> EpisodeOutput:
         env, agent = self._idle.pop() if self._idle else self._factory()
@@ -128,8 +126,8 @@ class EpisodePlayer:
                     episode=episode,
                     seeds=seeds,
                     run=run,
-                    video=self.settings.video,
-                    video_overlay=self.settings.video_overlay,
+                    video=self.spec.video,
+                    video_overlay=self.spec.video_overlay,
                     uses_model=self.model is not None,
                 )
             except BaseException:
@@ -196,31 +194,30 @@ class RayExecutor:
 
     # --- lifecycle ---
 
-    def start(self, settings: PlaySettings) -> LoadedModel | None:
+    def start(self, spec: RunSpec) -> LoadedModel | None:
         """Start the actors and load a model in each; returns what they loaded, with a
-        :class:`RemoteModel` in place of the model (``None`` for the random agent).
+        :class:`RemoteModel` in place of the model (``None`` for a reference agent).
 
         Raises:
             ConfigError: ray is missing, ``max_cost_usd`` is set, or the workers resolved
-                ``settings.model`` differently.
+                ``spec.model`` differently.
         """
         ray = self._ray = require("ray", extra="ray")
-        settings.validate()
-        if settings.max_cost_usd is not None:
+        if spec.max_cost_usd is not None:
             raise ConfigError(
                 "--max-cost is enforced within one process; with --executor ray each worker would "
                 "spend it all, so it is refused: run locally, or without a cap"
             )
         self._started_ray = _init_ray(ray, self.address, self.num_cpus)
-        gpu = settings.agent == "vlm" and settings.model_options.device.startswith("cuda")
+        gpu = spec.agent == "vlm" and spec.model.device.startswith("cuda")
         resources = ray.cluster_resources()
         capacity = int(resources.get("GPU" if gpu else "CPU", 1)) or 1
-        count = max(1, min(self.workers or capacity, settings.episodes))
-        self._per_actor = settings.num_envs
+        count = max(1, min(self.workers or capacity, spec.episodes))
+        self._per_actor = spec.num_envs
         actor_class = ray.remote(EpisodePlayer).options(
-            num_cpus=0 if gpu else 1, num_gpus=1 if gpu else 0, max_concurrency=settings.num_envs
+            num_cpus=0 if gpu else 1, num_gpus=1 if gpu else 0, max_concurrency=spec.num_envs
         )
-        self._actors = [actor_class.remote(settings) for _ in range(count)]
+        self._actors = [actor_class.remote(spec) for _ in range(count)]
         try:
             loaded = ray.get([actor.loaded.remote() for actor in self._actors])
         except Exception as exc:
@@ -229,7 +226,7 @@ class RayExecutor:
         if any(other != loaded[0] for other in loaded[1:]):
             self.close()
             raise ConfigError(
-                f"the Ray workers loaded --model {settings.model!r} differently ({loaded}); "
+                f"the Ray workers loaded --model {spec.model.model!r} differently ({loaded}); "
                 "name the model explicitly rather than 'auto', or give every node the same environment"
             )
         return loaded[0]

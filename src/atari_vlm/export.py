@@ -42,7 +42,8 @@ import numpy as np
 from atari_vlm import __version__
 from atari_vlm.errors import ConfigError, require
 from atari_vlm.games import game_info, resolve_game
-from atari_vlm.rundir import read_jsonl
+from atari_vlm.rundir import read_jsonl, read_run_spec
+from atari_vlm.spec import RunSpec
 from atari_vlm.video import read_native_frames
 
 FORMATS: tuple[str, ...] = ("hf", "minari")
@@ -213,34 +214,25 @@ def _open_memory(path: Path) -> _Source:
     return _Source("memory", path, game, episodes, {"full_action_space": full})
 
 
-def _read_config(path: Path) -> dict[str, Any]:
+def _read_config(path: Path) -> tuple[dict[str, Any], RunSpec]:
     try:
         config = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise ConfigError(f"cannot read {path}: {exc}") from exc
-    if not isinstance(config, dict) or not isinstance(config.get("env"), dict):
-        raise ConfigError(f"{path} is not a run's config (it lacks the 'env' settings)")
-    return config
+    return config, read_run_spec(config, path)
 
 
 def _open_run(path: Path) -> _Source:
-    from atari_vlm.env import AtariVLMEnv, EnvConfig
+    from atari_vlm.env import AtariVLMEnv
 
-    config = _read_config(path / "config.json")
-    try:
-        env_config = EnvConfig(**config["env"])
-    except TypeError as exc:
-        raise ConfigError(f"{path / 'config.json'}: env settings this atari-vlm cannot read ({exc})") from exc
-    env = AtariVLMEnv(env_config)
+    config, run_spec = _read_config(path / "config.json")
+    env_config = (run_spec.env, run_spec.observation)
+    env = AtariVLMEnv(*env_config)
     names = tuple(env.action_names)
     env.close()
-    game = env_config.game
+    game = run_spec.game
     model = config.get("model")
-    spec = (
-        model.get("spec")
-        if isinstance(model, dict)
-        else ("random" if config.get("agent") == "random" else None)
-    )
+    spec = model.get("spec") if isinstance(model, dict) and run_spec.agent == "vlm" else run_spec.agent
     steps_path = path / "steps.jsonl"
     by_episode: dict[int, list[dict[str, Any]]] = {}
     if steps_path.is_file():
@@ -277,12 +269,12 @@ def _open_run(path: Path) -> _Source:
             )
         )
     env_kwargs = {
-        "frameskip": env_config.frame_skip,
-        "repeat_action_probability": env_config.repeat_action_probability,
-        "full_action_space": env_config.full_action_space,
+        "frameskip": run_spec.env.frame_skip,
+        "repeat_action_probability": run_spec.env.repeat_action_probability,
+        "full_action_space": run_spec.env.full_action_space,
     }
-    if env_config.max_episode_frames is not None:
-        env_kwargs["max_num_frames_per_episode"] = env_config.max_episode_frames
+    if run_spec.env.max_episode_frames is not None:
+        env_kwargs["max_num_frames_per_episode"] = run_spec.env.max_episode_frames
     return _Source("run", path, game, episodes, env_kwargs)
 
 
@@ -318,10 +310,11 @@ class _Diverged(Exception):
 
 
 def _replay(env_config: Any, seed: int, steps: Sequence[_Step]) -> Iterator[tuple[np.ndarray, str]]:
-    """(native RGB frame, state text) before each decision and after the last, checked against the log."""
+    """(native RGB frame, state text) before each decision and after the last, checked against the log;
+    ``env_config`` is the run's (env, observation) spec sections."""
     from atari_vlm.env import AtariVLMEnv
 
-    env = AtariVLMEnv(env_config)
+    env = AtariVLMEnv(*env_config)
     try:
         obs, _ = env.reset(seed=seed)
         yield env.last_rgb_frame, obs["text"]

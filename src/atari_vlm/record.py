@@ -20,11 +20,12 @@ from pathlib import Path
 from typing import Any
 
 from atari_vlm.agent import Agent, Decision, RandomAgent
-from atari_vlm.env import AtariVLMEnv, EnvConfig
+from atari_vlm.env import AtariVLMEnv, split_options
 from atari_vlm.errors import ConfigError, require
 from atari_vlm.experts import ExpertAgent
 from atari_vlm.memory import EpisodeMeta, TrajectoryStore
 from atari_vlm.rollout import EpisodeSeeds, play_episodes
+from atari_vlm.spec import EnvSpec, ObservationSpec
 
 __all__ = ["AGENTS", "HUMAN_FPS", "KEYS", "HumanAgent", "RecordingStopped", "keys_to_action", "record"]
 
@@ -168,7 +169,7 @@ def record(
     """Play ``episodes`` episodes with ``agent`` and store each one; returns their metas in order.
 
     Episode ``i`` is played on the ``i``-th seeds derived from ``seed`` (as in ``atari-vlm play``).
-    ``env_options`` are further :class:`~atari_vlm.env.EnvConfig` fields: record with the view the
+    ``env_options`` are further :func:`~atari_vlm.env.make_env` options: record with the view the
     model will play with (``resize_shape``, ``frame_stack``...), since the stored image is what the
     model saw. ``key_source`` (human only) scripts the keys: one set of key names (:data:`KEYS`) per
     decision, then none. A human who stops (Escape) keeps the episodes finished before.
@@ -189,8 +190,10 @@ def record(
     reserved = sorted({"game", "seed", "max_steps"} & set(options))
     if reserved:
         raise ConfigError(f"env_options may not set {reserved}: they are record's own arguments")
-    config = EnvConfig(game=game, max_steps=max_steps, **options)
-    probe = AtariVLMEnv(config)  # validates the game and options before anything is played
+    env_options, observation_options = split_options(options)
+    env_spec = EnvSpec(game=game, max_steps=max_steps, **env_options)
+    observation = ObservationSpec(**observation_options)
+    probe = AtariVLMEnv(env_spec, observation)  # validates the game and options before anything is played
     probe.close()
     action_names = probe.action_names
     store = out_store if isinstance(out_store, TrajectoryStore) else TrajectoryStore(out_store)
@@ -198,7 +201,7 @@ def record(
     humans: list[HumanAgent] = []
 
     def make_worker() -> tuple[AtariVLMEnv, Agent]:
-        env = AtariVLMEnv(config)
+        env = AtariVLMEnv(env_spec, observation)
         player: Agent
         if agent == "expert":
             player = ExpertAgent(env, expert_policy)
@@ -215,7 +218,7 @@ def record(
         ids[i] = f"{store.new_episode_id(source)}-{i:04d}"
         label = f"agent:{agent}" + (f":{expert_policy}" if expert_policy else "")
         meta = {"episode_id": ids[i], "seed": seeds.env, "source": source, "model": label}
-        return store.recorder(config.game, {**meta, "action_names": action_names})
+        return store.recorder(env_spec.game, {**meta, "action_names": action_names})
 
     done: list[int] = []
     try:
@@ -227,6 +230,7 @@ def record(
                 uses_model=False,
                 make_sink=sink,
                 on_episode=lambda result: done.append(result.episode),
+                build_in_thread=agent != "human",  # a keyboard player's window lives on this thread
             )
         )
     except RecordingStopped:
@@ -235,5 +239,5 @@ def record(
         for human in humans:
             human.close()
     wanted = {ids[i]: i for i in done}
-    metas = [m for m in store.episodes(config.game) if m.episode_id in wanted]
+    metas = [m for m in store.episodes(env_spec.game) if m.episode_id in wanted]
     return sorted(metas, key=lambda m: wanted[m.episode_id])

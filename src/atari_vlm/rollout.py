@@ -45,7 +45,8 @@ class EpisodeResult:
     episode: int
     seed: int
     episode_return: float = 0.0
-    steps: int = 0
+    steps: int = 0  # decisions taken (one env.step of the VLM env each)
+    env_steps: int = 0  # ALE steps played (more than decisions with a decision interval)
     decisions: int = 0  # model calls (0 for agents without a model)
     unparsed: int = 0  # answers with no legal action, played as the fallback
     retries: int = 0
@@ -65,6 +66,7 @@ class EpisodeResult:
             seed=int(record["seed"]),
             episode_return=float(record["return"]),
             steps=int(record["steps"]),
+            env_steps=int(record.get("env_steps") or 0),
             decisions=int(record["decisions"]),
             unparsed=int(record["unparsed"]),
             retries=int(record.get("retries", 0)),
@@ -87,6 +89,7 @@ class EpisodeResult:
             "seed": self.seed,
             "return": self.episode_return,
             "steps": self.steps,
+            "env_steps": self.env_steps,
             "decisions": self.decisions,
             "unparsed": self.unparsed,
             "retries": self.retries,
@@ -139,10 +142,11 @@ async def play_episode(
     result = EpisodeResult(episode=episode, seed=seeds.env)
     finished = False
     agent.reset(seeds.agent)
-    obs, info = env.reset(seed=seeds.env)
+    # A seeded reset reloads the ROM (0.1-0.2 s): off the event loop, so other games keep playing.
+    obs, info = await asyncio.to_thread(env.reset, seed=seeds.env)
     writer = None
     if video and run is not None:
-        fps = 60.0 / (env.config.frame_skip * env.config.decision_interval)
+        fps = 60.0 / (env.env_spec.frame_skip * env.env_spec.decision_interval)
         writer = VideoWriter(run.video_path(episode), fps=fps, overlay=video_overlay)
         writer.add(env.last_rgb_frame, f"episode {episode} start")
     try:
@@ -154,6 +158,7 @@ async def play_episode(
             if sink is not None:
                 sink.add(seen_image, seen_text, decision.action, decision.action_name, reward, info["lives"])
             result.steps += 1
+            result.env_steps = int(info.get("env_steps", result.steps))
             result.episode_return += reward
             if uses_model:
                 result.decisions += 1
@@ -225,8 +230,13 @@ async def play_episodes(
     episode_offset: int = 0,
     episode_ids: Sequence[int] | None = None,
     env_seeds: Sequence[int] | None = None,
+    build_in_thread: bool = True,
 ) -> list[EpisodeResult]:
     """Play ``episodes`` episodes on ``num_envs`` concurrent workers; results in episode order.
+
+    Workers are built in a thread (an env loads its ROM), so the event loop keeps serving the games
+    already playing; ``build_in_thread=False`` builds them on the loop's thread (a keyboard player's
+    window must live there).
 
     Episodes are numbered from ``episode_offset``, or are exactly ``episode_ids`` when given (a resumed
     run plays only the ones it lacks). Episode ``i`` always gets the ``i``-th seeds of ``root_seed``,
@@ -252,7 +262,7 @@ async def play_episodes(
     results: dict[int, EpisodeResult] = {}
 
     async def worker() -> None:
-        env, agent = make_worker()
+        env, agent = await asyncio.to_thread(make_worker) if build_in_thread else make_worker()
         try:
             while not queue.empty():
                 i = queue.get_nowait()

@@ -9,12 +9,15 @@ from __future__ import annotations
 import json
 import math
 import os
+import platform
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
 
+from atari_vlm import __version__
 from atari_vlm.errors import ConfigError
+from atari_vlm.spec import FORMAT_VERSION, RunSpec, describe_differences, resume_conflicts
 
 MIN_FREE_BYTES = 64 * 2**20  # checked before play starts: a full disk mid-run would cost the run
 SECRET_KEYS = frozenset({"api_key", "apikey", "key", "token", "secret", "password", "authorization"})
@@ -49,17 +52,59 @@ def scrub_secrets(data: Any) -> Any:
     return data
 
 
-def _finite(value: Any) -> Any:
+def json_safe(value: Any) -> Any:
     """JSON has no NaN/inf: store them as null so every line parses everywhere."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
 
 
-# Settings a resumed run may change: how many episodes in all, how many at once, where videos go.
-RESUMABLE_CHANGES = frozenset(
-    {"episodes", "num_envs", "atari_vlm_version", "python", "video", "max_cost_usd"}
-)  # --max-cost caps one invocation: a resumed run may get a new budget
+def run_record(spec: RunSpec, *, kind: str, **extra: Any) -> dict[str, Any]:
+    """What config.json holds: the spec (versioned, no secrets), its fingerprint, and ``extra``
+    (what was loaded for it, the protocol's description), never a secret."""
+    return scrub_secrets(
+        {
+            "kind": kind,
+            "atari_vlm_version": __version__,
+            "python": platform.python_version(),
+            "spec": spec.record(),
+            "fingerprint": spec.fingerprint(),
+            **extra,
+        }
+    )
+
+
+def read_run_spec(config: Any, where: str | Path) -> RunSpec:
+    """The spec recorded in a config.json (parsed), with a clear error for files of other versions."""
+    if not isinstance(config, dict):
+        raise ConfigError(f"{where} does not hold a JSON object")
+    if not isinstance(config.get("spec"), dict):
+        raise ConfigError(
+            f"{where} holds no run spec: it was written by an older atari-vlm (before run spec format "
+            f"{FORMAT_VERSION}); play the run again to use it here"
+        )
+    return RunSpec.from_record(config["spec"], where=str(where))
+
+
+def resume_refusal(old: dict[str, Any], new: dict[str, Any], spec: RunSpec, where: Path) -> str | None:
+    """Why the run recorded as ``old`` cannot go on as ``new`` (None when it can)."""
+    if old.get("kind", "play") != new.get("kind"):
+        return f"it holds a {old.get('kind', 'play')} run, not a {new.get('kind')} run"
+    recorded = read_run_spec(old, where)
+    diffs = resume_conflicts(recorded, spec)
+    old_model, new_model = (r.get("model") or {} for r in (old, new))
+    if (
+        isinstance(old_model, dict)
+        and isinstance(new_model, dict)
+        and old_model.get("spec") != new_model.get("spec")
+    ):
+        diffs.append(("model (as loaded)", old_model.get("spec"), new_model.get("spec")))
+    if not diffs:
+        return None
+    return (
+        f"these settings differ from the recorded run: {describe_differences(diffs)} (a resumed run may "
+        "change only how many episodes, how fast, and what it writes)"
+    )
 
 
 class RunDir:
@@ -77,8 +122,11 @@ class RunDir:
         self._lock: Any = None
         self.kept_episodes: list[dict[str, Any]] = []  # finished episodes found by a resume
 
-    def open(self, config: dict[str, Any], *, overwrite: bool = False, resume: bool = False) -> RunDir:
-        """Lock the directory and start (or resume) the run recorded in it.
+    def open(
+        self, config: dict[str, Any], spec: RunSpec, *, overwrite: bool = False, resume: bool = False
+    ) -> RunDir:
+        """Lock the directory and start (or resume) the run recorded in it; ``config`` is the
+        :func:`run_record` of ``spec``.
 
         Raises:
             ConfigError: the directory is in use, already holds a run (without ``overwrite`` or
@@ -102,7 +150,7 @@ class RunDir:
             raise ConfigError(f"cannot write the run directory {self.path}: {exc.strerror or exc}") from exc
         self._acquire_lock()
         try:
-            self._prepare(scrub_secrets(config), overwrite=overwrite, resume=resume)
+            self._prepare(scrub_secrets(config), spec, overwrite=overwrite, resume=resume)
         except BaseException:
             self._release_lock()
             raise
@@ -135,13 +183,13 @@ class RunDir:
             self._lock.close()  # closing drops the flock
             self._lock = None
 
-    def _prepare(self, config: dict[str, Any], *, overwrite: bool, resume: bool) -> None:
+    def _prepare(self, config: dict[str, Any], spec: RunSpec, *, overwrite: bool, resume: bool) -> None:
         config_path = self.path / "config.json"
         has_run = (self.path / "steps.jsonl").exists() or config_path.exists()
         if resume:
             if not config_path.exists():
                 raise ConfigError(f"nothing to resume in {self.path}: it holds no config.json")
-            self._check_same_run(config_path, config)
+            self._check_same_run(config_path, config, spec)
             self._drop_unfinished()
             return
         if has_run and not overwrite:
@@ -155,23 +203,15 @@ class RunDir:
             video.unlink()
         write_json_atomic(config_path, config)
 
-    def _check_same_run(self, config_path: Path, config: dict[str, Any]) -> None:
+    def _check_same_run(self, config_path: Path, config: dict[str, Any], spec: RunSpec) -> None:
         try:
             old = json.loads(config_path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:  # ValueError covers bad JSON and bytes that are not UTF-8
             raise ConfigError(f"cannot resume: {config_path} is unreadable or corrupt ({exc})") from exc
-        if not isinstance(old, dict):
-            raise ConfigError(f"cannot resume: {config_path} does not hold a JSON object")
-        keys = (set(old) | set(config)) - RESUMABLE_CHANGES
-        as_recorded = json.loads(json.dumps(config, default=str))  # tuples become lists, as in the file
-        changed = sorted(k for k in keys if old.get(k) != as_recorded.get(k))
-        if changed:
-            raise ConfigError(
-                f"cannot resume {self.path}: these settings differ from the recorded run: "
-                f"{', '.join(changed)}"
-            )
-        merged = {**old, **{k: config[k] for k in RESUMABLE_CHANGES if k in config}}
-        write_json_atomic(config_path, merged)
+        refusal = resume_refusal(old, config, spec, config_path)
+        if refusal is not None:
+            raise ConfigError(f"cannot resume {self.path}: {refusal}")
+        write_json_atomic(config_path, config)
 
     def _drop_unfinished(self) -> None:
         """Keep every finished episode once; remove what an interrupted one left (its steps, its video)."""
@@ -201,7 +241,7 @@ class RunDir:
 
     @staticmethod
     def _write(handle: Any, record: dict[str, Any]) -> None:
-        line = json.dumps({k: _finite(v) for k, v in record.items()}, ensure_ascii=False, default=str)
+        line = json.dumps({k: json_safe(v) for k, v in record.items()}, ensure_ascii=False, default=str)
         handle.write(line + "\n")
         handle.flush()
 

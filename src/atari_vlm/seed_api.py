@@ -11,13 +11,17 @@ Example:
 
 One difference, on purpose: ``reset()`` returns ``(obs, info)`` as Gymnasium does, where the seed's
 returned ``obs`` alone. ``resize_shape`` is (height, width), as in Gymnasium's ``ResizeObservation``.
-The agents are thin, synchronous shells over the library's model backends: one class, configured by
-a ``--model`` string; the named subclasses only choose the default.
+
+The agents are thin adapters over the library's policy (:class:`atari_vlm.agent.VLMAgent`, built by
+:func:`atari_vlm.workers.build_agent` from a run spec): the same request, parser, invalid-answer
+feedback and cost accounting as ``atari-vlm play``, with the seed's ``select_action(obs, prompt)``
+on top. One class, configured by a ``--model`` string; the named subclasses only choose the default.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from typing import Any
 
 import gymnasium as gym
@@ -25,18 +29,26 @@ import numpy as np
 from PIL import Image
 
 from atari_vlm import imaging
-from atari_vlm.env import AtariVLMEnv, EnvConfig
+from atari_vlm.agent import VLMAgent
+from atari_vlm.env import AtariVLMEnv, split_options
 from atari_vlm.games import game_info
-from atari_vlm.models.base import ImagePart, Message, Request, TextPart
-from atari_vlm.models.registry import LoadedModel, ModelOptions, load_model
-from atari_vlm.prompts import DEFAULT_MAX_TOKENS, parse_action, render_system_prompt, render_turn_prompt
+from atari_vlm.models.costs import BudgetedVLM
+from atari_vlm.models.registry import LoadedModel, load_model
+from atari_vlm.prompts import render_system_prompt
+from atari_vlm.spec import DecodingSpec, EnvSpec, ModelSpec, ObservationSpec, PromptSpec, RunSpec
+from atari_vlm.workers import vlm_agent
+
+DEFAULT_GAME = "Pong"
+"""The game a hand-made observation (one without "game") is taken to be: only the action names and
+the caller's system prompt reach the model, so it names the request, nothing more."""
 
 
 class AtariVLMEnvironment(gym.Wrapper):
     """:class:`~atari_vlm.env.AtariVLMEnv` with the seed's observation: PIL images and action names.
 
     ``obs`` is a dict: ``image`` (PIL, what the model is shown), ``text`` (state description),
-    ``action_space`` (the legal action names), ``frames`` (the stacked frames as PIL images).
+    ``action_space`` (the legal action names), ``frames`` (the stacked frames as PIL images),
+    ``game``, and ``pixels`` / ``frame_arrays`` (the images as arrays, what agents send).
     """
 
     def __init__(
@@ -46,10 +58,11 @@ class AtariVLMEnvironment(gym.Wrapper):
         frame_skip: int = 4,
         **options: Any,
     ):
+        env_options, observation_options = split_options(
+            {"resize_shape": resize_shape, "frame_skip": frame_skip, **options}
+        )
         super().__init__(
-            AtariVLMEnv(
-                EnvConfig(game=game_name, resize_shape=resize_shape, frame_skip=frame_skip, **options)
-            )
+            AtariVLMEnv(EnvSpec(game=game_name, **env_options), ObservationSpec(**observation_options))
         )
         self.game_name = self.env.game
         self.action_names: list[str] = self.env.action_names
@@ -59,8 +72,10 @@ class AtariVLMEnvironment(gym.Wrapper):
             "image": imaging.to_pil(obs["image"]),
             "text": obs["text"],
             "action_space": list(self.action_names),
+            "game": self.game_name,
             "frames": [imaging.to_pil(f) for f in obs["frames"]],
-            "pixels": obs["image"],  # the array behind "image", so agents need not convert back
+            "pixels": obs["image"],  # the arrays behind "image" and "frames", so agents need not convert
+            "frame_arrays": obs["frames"],
         }
 
     def reset(self, **kwargs: Any) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -73,27 +88,33 @@ class AtariVLMEnvironment(gym.Wrapper):
 
     def get_vlm_prompt(self, prompt_type: str = "basic") -> str:
         """The system prompt of a style (``basic``, ``cot``, ``expert``) or template file for this game."""
-        config = self.env.config
+        observation = self.env.observation_spec
         return render_system_prompt(
-            prompt_type,
+            PromptSpec(prompt=prompt_type).prompt,
             game_info(self.game_name),
             self.action_names,
-            frame_stack=config.frame_stack,
-            layout=config.frame_layout,
+            frame_stack=observation.frame_stack,
+            layout=observation.frame_layout,
+            state_text=observation.state_text,
         )
 
 
 class ModelAgent:
     """``select_action(obs, prompt) -> int`` over any model atari-vlm can load.
 
+    Each call is one decision of the library's policy: the same request as ``atari-vlm play`` with
+    ``prompt`` as the system prompt, the same parser, the "your previous answer named no legal action"
+    feedback on the next call, and every call priced (``cost_usd``, ``usage``).
+
     Args:
         model: a ``--model`` string: ``demo``, ``openai:<model>``, a checkpoint directory, ...
         api_key: for API models; else read from the provider's environment variable.
         max_tokens: per answer (default: enough for the longest prompt style's reasoning).
-        **options: fields of :class:`~atari_vlm.models.registry.ModelOptions` (base_url, device, ...).
+        **options: fields of :class:`~atari_vlm.spec.ModelSpec` (base_url, device, ...).
     """
 
     default_model = "auto"
+    default_max_tokens = 256
 
     def __init__(
         self,
@@ -103,35 +124,53 @@ class ModelAgent:
         max_tokens: int | None = None,
         **options: Any,
     ):
-        self.loaded: LoadedModel = load_model(
-            model or self.default_model, ModelOptions(api_key=api_key, **options)
+        self.model_spec = ModelSpec(model=model or self.default_model, api_key=api_key, **options)
+        loaded = load_model(self.model_spec)
+        self.loaded: LoadedModel = dataclasses.replace(
+            loaded, vlm=BudgetedVLM(loaded.vlm, None, loaded.prices)
         )
-        self.max_tokens = max_tokens or max(DEFAULT_MAX_TOKENS.values())
+        self.max_tokens = max_tokens or self.default_max_tokens
         self.last_answer = ""
         self.invalid_answers = 0
+        self._policies: dict[tuple[str, tuple[str, ...], str], VLMAgent] = {}
         self._loop = asyncio.new_event_loop()
+
+    @property
+    def cost_usd(self) -> float | None:
+        """Dollars spent so far (None when no price is known for the model)."""
+        vlm = self.loaded.vlm
+        return vlm.spent_usd if vlm.prices is not None else None
+
+    def _policy(self, game: str, names: tuple[str, ...], prompt: str) -> VLMAgent:
+        """One policy per game, action set and system prompt: its feedback carries over between calls."""
+        key = (game, names, prompt)
+        if key not in self._policies:
+            spec = RunSpec(
+                env=EnvSpec(game=game),
+                model=self.model_spec,
+                decoding=DecodingSpec(max_tokens=self.max_tokens),
+            )
+            self._policies[key] = vlm_agent(spec, names, self.loaded.vlm, system_prompt=prompt)
+        return self._policies[key]
 
     def select_action(self, obs: dict[str, Any], prompt: str) -> int:
         """Ask the model; return the index of its action (NOOP, or 0, when it names none)."""
+        names = tuple(obs["action_space"])
+        policy = self._policy(str(obs.get("game", DEFAULT_GAME)), names, prompt)
         pixels = obs.get("pixels")
         if pixels is None:
             image = obs["image"]
             pixels = np.asarray(image.convert("RGB") if isinstance(image, Image.Image) else image)
-        request = Request(
-            messages=(
-                Message.text("system", prompt),
-                Message("user", (ImagePart(pixels), TextPart(render_turn_prompt(obs["text"])))),
-            ),
-            max_tokens=self.max_tokens,
-        )
-        completion = self._loop.run_until_complete(self.loaded.vlm.generate(request))
-        self.last_answer = completion.text
-        names = list(obs["action_space"])
-        parsed = parse_action(completion.text, names)
-        if parsed.index is None:
-            self.invalid_answers += 1
-            return names.index("NOOP") if "NOOP" in names else 0
-        return parsed.index
+        frames = obs.get("frame_arrays")
+        observation = {
+            "image": pixels,
+            "frames": frames if frames is not None else pixels[None],
+            "text": obs["text"],
+        }
+        decision = self._loop.run_until_complete(policy.act(observation))
+        self.last_answer = decision.text
+        self.invalid_answers += not decision.parsed
+        return decision.action
 
     def close(self) -> None:
         self._loop.run_until_complete(self.loaded.vlm.aclose())

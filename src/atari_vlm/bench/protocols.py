@@ -23,6 +23,7 @@ from types import MappingProxyType
 from typing import Any
 
 from atari_vlm.errors import ConfigError
+from atari_vlm.spec import V5_MAX_EPISODE_FRAMES
 
 
 @dataclass(frozen=True)
@@ -44,7 +45,7 @@ class Protocol:
             ``[0, noop_max]`` before the agent's first decision (DQN Nature: up to 30; 0 off). They count
             towards ``max_episode_frames`` but are not decisions.
         max_episode_frames: truncate an episode after this many emulator frames (``None``: no cap).
-            108,000 frames is 30 minutes of play.
+            108,000 frames (ALE v5's own cap, the default) is 30 minutes of play.
         total_env_steps: the evaluation budget in env steps for one *run* on one game (``None``: play
             whole episodes instead). With a budget, the run lasts exactly this many env steps.
         reset_on_game_over: with a budget: when the game ends before the budget is spent, reset and
@@ -70,7 +71,7 @@ class Protocol:
     repeat_action_probability: float = 0.25
     full_action_space: bool = False
     noop_max: int = 0
-    max_episode_frames: int | None = None
+    max_episode_frames: int | None = V5_MAX_EPISODE_FRAMES
     total_env_steps: int | None = None
     reset_on_game_over: bool = False
     decision_interval: int = 1
@@ -137,12 +138,21 @@ class Protocol:
             return None
         return math.ceil(self.total_env_steps / self.decision_interval)
 
-    @property
-    def max_episode_steps(self) -> int | None:
-        """``max_episode_frames`` in env steps (what ``EnvConfig.max_steps`` counts)."""
-        if self.max_episode_frames is None:
-            return None
-        return math.ceil(self.max_episode_frames / self.frame_skip)
+    def fixed_settings(self) -> dict[str, Any]:
+        """The run-spec settings this protocol fixes, by their flat names (see :mod:`atari_vlm.spec`)."""
+        return {
+            "frame_skip": self.frame_skip,
+            "repeat_action_probability": self.repeat_action_probability,
+            "full_action_space": self.full_action_space,
+            "noop_max": self.noop_max,
+            "max_episode_frames": self.max_episode_frames,
+            "total_env_steps": self.total_env_steps,
+            "reset_on_game_over": self.reset_on_game_over,
+            "decision_interval": self.decision_interval,
+            "filler_action": self.filler_action,
+            "history_steps": self.context_pairs,
+            "history_images": self.context_pairs,
+        }
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -303,3 +313,31 @@ def load_protocol(name_or_path: str | Path) -> Protocol:
             "and no such .json/.toml file"
         )
     return Protocol.from_dict(_read_file(path), origin=str(path))
+
+
+def with_protocol(settings: Mapping[str, Any], given: set[str] | frozenset[str]) -> dict[str, Any]:
+    """``settings`` (flat run-spec settings) with the protocol they name applied.
+
+    The protocol's fixed settings replace defaults; a setting the user gave (``given``) that the
+    protocol fixes to another value is refused, so that a score labelled with a protocol was played
+    under it.
+
+    Raises:
+        ConfigError: an unknown protocol, or a given setting that contradicts it.
+    """
+    name = settings.get("protocol")
+    if name is None:
+        return dict(settings)
+    protocol = load_protocol(name)
+    fixed = protocol.fixed_settings()
+    clashes = [
+        f"{key}={settings[key]!r} (the protocol fixes {value!r})"
+        for key, value in fixed.items()
+        if key in given and key in settings and settings[key] != value
+    ]
+    if clashes:
+        raise ConfigError(
+            f"protocol {protocol.name!r} fixes settings given otherwise: {'; '.join(clashes)}; drop them, "
+            f'or write a protocol file based on it (base = "{protocol.name}")'
+        )
+    return {**settings, **fixed, "protocol": str(name)}

@@ -3,6 +3,10 @@
 Every row says how many episodes it rests on, gives the mean raw return and the human-normalized
 mean with stratified bootstrap 95% intervals (episodes are the resampled runs), and, when a random-agent
 run played the same episode seeds under the same env settings, that random baseline beside it.
+
+Runs share a row only when their specs agree on every setting that changes play (their
+fingerprint, :meth:`atari_vlm.spec.RunSpec.fingerprint`): seeds and episode counts pool, a frame
+skip or a temperature never does. Rows that would otherwise look alike say what sets them apart.
 Aggregates over games (mean, median, IQM) follow. Published numbers (Atari-GPT) are listed apart and
 labelled "published, not measured": they were not produced by these runs.
 """
@@ -12,9 +16,8 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,7 +33,8 @@ from atari_vlm.bench.scores import (
     stratified_bootstrap_ci,
 )
 from atari_vlm.errors import ConfigError
-from atari_vlm.rundir import read_jsonl, write_json_atomic
+from atari_vlm.rundir import read_jsonl, read_run_spec, write_json_atomic
+from atari_vlm.spec import RunSpec, differences, is_finite_number
 
 NO_VALUE = "-"
 
@@ -40,14 +44,26 @@ class RunRecord:
     """What the results table needs from one run directory."""
 
     path: Path
-    game: str
-    agent: str
-    model: str
-    prompt: str
-    protocol: str
+    spec: RunSpec
+    model: str  # the model as loaded ("random"/"expert" for a reference agent)
     random_weights: bool
-    env: dict[str, Any]  # env settings without the seed: runs compare only under equal settings
     episodes: tuple[dict[str, Any], ...]
+
+    @property
+    def game(self) -> str:
+        return self.spec.game
+
+    @property
+    def agent(self) -> str:
+        return self.spec.agent
+
+    @property
+    def prompt(self) -> str:
+        return NO_VALUE if self.agent != "vlm" else self.spec.prompt.prompt
+
+    @property
+    def protocol(self) -> str:
+        return self.spec.protocol or NO_VALUE
 
     @property
     def returns(self) -> list[float]:
@@ -66,35 +82,20 @@ def load_run(path: str | Path) -> RunRecord:
         raise ConfigError(f"{path} is not a run directory: it has no config.json")
     try:
         config = json.loads(config_path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, ValueError) as exc:
         raise ConfigError(f"cannot read {config_path}: {exc}") from exc
-    if not isinstance(config, dict) or not isinstance(config.get("game"), str):
-        raise ConfigError(f"{config_path} has no 'game' field: not an atari-vlm run")
+    spec = read_run_spec(config, config_path)
     episodes_path = path / "episodes.jsonl"
     episodes = read_jsonl(episodes_path) if episodes_path.is_file() else []
-    episodes = [e for e in episodes if isinstance(e, dict) and _finite(e.get("return"))]
-    agent = str(config.get("agent", "vlm"))
+    episodes = [e for e in episodes if isinstance(e, dict) and is_finite_number(e.get("return"))]
     model = config.get("model") if isinstance(config.get("model"), dict) else {}
-    protocol = config.get("protocol")
-    if isinstance(protocol, dict):
-        protocol = protocol.get("name")
-    env = dict(config.get("env") or {})
-    env.pop("seed", None)
     return RunRecord(
         path=path,
-        game=config["game"],
-        agent=agent,
-        model="random" if agent == "random" else str(model.get("spec", agent)),
-        prompt=NO_VALUE if agent == "random" else str(config.get("prompt", NO_VALUE)),
-        protocol=str(protocol) if protocol else NO_VALUE,
+        spec=spec,
+        model=spec.agent if spec.agent != "vlm" else str(model.get("spec", spec.model.model)),
         random_weights=bool(model.get("random_weights", False)),
-        env=env,
         episodes=tuple(episodes),
     )
-
-
-def _finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def collect_run_dirs(paths: Iterable[str | Path]) -> list[Path]:
@@ -124,16 +125,46 @@ def _interval(values: Sequence[float], *, reps: int, seed: int, confidence: floa
 
 def _random_baseline(group: list[RunRecord], randoms: list[RunRecord]) -> dict[str, Any] | None:
     """Mean return of random-agent episodes that used the same env seeds and the same env settings."""
-    wanted = {(e.get("seed"), json.dumps(r.env, sort_keys=True)) for r in group for e in r.episodes}
+    wanted = {(e.get("seed"), r.spec.env_fingerprint()) for r in group for e in r.episodes}
     matched = [
         float(e["return"])
         for r in randoms
         for e in r.episodes
-        if (e.get("seed"), json.dumps(r.env, sort_keys=True)) in wanted
+        if (e.get("seed"), r.spec.env_fingerprint()) in wanted
     ]
     if not matched:
         return None
     return {"mean_return": float(np.mean(matched)), "episodes": len(matched)}
+
+
+def _distinguishing_settings(
+    groups: Mapping[tuple[str, str, str, str, str], list[RunRecord]],
+) -> dict[tuple[str, str, str, str, str], str]:
+    """For each group, the settings that set it apart from the groups with the same game, model,
+    prompt and protocol ("frame_skip=8"), or "" when it has no such twin: two rows that would look the
+    same say what differs."""
+    twins: dict[tuple[str, str, str, str], list[tuple[str, str, str, str, str]]] = defaultdict(list)
+    for key in groups:
+        twins[key[:4]].append(key)
+    out: dict[tuple[str, str, str, str, str], str] = {}
+    for keys in twins.values():
+        for key in keys:
+            mine = groups[key][0].spec
+            differing: dict[str, Any] = {}
+            for other in keys:
+                if other != key:
+                    for name, value, _ in differences(mine, groups[other][0].spec, frozenset({"play"})):
+                        differing[name] = value
+            out[key] = ", ".join(
+                f"{name}={_setting_text(value)}" for name, value in sorted(differing.items())
+            )
+    return out
+
+
+def _setting_text(value: Any) -> str:
+    if isinstance(value, list):
+        return "x".join(map(str, value))
+    return str(value)
 
 
 def build_results(
@@ -156,22 +187,25 @@ def build_results(
     runs = [r for r in runs if r.episodes]
     if not runs:
         raise ConfigError("none of the run directories has a finished episode (episodes.jsonl is empty)")
-    groups: dict[tuple[str, str, str, str], list[RunRecord]] = defaultdict(list)
+    groups: dict[tuple[str, str, str, str, str], list[RunRecord]] = defaultdict(list)
     for r in runs:
-        groups[(r.game, r.model, r.prompt, r.protocol)].append(r)
+        groups[(r.game, r.model, r.prompt, r.protocol, r.spec.fingerprint())].append(r)
     ci = {"reps": reps, "seed": seed, "confidence": confidence}
     rows = []
-    normalized: dict[tuple[str, str, str], dict[str, list[float]]] = defaultdict(dict)
-    for (game, model, prompt, protocol), group in sorted(groups.items()):
+    normalized: dict[tuple[str, str, str, str], dict[str, list[float]]] = defaultdict(dict)
+    settings_of = _distinguishing_settings(groups)
+    for (game, model, prompt, protocol, fingerprint), group in sorted(groups.items()):
         returns = [x for r in group for x in r.returns]
         episodes = [e for r in group for e in r.episodes]
-        costs = [float(e["cost_usd"]) for e in episodes if _finite(e.get("cost_usd"))]
+        costs = [float(e["cost_usd"]) for e in episodes if is_finite_number(e.get("cost_usd"))]
         decisions = sum(int(e.get("decisions") or 0) for e in episodes)
         row: dict[str, Any] = {
             "game": game,
             "model": model,
             "prompt": prompt,
             "protocol": protocol,
+            "fingerprint": fingerprint,
+            "settings": settings_of[(game, model, prompt, protocol, fingerprint)],
             "agent": group[0].agent,
             "random_weights": any(r.random_weights for r in group),
             "runs": len(group),
@@ -189,20 +223,22 @@ def build_results(
         if has_reference(game, table):
             hns = [float(human_normalized(game, x, table)) for x in returns]
             row["human_normalized"] = _interval(hns, **ci)
-            normalized[(model, prompt, protocol)][game] = hns
+            normalized[(model, prompt, protocol, row["settings"])][game] = hns
         if group[0].agent != "random":
             randoms = [r for r in runs if r.agent == "random" and r.game == game]
             row["random_same_seeds"] = _random_baseline(group, randoms)
         rows.append(row)
     aggregates = []
-    for (model, prompt, protocol), per_game in sorted(normalized.items()):
-        mine = [r for r in rows if (r["model"], r["prompt"], r["protocol"]) == (model, prompt, protocol)]
+    for (model, prompt, protocol, settings), per_game in sorted(normalized.items()):
+        key = (model, prompt, protocol, settings)
+        mine = [r for r in rows if (r["model"], r["prompt"], r["protocol"], r["settings"]) == key]
         measured = sorted({r["game"] for r in mine})
         aggregates.append(
             {
                 "model": model,
                 "prompt": prompt,
                 "protocol": protocol,
+                "settings": settings,
                 "games": sorted(per_game),
                 "games_without_reference": [g for g in measured if g not in per_game],
                 "random_weights": any(r["random_weights"] for r in mine),
@@ -256,6 +292,12 @@ def _ci_text(interval: dict[str, float] | None, *, percent: bool = False) -> str
     return f"{p:.{digits}f}{unit} [{lo:.{digits}f}, {hi:.{digits}f}]"
 
 
+def _model_cell(row: dict[str, Any]) -> str:
+    """The model, marked when its weights are random, with the settings that set its row apart."""
+    text = row["model"] + (" (RANDOM WEIGHTS)" if row["random_weights"] else "")
+    return text + (f" [{row['settings']}]" if row.get("settings") else "")
+
+
 _TRUNCATED_NOTE = (
     "\\* Some episodes were cut short by a step cap: the reference scores are for whole games, so these "
     "human-normalized numbers are not comparable to them."
@@ -282,7 +324,7 @@ def _markdown(results: dict[str, Any]) -> str:
     head += ["unparsed", "cost $"]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in results["rows"]:
-        model = r["model"] + (" (RANDOM WEIGHTS)" if r["random_weights"] else "")
+        model = _model_cell(r)
         hns = _ci_text(r["human_normalized"], percent=True)
         if r["human_normalized"] and r["truncated_episodes"]:
             hns += " *"
@@ -308,7 +350,7 @@ def _markdown(results: dict[str, Any]) -> str:
             games = ", ".join(a["games"])
             if a["games_without_reference"]:
                 games += f" (no reference: {', '.join(a['games_without_reference'])})"
-            model = a["model"] + (" (RANDOM WEIGHTS)" if a["random_weights"] else "")
+            model = _model_cell(a)
             cells = [model, a["prompt"], *([a["protocol"]] if show_protocol else []), games]
             mark = " *" if a["truncated_episodes"] else ""
             cells += [_ci_text(a[k], percent=True) + mark for k in ("mean", "median", "iqm")]
@@ -339,7 +381,8 @@ def _markdown(results: dict[str, Any]) -> str:
 
 
 _CSV_COLUMNS = (
-    *("game", "model", "prompt", "protocol", "agent", "random_weights", "runs", "episodes"),
+    *("game", "model", "prompt", "protocol", "fingerprint", "settings", "agent", "random_weights", "runs"),
+    "episodes",
     *("mean_return", "return_ci_low", "return_ci_high", "hns_mean", "hns_ci_low", "hns_ci_high"),
     *("random_same_seeds_mean_return", "random_same_seeds_episodes"),
     *("decisions", "unparsed", "truncated_episodes", "cost_usd"),
@@ -349,7 +392,20 @@ _CSV_COLUMNS = (
 def _csv_row(r: dict[str, Any]) -> dict[str, Any]:
     ret, hns, base = r["mean_return"], r["human_normalized"] or {}, r["random_same_seeds"] or {}
     return {
-        **{k: r[k] for k in ("game", "model", "prompt", "protocol", "agent", "random_weights", "runs")},
+        **{
+            k: r[k]
+            for k in (
+                "game",
+                "model",
+                "prompt",
+                "protocol",
+                "fingerprint",
+                "settings",
+                "agent",
+                "random_weights",
+            )
+        },
+        "runs": r["runs"],
         "episodes": r["episodes"],
         "mean_return": ret["point"],
         "return_ci_low": ret["low"],

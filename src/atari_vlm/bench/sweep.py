@@ -1,8 +1,10 @@
 """A benchmark sweep: every game x model x prompt on the same seeds under one protocol, with the
 random agent on those seeds too, each combination in its own run directory, then the results tables.
 
-Resumable: a combination whose run is complete is skipped, an interrupted one is resumed (finished
-episodes kept, the interrupted one replayed), so rerunning the same command finishes the job.
+Every combination is a :class:`~atari_vlm.spec.RunSpec` built from the same settings, so that the
+only differences between two runs of a sweep are its factors. Resumable: a combination whose run is
+complete is skipped, an interrupted one is resumed (finished episodes kept, the interrupted one
+replayed), so rerunning the same command finishes the job.
 """
 
 from __future__ import annotations
@@ -10,36 +12,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from atari_vlm.bench.protocols import Protocol, load_protocol
+from atari_vlm.bench.protocols import Protocol, load_protocol, with_protocol
 from atari_vlm.bench.results import write_results
 from atari_vlm.errors import ConfigError
-from atari_vlm.executors import EXECUTORS, RayExecutor, ray_session
-from atari_vlm.games import resolve_game
-from atari_vlm.models.registry import LoadedModel, ModelOptions, load_model
+from atari_vlm.executors import RayExecutor, ray_session
+from atari_vlm.models.registry import LoadedModel, load_model
 from atari_vlm.rundir import read_jsonl
-from atari_vlm.runner import PlaySettings, RunSummary, run_play
+from atari_vlm.runner import RunSummary, run_play
+from atari_vlm.spec import RunSpec, SweepSpec, parse_seeds
+from atari_vlm.workers import model_spec_for
 
-
-def parse_seeds(text: str) -> tuple[int, ...]:
-    """ "0-4" -> (0, 1, 2, 3, 4); "1,5,9" -> (1, 5, 9); both may mix ("0-2,7")."""
-    seeds: list[int] = []
-    for part in str(text).split(","):
-        part = part.strip()
-        match = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
-        if not match:
-            raise ConfigError(f"seeds must look like 0-4 or 1,5,9 (non-negative integers), got {text!r}")
-        low, high = int(match.group(1)), int(match.group(2) or match.group(1))
-        if high < low:
-            raise ConfigError(f"seed range {part!r} runs backwards; write it low-high")
-        seeds.extend(range(low, high + 1))
-    if len(set(seeds)) != len(seeds):
-        raise ConfigError(f"seeds repeat in {text!r}: every seed once, please")
-    return tuple(seeds)
+DEFAULT_SEEDS = 3
+"""Seeds per combination when neither --seeds nor the protocol says."""
 
 
 def _slug(text: str) -> str:
@@ -48,24 +37,16 @@ def _slug(text: str) -> str:
 
 @dataclass(frozen=True)
 class BenchSpec:
-    """What to sweep. ``protocol`` is a built-in name, a file, or ``None`` for the env defaults."""
+    """What to sweep: the factors, and the run settings every combination shares (flat spec names).
+
+    ``given`` names the settings the user typed (the rest are defaults), so that a protocol can
+    refuse a setting it fixes otherwise.
+    """
 
     out: Path
-    games: tuple[str, ...]
-    models: tuple[str, ...]
-    prompts: tuple[str, ...] = ("basic",)
-    seeds: tuple[int, ...] | None = None
-    protocol: str | None = None
-    max_steps: int | None = None  # a cap on decisions, for quick looks (results mark capped runs)
-    env: dict[str, Any] = field(default_factory=dict)  # image settings: resize_shape, grayscale, ...
-    model_options: ModelOptions = field(default_factory=ModelOptions)
-    num_envs: int = 1
-    video: bool = False
-    max_tokens: int | None = None
-    temperature: float = 0.0
-    max_cost_usd: float | None = None  # for the whole sweep in this invocation; it stops where reached
-    executor: str = "local"  # "ray": each combination's episodes spread over Ray workers
-    ray_address: str | None = None
+    sweep: SweepSpec
+    settings: Mapping[str, Any] = field(default_factory=dict)
+    given: frozenset[str] = frozenset()
 
 
 @dataclass
@@ -75,45 +56,35 @@ class Combination:
     model: str
     prompt: str
     out: Path
+    spec: RunSpec
 
 
-def protocol_settings(protocol: Protocol | None) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Env options and agent options that a protocol fixes."""
-    if protocol is None:
-        return {}, {}
-    env = {
-        "frame_skip": protocol.frame_skip,
-        "repeat_action_probability": protocol.repeat_action_probability,
-        "full_action_space": protocol.full_action_space,
-        "noop_max": protocol.noop_max,
-        "max_episode_frames": protocol.max_episode_frames,
-        "total_env_steps": protocol.total_env_steps,
-        "reset_on_game_over": protocol.reset_on_game_over,
-        "decision_interval": protocol.decision_interval,
-        "filler_action": protocol.filler_action,
-    }
-    agent = {"history_steps": protocol.context_pairs, "history_images": protocol.context_pairs}
-    return env, agent
-
-
-def plan(spec: BenchSpec) -> tuple[list[Combination], Protocol | None, tuple[int, ...]]:
-    """Every run the sweep needs (random baselines first), validated before anything runs."""
-    protocol = load_protocol(spec.protocol) if spec.protocol else None
-    games = spec.games or (protocol.games if protocol else ())
+def plan(bench: BenchSpec) -> tuple[list[Combination], Protocol | None, tuple[int, ...]]:
+    """Every run the sweep needs (reference agents first), each spec validated before anything runs."""
+    settings = with_protocol(bench.settings, bench.given)
+    protocol = load_protocol(settings["protocol"]) if settings.get("protocol") else None
+    sweep = bench.sweep
+    games = sweep.games or (protocol.games if protocol else ())
     if not games:
         raise ConfigError("no games: pass --games (the protocol names none)")
-    games = tuple(resolve_game(g) for g in games)
-    if not spec.models:
+    if not sweep.models:
         raise ConfigError("no models: pass --models (comma-separated --model values)")
-    seeds = spec.seeds if spec.seeds is not None else tuple(range(protocol.runs if protocol else 3))
+    seeds = (
+        sweep.seeds if sweep.seeds is not None else tuple(range(protocol.runs if protocol else DEFAULT_SEEDS))
+    )
+    common = {**settings, "env_seeds": seeds, "episodes": len(seeds)}
     combos: list[Combination] = []
     for game in games:
-        combos.append(Combination(game, "random", "random", "-", spec.out / game / "random"))
-        for model in spec.models:
-            for prompt in spec.prompts:
+        spec = RunSpec.build(game=game, **{**common, "agent": "random"})
+        combos.append(Combination(spec.game, "random", "random", "-", bench.out / spec.game / "random", spec))
+        for model in sweep.models:
+            for prompt in sweep.prompts:
+                spec = RunSpec.build(
+                    game=game, **{**common, "agent": "vlm", "model": model, "prompt": prompt}
+                )
                 label = Path(prompt).stem if prompt.endswith(".txt") else prompt
-                out = spec.out / game / _slug(model) / _slug(label)
-                combos.append(Combination(game, "vlm", model, prompt, out))
+                out = bench.out / spec.game / _slug(model) / _slug(label)
+                combos.append(Combination(spec.game, "vlm", model, prompt, out, spec))
     return combos, protocol, seeds
 
 
@@ -130,59 +101,52 @@ def _is_local(model: str) -> bool:
 
 
 def run_bench(
-    spec: BenchSpec,
+    bench: BenchSpec,
     *,
     on_combination: Callable[[Combination, RunSummary | None], None] | None = None,
 ) -> dict[str, Any]:
     """Run (or finish) the sweep; returns the results of :func:`atari_vlm.bench.write_results`."""
-    combos, protocol, seeds = plan(spec)
-    env_options, agent_options = protocol_settings(protocol)
-    env = {**env_options, **spec.env, "max_steps": spec.max_steps}
-    if spec.executor not in EXECUTORS:
-        raise ConfigError(f"executor must be one of {EXECUTORS}, got {spec.executor!r}")
-    on_ray = spec.executor == "ray"
-    if on_ray and spec.max_cost_usd is not None:
+    combos, protocol, seeds = plan(bench)
+    first = combos[0].spec
+    on_ray = first.executor == "ray"
+    if on_ray and first.max_cost_usd is not None:
         raise ConfigError(
             "--max-cost is enforced within one process; with --executor ray each worker would spend "
             "it all, so the pair is refused: run the sweep locally, or without a cap"
         )
     pending = [c for c in combos if not _is_complete(c.out, len(seeds))]
     local_models: dict[str, LoadedModel] = {}  # local weights load once; API clients are cheap per run
-    with ray_session(spec.ray_address) if on_ray and pending else contextlib.nullcontext():
+    with ray_session(first.ray_address) if on_ray and pending else contextlib.nullcontext():
         try:
-            if spec.max_cost_usd is not None:
-                _check_priced(spec, pending, local_models)
-            _sweep(spec, combos, seeds, protocol, env, agent_options, on_combination, local_models, on_ray)
+            if first.max_cost_usd is not None:
+                _check_priced(pending, local_models)
+            _sweep(combos, seeds, on_combination, local_models, on_ray)
         finally:
             for model in local_models.values():
                 asyncio.run(model.vlm.aclose())
     table = protocol.table if protocol else "dqn_nature"
-    return write_results([spec.out], spec.out / "results", table=table)
+    return write_results([bench.out], bench.out / "results", table=table)
 
 
-def _check_priced(spec: BenchSpec, pending: list[Combination], local_models: dict[str, LoadedModel]) -> None:
+def _check_priced(pending: list[Combination], local_models: dict[str, LoadedModel]) -> None:
     """A capped sweep needs a price for every model it will call, known before it spends anything
     (else it would stop at the first unpriced combination with the earlier ones paid for)."""
-    for model in dict.fromkeys(c.model for c in pending if c.agent == "vlm"):
-        loaded = local_models.get(model) or load_model(model, spec.model_options)
-        if _is_local(model):
-            local_models[model] = loaded  # loaded once for the sweep anyway
+    for combo in {c.model: c for c in pending if c.agent == "vlm"}.values():
+        loaded = local_models.get(combo.model) or load_model(model_spec_for(combo.spec))
+        if _is_local(combo.model):
+            local_models[combo.model] = loaded  # loaded once for the sweep anyway
         else:
             asyncio.run(loaded.vlm.aclose())
         if loaded.prices is None:
             raise ConfigError(
-                f"--max-cost needs a known price for every model of the sweep, and {model!r} has none "
+                f"--max-cost needs a known price for every model of the sweep, and {combo.model!r} has none "
                 "(a model behind --base-url, or one no preset lists); drop the cap or that model"
             )
 
 
 def _sweep(
-    spec: BenchSpec,
     combos: list[Combination],
     seeds: tuple[int, ...],
-    protocol: Any,
-    env: dict[str, Any],
-    agent_options: dict[str, Any],
     on_combination: Callable[[Combination, RunSummary | None], None] | None,
     local_models: dict[str, LoadedModel],
     on_ray: bool,
@@ -197,29 +161,19 @@ def _sweep(
         loaded = None
         if combo.agent == "vlm" and _is_local(combo.model) and not on_ray:
             if combo.model not in local_models:
-                local_models[combo.model] = load_model(combo.model, spec.model_options)
+                local_models[combo.model] = load_model(model_spec_for(combo.spec))
             loaded = local_models[combo.model]
-        settings = PlaySettings(
-            game=combo.game,
-            out=combo.out,
-            model=combo.model,
-            agent=combo.agent,
-            episodes=len(seeds),
-            env_seeds=seeds,
-            env=env,
-            prompt=combo.prompt if combo.agent == "vlm" else "basic",
-            video=spec.video,
-            num_envs=spec.num_envs,
-            max_tokens=spec.max_tokens,
-            temperature=spec.temperature,
-            resume=(combo.out / "config.json").exists(),
-            model_options=spec.model_options,
-            protocol=protocol.to_dict() if protocol else None,
-            max_cost_usd=None if spec.max_cost_usd is None else max(0.0, spec.max_cost_usd - spent),
-            **(agent_options if combo.agent == "vlm" else {}),
-        )
+        spec = combo.spec
+        if spec.max_cost_usd is not None:
+            spec = spec.replace(max_cost_usd=max(0.0, spec.max_cost_usd - spent))
         # On Ray, each run's executor joins the sweep's Ray session; its workers load their own model.
-        summary = run_play(settings, loaded=loaded, executor=RayExecutor() if on_ray else None)
+        summary = run_play(
+            spec,
+            combo.out,
+            resume=(combo.out / "config.json").exists(),
+            loaded=loaded,
+            executor=RayExecutor() if on_ray else None,
+        )
         spent += summary.spent_usd or 0.0
         if on_combination is not None:
             on_combination(combo, summary)
@@ -227,4 +181,4 @@ def _sweep(
             break  # the budget is spent: the rest of the sweep waits for a resumed bench
 
 
-__all__ = ["BenchSpec", "Combination", "parse_seeds", "plan", "protocol_settings", "run_bench"]
+__all__ = ["BenchSpec", "Combination", "parse_seeds", "plan", "run_bench"]

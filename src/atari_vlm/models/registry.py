@@ -19,10 +19,11 @@ Each provider is a lazily imported module: nothing here imports an SDK until tha
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -39,6 +40,7 @@ from atari_vlm.models.presets import (
     preset_for_model,
     suggest,
 )
+from atari_vlm.spec import ModelSpec
 
 DEMO_WARNING = (
     "model 'demo' has RANDOM WEIGHTS: it tests the pipeline end to end, its moves are noise and its "
@@ -49,25 +51,12 @@ TINY_WARNING = (
     "scores mean nothing"
 )
 DEFAULT_OPENAI_MODEL = "gpt-4o-mini"
+DEFAULT_CONCURRENCY = 8
+"""Requests in flight to an API when the spec leaves it open (the runner sets one per game)."""
 MODEL_FORMS = (
     "'demo', 'auto', a preset name, 'openai:<model>' (with --base-url for a local server), "
     "'anthropic:<model>', 'gemini:<model>', 'local:<hf id>', or a checkpoint directory"
 )
-
-
-@dataclass(frozen=True)
-class ModelOptions:
-    """Settings that apply to whichever backend the spec names; each backend takes the ones it uses."""
-
-    base_url: str | None = None
-    api_key: str | None = field(default=None, repr=False)
-    device: str = "cpu"
-    dtype: str = "auto"
-    quantize: str | None = None
-    concurrency: int = 8
-    max_batch_size: int = 8
-    image_detail: str = "auto"
-    trust_remote_code: bool = False  # run code shipped with a checkpoint (CogVLM2): explicit opt-in only
 
 
 @dataclass
@@ -86,7 +75,7 @@ class LoadedModel:
         return {"spec": self.spec, "provider": self.provider, "random_weights": self.random_weights}
 
 
-def _load_openai(model: str, options: ModelOptions) -> LoadedModel:
+def _load_openai(model: str, options: ModelSpec) -> LoadedModel:
     from atari_vlm.models.openai_compat import OpenAICompatVLM
 
     if not model:
@@ -95,13 +84,13 @@ def _load_openai(model: str, options: ModelOptions) -> LoadedModel:
         model=model,
         base_url=options.base_url,
         api_key=options.api_key,
-        concurrency=options.concurrency,
+        concurrency=options.concurrency or DEFAULT_CONCURRENCY,
         image_detail=options.image_detail,
     )
     return LoadedModel(vlm, f"openai:{model}", "openai")
 
 
-def _load_local(path: str, options: ModelOptions, *, demo: bool = False) -> LoadedModel:
+def _load_local(path: str, options: ModelSpec, *, demo: bool = False) -> LoadedModel:
     from atari_vlm.models.local import LocalVLM
     from atari_vlm.models.tiny import DEMO_MARKER
 
@@ -121,7 +110,7 @@ def _load_local(path: str, options: ModelOptions, *, demo: bool = False) -> Load
     )
 
 
-def _load_demo(options: ModelOptions) -> LoadedModel:
+def _load_demo(options: ModelSpec) -> LoadedModel:
     from atari_vlm.models.tiny import demo_checkpoint
 
     return _load_local(str(demo_checkpoint()), options, demo=True)
@@ -149,13 +138,13 @@ def _served_model(base_url: str, api_key: str | None) -> str:
     return models[0]
 
 
-def _load_auto(options: ModelOptions) -> LoadedModel:
+def _load_auto(options: ModelSpec) -> LoadedModel:
     base_url = options.base_url or os.environ.get("OPENAI_BASE_URL")
     if options.api_key or os.environ.get("OPENAI_API_KEY") or base_url:
         model = os.environ.get("ATARI_VLM_OPENAI_MODEL")
         if not model:
             model = _served_model(base_url, options.api_key) if base_url else DEFAULT_OPENAI_MODEL
-        return _load_openai(model, ModelOptions(**{**options.__dict__, "base_url": base_url}))
+        return _load_openai(model, dataclasses.replace(options, base_url=base_url))
     loaded = _load_demo(options)
     loaded.warning = f"no API key or server configured, so 'auto' chose 'demo'. {DEMO_WARNING}"
     return loaded
@@ -164,7 +153,7 @@ def _load_auto(options: ModelOptions) -> LoadedModel:
 def _sdk_loader(provider: str, module: str, class_name: str, example: str):
     """A loader for a provider whose backend takes model, key, base_url and concurrency (one mechanism)."""
 
-    def load(model: str, options: ModelOptions, **backend_options: Any) -> LoadedModel:
+    def load(model: str, options: ModelSpec, **backend_options: Any) -> LoadedModel:
         if not model:
             raise ConfigError(f"'{provider}:' needs a model name, e.g. {provider}:{example}")
         backend = getattr(importlib.import_module(module), class_name)
@@ -172,7 +161,7 @@ def _sdk_loader(provider: str, module: str, class_name: str, example: str):
             model=model,
             api_key=options.api_key,
             base_url=options.base_url,
-            concurrency=options.concurrency,
+            concurrency=options.concurrency or DEFAULT_CONCURRENCY,
             **backend_options,
         )
         return LoadedModel(vlm, f"{provider}:{model}", provider)
@@ -186,7 +175,7 @@ _load_anthropic = _sdk_loader(
 _load_gemini = _sdk_loader("gemini", "atari_vlm.models.gemini_backend", "GeminiVLM", "gemini-2.5-flash")
 
 
-def _load_local_id(model_id: str, options: ModelOptions) -> LoadedModel:
+def _load_local_id(model_id: str, options: ModelSpec) -> LoadedModel:
     """A checkpoint directory, or a Hugging Face id whose weights are already in the local cache."""
     snapshot = local_snapshot(model_id)
     if snapshot is None:
@@ -208,7 +197,7 @@ _PREFIXES: dict[str, Callable[..., LoadedModel]] = {
 }
 
 
-def _load_preset(preset: Preset, options: ModelOptions) -> LoadedModel:
+def _load_preset(preset: Preset, options: ModelSpec) -> LoadedModel:
     """The backend of a preset's provider, with the preset's model id, options and prices."""
     if preset.trust_remote_code and not options.trust_remote_code:
         raise ConfigError(
@@ -244,14 +233,19 @@ def _known_prices(loaded: LoadedModel) -> Prices | None:
     return preset.prices if preset else None
 
 
-def load_model(spec: str, options: ModelOptions | None = None) -> LoadedModel:
-    """Build the backend a ``--model`` string names.
+def load_model(model: str | ModelSpec) -> LoadedModel:
+    """Build the backend a ``--model`` string (or a whole model section of the spec) names.
 
     Raises:
         ConfigError: the spec fits none of the accepted forms, or its backend cannot be set up
             (missing key, missing package, missing checkpoint files).
     """
-    options = options or ModelOptions()
+    if isinstance(model, str):
+        if not model.strip():
+            raise ConfigError(f"--model must be one of {MODEL_FORMS}; got {model!r}")
+        model = ModelSpec(model=model)
+    options = model
+    spec = model.model
     if not isinstance(spec, str) or not spec.strip():
         raise ConfigError(f"--model must be one of {MODEL_FORMS}; got {spec!r}")
     spec = spec.strip()

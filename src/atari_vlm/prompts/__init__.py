@@ -17,6 +17,7 @@ from pathlib import Path
 from atari_vlm.errors import ConfigError
 from atari_vlm.games import GameInfo
 from atari_vlm.prompts.parse import ParsedAction, parse_action
+from atari_vlm.spec import MAX_PROMPT_FILE_BYTES, PROMPT_STYLES
 
 __all__ = [
     "ANSWER_FORMATS",
@@ -31,7 +32,6 @@ __all__ = [
     "view_phrase",
 ]
 
-PROMPT_STYLES: tuple[str, ...] = ("basic", "cot", "expert")
 ANSWER_FORMATS: tuple[str, ...] = ("line", "json")
 # Tokens a style needs to finish its answer: reasoning styles need room to reason before the action.
 DEFAULT_MAX_TOKENS: dict[str, int] = {"basic": 32, "cot": 256, "expert": 160}
@@ -50,7 +50,14 @@ def _template_for(style_or_path: str) -> string.Template:
     path = Path(style_or_path)
     if path.suffix == ".txt" or path.exists():
         try:
-            return string.Template(path.read_text(encoding="utf-8"))
+            with open(path, "rb") as f:  # bounded: a device or a huge file must not fill memory
+                data = f.read(MAX_PROMPT_FILE_BYTES + 1)
+            if len(data) > MAX_PROMPT_FILE_BYTES:
+                raise ConfigError(
+                    f"prompt file {str(path)!r} is larger than {MAX_PROMPT_FILE_BYTES // 1024} KiB; "
+                    "a prompt template is a short text file"
+                )
+            return string.Template(data.decode("utf-8"))
         except (OSError, UnicodeDecodeError) as exc:
             reason = getattr(exc, "strerror", None) or str(exc)
             raise ConfigError(f"cannot read prompt file {str(path)!r}: {reason}") from exc
@@ -68,16 +75,21 @@ def answer_instruction(answer_format: str = "line") -> str:
     raise ConfigError(f"answer format must be one of {ANSWER_FORMATS}, got {answer_format!r}")
 
 
-def view_phrase(frame_stack: int, layout: str) -> str:
-    """How the images are described to the model, so that it reads a grid or a sequence right."""
+def view_phrase(frame_stack: int, layout: str, state_text: bool = True) -> str:
+    """How the images (and the state text, when shown) are described to the model, so that it reads a
+    grid or a sequence right."""
     if frame_stack == 1:
-        return "the current game screen"
-    if layout == "grid":
-        return (
+        images = "the current game screen"
+    elif layout == "grid":
+        images = (
             f"one image holding the last {frame_stack} screens in a grid, read left to right and top to "
             "bottom, oldest first and the current screen last"
         )
-    return f"the last {frame_stack} screens as separate images, oldest first and the current screen last"
+    else:
+        images = (
+            f"the last {frame_stack} screens as separate images, oldest first and the current screen last"
+        )
+    return f"{images} and a short description of the game state" if state_text else images
 
 
 def render_system_prompt(
@@ -88,6 +100,7 @@ def render_system_prompt(
     frame_stack: int = 1,
     layout: str = "grid",
     answer_format: str = "line",
+    state_text: bool = True,
 ) -> str:
     """The system prompt for a game: the goal, what the image shows, the legal actions, the format."""
     actions = "\n".join(f"{i}: {name}" for i, name in enumerate(action_names))
@@ -97,7 +110,7 @@ def render_system_prompt(
             description=info.description,
             action_hints=info.action_hints,
             expert_tips=info.expert_tips,
-            view=view_phrase(frame_stack, layout),
+            view=view_phrase(frame_stack, layout, state_text),
             actions=actions,
             answer_instruction=answer_instruction(answer_format),
         )
@@ -117,10 +130,10 @@ def invalid_answer_feedback(fallback: str) -> str:
 
 
 def render_turn_prompt(state: str, feedback: str = "", history: str = "", answer_format: str = "line") -> str:
-    """The text that goes with each turn's image(s)."""
+    """The text that goes with each turn's image(s); ``state`` "" (state text off) leaves its line out."""
     instruction = answer_instruction(answer_format)
     return _template("turn").substitute(
-        state=state,
+        state=f"Game state: {state}\n" if state else "",
         feedback=feedback,
         history=history,
         turn_instruction=f"Choose your next action; {instruction}.",

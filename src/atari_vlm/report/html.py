@@ -26,7 +26,8 @@ from typing import Any
 import numpy as np
 
 from atari_vlm.errors import ConfigError, require
-from atari_vlm.rundir import read_jsonl
+from atari_vlm.rundir import read_jsonl, read_run_spec
+from atari_vlm.spec import RunSpec
 from atari_vlm.video import read_native_frames
 
 MAX_FRAMES_PER_EPISODE = 600
@@ -302,24 +303,19 @@ def _summary(
     return items
 
 
-def _settings(config: dict[str, Any]) -> list[tuple[str, str]]:
+def _settings(config: dict[str, Any], spec: RunSpec) -> list[tuple[str, str]]:
+    """Every setting of the run, from its spec (the sections that shape its play), and what it loaded."""
     model = config.get("model") if isinstance(config.get("model"), dict) else {}
-    items = [
-        ("game", config.get("game")),
-        ("agent", config.get("agent")),
-        ("model", model.get("spec", "-") if model else "-"),
+    items: list[tuple[str, Any]] = [
+        ("model (loaded)", model.get("spec", "-") if model else "-"),
         ("provider", model.get("provider", "-") if model else "-"),
-        ("prompt", config.get("prompt") if config.get("agent") != "random" else "-"),
-        ("max tokens", config.get("max_tokens")),
-        ("temperature", config.get("temperature")),
-        ("seed", config.get("seed")),
-        ("episodes", config.get("episodes")),
-        ("concurrent envs", config.get("num_envs")),
-        ("base URL", config.get("base_url") or "-"),
+        ("fingerprint", spec.fingerprint()),
         ("atari-vlm", config.get("atari_vlm_version")),
     ]
-    env = config.get("env") if isinstance(config.get("env"), dict) else {}
-    items += [(f"env {k}", v) for k, v in sorted(env.items()) if k not in ("game", "seed")]
+    data = spec.to_dict()
+    items += [(k, v) for k, v in data.items() if k not in spec.SECTIONS]
+    for section in spec.relevant_sections():
+        items += [(f"{section} {k}", v) for k, v in data[section].items() if k != "game"]
     return [
         (k, "-" if v is None else json.dumps(v) if isinstance(v, (list, dict)) else str(v)) for k, v in items
     ]
@@ -400,8 +396,7 @@ def render_report(
             raise ConfigError(f"{name} must be an integer >= 1, got {value!r}")
     require("matplotlib", extra="report")
     config = _read_json(run_dir / "config.json")
-    if not isinstance(config, dict):
-        raise ConfigError(f"{run_dir / 'config.json'} is not a JSON object")
+    spec = read_run_spec(config, run_dir / "config.json")
     steps = read_jsonl(run_dir / "steps.jsonl") if (run_dir / "steps.jsonl").is_file() else []
     episodes = read_jsonl(run_dir / "episodes.jsonl") if (run_dir / "episodes.jsonl").is_file() else []
     steps = [s for s in steps if isinstance(s, dict)]
@@ -417,7 +412,7 @@ def render_report(
         max_frames_per_episode=max_frames_per_episode,
         max_frames_total=max_frames_total,
     )
-    viewer["agent"] = config.get("agent")
+    viewer["agent"] = spec.agent
     banner = ""
     if model.get("random_weights") is True:
         warning = summary.get("warning") if isinstance(summary, dict) else None
@@ -428,7 +423,7 @@ def render_report(
             + (f"<br><small>{_e(warning)}</small>" if warning else "")
             + "</div>"
         )
-    title = f"{config.get('game', '?')} played by {model.get('spec') or config.get('agent', '?')}"
+    title = f"{spec.game} played by {model.get('spec') or spec.agent}"
     plots_html = "".join(_plots(steps, episodes, _learning_curve(run_dir))) or "<p>No data to plot.</p>"
     nonce = secrets.token_urlsafe(16)
     parts = dict(
@@ -436,7 +431,7 @@ def render_report(
         run_dir=_e(run_dir.resolve().name),
         banner=banner,
         summary=_dl(_summary(config, steps, episodes)),
-        settings=_dl(_settings(config)),
+        settings=_dl(_settings(config, spec)),
         episodes=_episodes_table(episodes) if episodes else "<p>No finished episode.</p>",
         plots=plots_html,
         data=_json_for_script(viewer),

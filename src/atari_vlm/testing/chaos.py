@@ -16,7 +16,8 @@ from typing import Any
 
 from atari_vlm.models.registry import LoadedModel
 from atari_vlm.rundir import read_jsonl
-from atari_vlm.runner import PlaySettings, run_play
+from atari_vlm.runner import run_play
+from atari_vlm.spec import RunSpec
 from atari_vlm.testing.openai_server import serve_in_thread
 
 ACTIONS = ("RIGHT", "LEFT", "FIRE", "NOOP")
@@ -57,10 +58,10 @@ def _model(base_url: str, *, timeout_s: float, max_retries: int) -> LoadedModel:
 
 def _play(base_url: str, out: Path, *, game: str, episodes: int, max_steps: int, seed: int, **model: Any):
     loaded = _model(base_url, **model)
-    settings = PlaySettings(
-        game=game, out=out, episodes=episodes, seed=seed, env={"max_steps": max_steps}, video=False
+    spec = RunSpec.build(
+        game=game, model=loaded.spec, episodes=episodes, seed=seed, max_steps=max_steps, video=False
     )
-    return run_play(settings, loaded=loaded, close_loaded=True)
+    return run_play(spec, out, loaded=loaded, close_loaded=True)
 
 
 def per_episode_steps(run_dir: Path) -> dict[int, list[tuple[int, str, float]]]:

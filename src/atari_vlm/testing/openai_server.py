@@ -195,6 +195,10 @@ def _error_body(
 class FakeOpenAIServer(ThreadingHTTPServer):
     """The server: configuration, the fault queue and what it received. Binds 127.0.0.1 only.
 
+    ``hold_until=N`` holds the first chat requests until N of them are in flight at once (then all
+    answer; at most ``hang_s``), so a test of concurrent clients gets overlap by construction, not
+    by timing: a client that sends one request at a time never reaches N.
+
     Everything is bounded: request bodies (32 MiB), the fault queue, recorded requests
     (``max_recorded``, oldest dropped), hang time, open connections (``max_connections``), idle
     keep-alive connections (closed after ``idle_timeout_s``).
@@ -222,6 +226,7 @@ class FakeOpenAIServer(ThreadingHTTPServer):
         fault_seed: int = 0,
         max_connections: int = 1024,
         idle_timeout_s: float = 30.0,
+        hold_until: int = 0,
     ) -> None:
         if latency_s < 0 or not 0 <= hang_s <= MAX_HANG_S:
             raise ValueError(f"need latency_s >= 0 and 0 <= hang_s <= {MAX_HANG_S}")
@@ -250,6 +255,11 @@ class FakeOpenAIServer(ThreadingHTTPServer):
         self._in_flight = 0
         self._max_in_flight = 0
         self._chat_requests = 0
+        # Overlap by construction, not by timing: the first chat requests are held until
+        # ``hold_until`` of them are in flight together (at most ``hang_s``), then all answer.
+        self.hold_until = hold_until
+        self._held = threading.Condition(self._lock)
+        self._released = False
         super().__init__((HOST, port), _Handler)
 
     # -- what tests look at ----------------------------------------------------------------------
@@ -310,6 +320,7 @@ class FakeOpenAIServer(ThreadingHTTPServer):
             self._requests.clear()
             self._max_in_flight = self._in_flight
             self._chat_requests = 0
+            self._released = False
 
     def stop(self) -> None:
         """Stop serving; wakes requests sleeping in a hang or in latency so they end promptly."""
@@ -329,6 +340,12 @@ class FakeOpenAIServer(ThreadingHTTPServer):
             self._chat_requests += 1
             self._in_flight += 1
             self._max_in_flight = max(self._max_in_flight, self._in_flight)
+            if self.hold_until and not self._released:
+                if self._in_flight >= self.hold_until:
+                    self._released = True
+                    self._held.notify_all()
+                else:
+                    self._held.wait_for(lambda: self._released, timeout=self.hang_s)
         return fault
 
     def _end_chat(self) -> None:

@@ -4,7 +4,7 @@ The data are stored trajectories (:class:`~atari_vlm.memory.TrajectoryStore`: ex
 demonstrations, or the model's own episodes). **Filter**: the ``top_k`` episodes by return are kept,
 every step of them (filtered behaviour cloning on the best episodes; per-step advantages are not
 used). **Examples**: for each kept step, the request the model would get in play is rebuilt with
-:meth:`atari_vlm.agent.VLMAgent.build_request` from an observation made of the stored image and state
+:meth:`atari_vlm.prompts.builder.PromptBuilder.request` from an observation made of the stored image and state
 text, rendered with the checkpoint's chat template by the very code that renders it in play
 (:meth:`atari_vlm.models.local.LocalVLM.render`) and tokenized as in play; the target is
 ``"ACTION: <name>"`` plus the end-of-sequence token, and the loss is on the target tokens only. (Play
@@ -35,12 +35,13 @@ from typing import Any
 
 import numpy as np
 
-from atari_vlm.agent import VLMAgent
 from atari_vlm.errors import ConfigError, require
 from atari_vlm.games import game_info
 from atari_vlm.imaging import to_pil, to_rgb
 from atari_vlm.memory import Trajectory, TrajectoryStore
 from atari_vlm.models.local import LocalVLM, adapter_base
+from atari_vlm.prompts.builder import PromptBuilder
+from atari_vlm.spec import ObservationSpec, PromptSpec
 
 __all__ = ["IGNORE_INDEX", "Example", "FinetuneResult", "build_examples", "finetune", "select_best"]
 
@@ -112,15 +113,15 @@ def _load_data(
     return trajectories
 
 
-def _agent_for(trajectory: Trajectory, prompt_style: str, frame_stack: int, frame_layout: str) -> VLMAgent:
-    """The agent that would have played this trajectory's game: it builds the play-time requests."""
-    return VLMAgent(
-        None,  # type: ignore[arg-type]  # build_request never calls the model
+def _builder_for(
+    trajectory: Trajectory, prompt_style: str, frame_stack: int, frame_layout: str
+) -> PromptBuilder:
+    """The prompt builder play uses for this trajectory's game: it builds the play-time requests."""
+    return PromptBuilder(
         game_info(trajectory.meta.game),
         list(trajectory.meta.action_names),
-        prompt_style=prompt_style,
-        frame_stack=frame_stack,
-        frame_layout=frame_layout,
+        PromptSpec(prompt=prompt_style),
+        ObservationSpec(frame_stack=frame_stack, frame_layout=frame_layout),
     )
 
 
@@ -143,7 +144,7 @@ def build_examples(
     """
     if frame_layout == "sequence" and frame_stack > 1:
         raise ConfigError("stored steps hold one image per decision; use frame_layout='grid' to fine-tune")
-    agents: dict[tuple[str, tuple[str, ...]], VLMAgent] = {}
+    builders: dict[tuple[str, tuple[str, ...]], PromptBuilder] = {}
     index = [(t, i) for t in trajectories for i in range(len(t.steps))]
     if max_examples is not None and max_examples < len(index):
         keep = np.sort(np.random.default_rng(seed).choice(len(index), max_examples, replace=False))
@@ -151,12 +152,12 @@ def build_examples(
     examples = []
     for trajectory, i in index:
         key = (trajectory.meta.game, trajectory.meta.action_names)
-        if key not in agents:
-            agents[key] = _agent_for(trajectory, prompt_style, frame_stack, frame_layout)
+        if key not in builders:
+            builders[key] = _builder_for(trajectory, prompt_style, frame_stack, frame_layout)
         step = trajectory.steps[i]
         image = np.asarray(trajectory.frames[i])
         obs = {"image": image, "frames": image[None], "text": step.state_text}
-        request = agents[key].build_request(obs)
+        request = builders[key].request(obs)
         prompt = vlm.render(request.messages)
         images = [to_pil(to_rgb(p.pixels)) for m in request.messages for p in m.images]
         example = Example(prompt, f"ACTION: {step.action_name}", images)

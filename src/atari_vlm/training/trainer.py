@@ -28,11 +28,11 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import dataclasses
 import importlib
 import importlib.util
 import io
 import json
-import platform
 import re
 import shutil
 import time
@@ -43,13 +43,10 @@ from typing import Any
 
 import numpy as np
 
-from atari_vlm import __version__
-from atari_vlm.agent import Agent, Decision, RandomAgent, VLMAgent
-from atari_vlm.env import AtariVLMEnv, EnvConfig
+from atari_vlm.agent import Agent, Decision, VLMAgent
+from atari_vlm.env import ENV_OPTIONS, AtariVLMEnv
 from atari_vlm.errors import ConfigError
-from atari_vlm.games import game_info
 from atari_vlm.memory import (
-    STRATEGIES,
     Exemplar,
     TrajectoryStore,
     import_demonstration,
@@ -57,10 +54,18 @@ from atari_vlm.memory import (
 )
 from atari_vlm.models.base import VLM
 from atari_vlm.models.costs import BudgetedVLM, BudgetExceeded
-from atari_vlm.models.registry import LoadedModel, ModelOptions, load_model
-from atari_vlm.prompts import render_system_prompt
-from atari_vlm.rollout import EpisodeResult, EpisodeSeeds, episode_seeds, play_episode, play_episodes
-from atari_vlm.rundir import RunDir, read_jsonl, scrub_secrets, write_json_atomic, write_text_atomic
+from atari_vlm.models.registry import LoadedModel, load_model
+from atari_vlm.rollout import EpisodeResult, EpisodeSeeds, episode_seeds, play_episodes
+from atari_vlm.rundir import (
+    RunDir,
+    read_jsonl,
+    read_run_spec,
+    run_record,
+    write_json_atomic,
+    write_text_atomic,
+)
+from atari_vlm.spec import ModelSpec, RunSpec, check_int
+from atari_vlm.workers import action_names, build_agent, model_spec_for, prompt_builder
 
 STATE_VERSION = 1
 CURVE_FIELDS: tuple[str, ...] = (
@@ -74,34 +79,18 @@ CURVE_FIELDS: tuple[str, ...] = (
     "wall_s",
     "finetune_round",  # fine-tuning rounds done before this evaluation (0 without finetune_every)
 )
-AGENT_OPTIONS = frozenset({"temperature", "answer_format", "history_steps", "history_images"})
+AGENT_OPTIONS = frozenset({"temperature", "answer_format", "history_steps", "history_images", "decode"})
+FINETUNE_OPTIONS = {
+    "lora": "finetune_full",
+    "epochs": "finetune_epochs",
+    "lr": "finetune_lr",
+    "batch_size": "finetune_batch_size",
+    "max_examples": "finetune_max_examples",
+}
+"""The seed's ``finetune_options`` keys and the train-section settings they set."""
 RANDOM = "random"  # vlm_type of a run whose agent is the random baseline (no model)
 CUSTOM_PREFIX = "custom:"  # how a run played by a model object (not a spec string) is recorded
 _TRAIN_ID = re.compile(r"train-(\d{6,})")
-# The constructor's settings, recorded in config.json so that ``resume`` can rebuild the trainer.
-_SETTINGS = (
-    "game_name",
-    "vlm_type",
-    "prompt_type",
-    "use_in_context_learning",
-    "eval_every",
-    "eval_seeds",
-    "max_steps",
-    "seed",
-    "num_envs",
-    "top_k_episodes",
-    "image_budget",
-    "exemplar_strategy",
-    "env_options",
-    "model_options",
-    "max_tokens",
-    "agent_options",
-    "finetune_every",
-    "finetune_options",
-)
-
-
-_OPTIONAL_SETTINGS = frozenset({"finetune_every", "finetune_options"})  # absent from runs made before them
 
 
 def train_episode_id(episode: int) -> str:
@@ -112,12 +101,6 @@ def train_episode_id(episode: int) -> str:
 def _train_number(episode_id: str) -> int | None:
     match = _TRAIN_ID.fullmatch(episode_id)
     return int(match.group(1)) if match else None
-
-
-def _check_int(name: str, value: Any, low: int, high: int = 2**63) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise ConfigError(f"{name} must be an integer in [{low}, {high}], got {value!r}")
-    return value
 
 
 def _mean(values: Sequence[float]) -> float | None:
@@ -257,37 +240,12 @@ class _RetrievingAgent:
         return await self._agent.act(obs)
 
 
-async def _play_on_seeds(
-    make_worker: Callable[[], tuple[AtariVLMEnv, Agent]],
-    seeds: Sequence[int],
-    *,
-    num_envs: int,
-    uses_model: bool,
-) -> list[EpisodeResult]:
-    """One episode per seed (env and agent seeded with it) on up to ``num_envs`` workers, in seed order.
-
-    Evaluation needs given seeds, where :func:`~atari_vlm.rollout.play_episodes` derives them from a
-    root seed; the episode itself is the same :func:`~atari_vlm.rollout.play_episode`.
-    """
-    lanes = max(1, min(num_envs, len(seeds)))
-
-    async def lane(items: list[tuple[int, int]]) -> list[EpisodeResult]:
-        env, agent = make_worker()
-        try:
-            return [
-                await play_episode(env, agent, episode=i, seeds=EpisodeSeeds(s, s), uses_model=uses_model)
-                for i, s in items
-            ]
-        finally:
-            env.close()
-
-    indexed = list(enumerate(seeds))
-    done = await asyncio.gather(*(lane(indexed[k::lanes]) for k in range(lanes)))
-    return sorted((r for results in done for r in results), key=lambda r: r.episode)
-
-
 class VLMTrainer:
     """Play, remember, evaluate, checkpoint; resumable. See the module docstring for the run layout.
+
+    The seed's constructor below maps its arguments onto a :class:`~atari_vlm.spec.RunSpec` with a
+    train section (:meth:`from_spec` takes one directly, as ``atari-vlm train`` does); the spec is
+    what config.json records and what a resume must match.
 
     Args:
         game_name: any spelling of an ALE game ("Pong-v5", "Pong", "ALE/Pong-v5").
@@ -304,11 +262,12 @@ class VLMTrainer:
         num_envs: episodes played at once; also the batch size between exemplar refreshes.
         top_k_episodes, image_budget, exemplar_strategy: exemplar selection (see
             :func:`atari_vlm.memory.select_exemplars`).
-        env_options: further :class:`~atari_vlm.env.EnvConfig` fields (resize_shape, frame_skip, ...).
-        model_options: :class:`~atari_vlm.models.registry.ModelOptions` or its fields (base_url, device,
-            ...); an API key among them is used, never recorded.
+        env_options: further env and observation settings (resize_shape, frame_skip, ...).
+        model_options: further model settings (base_url, device, api_key, ...); a key is used, never
+            recorded.
         max_tokens: per answer (default: the prompt style's).
-        agent_options: further VLMAgent settings: temperature, answer_format, history_steps, history_images.
+        agent_options: further prompt and decoding settings: temperature, answer_format,
+            history_steps, history_images.
         demonstrations: recorded episodes to import into the memory first (see
             :func:`atari_vlm.memory.import_demonstration`).
         overwrite: replace a run already in ``out_dir``.
@@ -317,7 +276,8 @@ class VLMTrainer:
             with the new weights (:func:`atari_vlm.training.finetune.finetune`; each round starts again
             from the original checkpoint, which must be local). Round ``n`` is saved in
             ``finetune/round-NNN``; learning-curve rows count the rounds done in ``finetune_round``.
-        finetune_options: further ``finetune`` arguments (lora, epochs, lr, batch_size, max_examples...).
+        finetune_options: ``lora`` (default True), ``epochs``, ``lr``, ``batch_size``, ``max_examples``.
+        max_cost_usd: stop before a call could take this run's spending past it.
     """
 
     def __init__(
@@ -338,7 +298,7 @@ class VLMTrainer:
         image_budget: int = 8,
         exemplar_strategy: str = "key_moments",
         env_options: Mapping[str, Any] | None = None,
-        model_options: Mapping[str, Any] | ModelOptions | None = None,
+        model_options: Mapping[str, Any] | ModelSpec | None = None,
         max_tokens: int | None = None,
         agent_options: Mapping[str, Any] | None = None,
         demonstrations: Sequence[str | Path] = (),
@@ -347,135 +307,184 @@ class VLMTrainer:
         finetune_options: Mapping[str, Any] | None = None,
         max_cost_usd: float | None = None,
     ):
-        env_options = dict(env_options or {})
-        reserved = sorted({"game", "seed", "max_steps"} & set(env_options))
-        if reserved:
-            raise ConfigError(f"env_options may not set {reserved}: they are the trainer's own arguments")
-        unknown = sorted(set(env_options) - set(EnvConfig.__dataclass_fields__))
+        flat: dict[str, Any] = {}
+        for what, options, allowed in (
+            ("env_options", env_options, ENV_OPTIONS),
+            ("agent_options", agent_options, AGENT_OPTIONS),
+            ("finetune_options", finetune_options, frozenset(FINETUNE_OPTIONS)),
+        ):
+            options = dict(options or {})
+            reserved = sorted({"game", "seed", "max_steps"} & set(options))
+            if reserved:
+                raise ConfigError(f"{what} may not set {reserved}: they are the trainer's own arguments")
+            unknown = sorted(set(options) - allowed)
+            if unknown:
+                raise ConfigError(
+                    f"unknown {what.split('_')[0]} option(s) {unknown}; valid: {sorted(allowed)}"
+                )
+            flat.update(
+                {
+                    FINETUNE_OPTIONS.get(k, k) if what == "finetune_options" else k: v
+                    for k, v in options.items()
+                }
+            )
+        if "finetune_full" in flat:
+            flat["finetune_full"] = not flat["finetune_full"]  # the seed's option is ``lora``
+        if isinstance(model_options, ModelSpec):
+            model_options = {name: getattr(model_options, name) for name, *_ in ModelSpec.settings()}
+            model_options.pop("model")
+        model_options = dict(model_options or {})
+        unknown = sorted(
+            set(model_options) - {name for name, *_ in ModelSpec.settings()}
+            | ({"model"} & set(model_options))
+        )
         if unknown:
             raise ConfigError(
-                f"unknown env option(s) {unknown}; valid: {sorted(EnvConfig.__dataclass_fields__)}"
+                f"bad model_options {unknown}: valid are the fields of atari_vlm.spec.ModelSpec but model"
             )
-        self.env_config = EnvConfig(game=game_name, max_steps=max_steps, **env_options)
-        self.game = self.env_config.game
+        flat.update(model_options)
+        vlm: VLM | None = None
         if isinstance(vlm_type, str):
             if not vlm_type.strip():
                 raise ConfigError("vlm_type must be a model spec, 'random', or a VLM object")
-            self._vlm: VLM | None = None
-            self.model_spec = vlm_type.strip()
+            agent, model = ("random", "auto") if vlm_type.strip() == RANDOM else ("vlm", vlm_type.strip())
         elif callable(getattr(vlm_type, "generate", None)):
-            self._vlm = vlm_type
-            self.model_spec = f"{CUSTOM_PREFIX}{getattr(vlm_type, 'name', type(vlm_type).__name__)}"
+            vlm = vlm_type
+            agent, model = "vlm", f"{CUSTOM_PREFIX}{getattr(vlm_type, 'name', type(vlm_type).__name__)}"
         else:
             raise ConfigError(f"vlm_type must be a model spec string or a VLM object, got {vlm_type!r}")
-        if not isinstance(use_in_context_learning, bool):
-            raise ConfigError(
-                f"use_in_context_learning must be True or False, got {use_in_context_learning!r}"
-            )
-        if use_in_context_learning and self.model_spec == RANDOM:
-            raise ConfigError("in-context learning needs a model: the random agent reads no exemplars")
-        self.use_icl = use_in_context_learning
-        self.eval_every = _check_int("eval_every", eval_every, 1)
         if eval_seeds is None:
-            count = 3 if eval_episodes is None else _check_int("eval_episodes", eval_episodes, 1, 10_000)
+            count = 3 if eval_episodes is None else check_int("eval_episodes", eval_episodes, 1, 10_000)
             eval_seeds = range(10_000, 10_000 + count)
-        self.eval_seeds = tuple(_check_int("an evaluation seed", s, 0, 2**32 - 1) for s in eval_seeds)
-        if not self.eval_seeds or len(set(self.eval_seeds)) != len(self.eval_seeds):
-            raise ConfigError(f"eval_seeds must be distinct and at least one, got {list(self.eval_seeds)}")
-        if eval_episodes is not None and eval_episodes != len(self.eval_seeds):
-            raise ConfigError(
-                f"eval_episodes={eval_episodes} but {len(self.eval_seeds)} eval_seeds were given"
-            )
-        self.seed = _check_int("seed", seed, 0, 2**32 - 1)
-        self.num_envs = _check_int("num_envs", num_envs, 1, 256)
-        self.top_k_episodes = _check_int("top_k_episodes", top_k_episodes, 1, 1000)
-        self.image_budget = _check_int("image_budget", image_budget, 0, 256)
-        if exemplar_strategy not in STRATEGIES:
-            raise ConfigError(f"exemplar_strategy must be one of {STRATEGIES}, got {exemplar_strategy!r}")
-        self.exemplar_strategy = exemplar_strategy
-        if max_tokens is not None:
-            _check_int("max_tokens", max_tokens, 1)
-        self.max_tokens = max_tokens
-        self.agent_options = dict(agent_options or {})
-        unknown = sorted(set(self.agent_options) - AGENT_OPTIONS)
-        if unknown:
-            raise ConfigError(f"unknown agent option(s) {unknown}; valid: {sorted(AGENT_OPTIONS)}")
-        if isinstance(model_options, ModelOptions):
-            model_options = asdict(model_options)
-        self.model_options = dict(model_options or {})
-        try:
-            self._options = ModelOptions(**self.model_options)
-        except TypeError as exc:
-            raise ConfigError(f"bad model_options {sorted(self.model_options)}: {exc}") from exc
-        self.prompt_type = prompt_type
-        probe = AtariVLMEnv(self.env_config)
-        probe.close()
-        self.action_names = probe.action_names
-        # A bad prompt (an unknown style, a broken template file) fails here, before any model load.
-        render_system_prompt(
-            prompt_type,
-            game_info(self.game),
-            self.action_names,
-            answer_format=self.agent_options.get("answer_format", "line"),
+        eval_seeds = tuple(eval_seeds)
+        if eval_episodes is not None and eval_episodes != len(eval_seeds):
+            raise ConfigError(f"eval_episodes={eval_episodes} but {len(eval_seeds)} eval_seeds were given")
+        spec = RunSpec.build(
+            game=game_name,
+            agent=agent,
+            model=model,
+            prompt=prompt_type,
+            use_icl=use_in_context_learning,
+            eval_every=eval_every,
+            eval_seeds=eval_seeds,
+            max_steps=max_steps,
+            seed=seed,
+            num_envs=num_envs,
+            top_k=top_k_episodes,
+            image_budget=image_budget,
+            exemplars=exemplar_strategy,
+            max_tokens=max_tokens,
+            demos=tuple(str(p) for p in demonstrations),
+            finetune_every=finetune_every,
+            max_cost_usd=max_cost_usd,
+            video=False,
+            train=True,
+            **flat,
         )
+        self._setup(spec, out_dir=out_dir, overwrite=overwrite, vlm=vlm)
+
+    @classmethod
+    def from_spec(
+        cls,
+        spec: RunSpec,
+        *,
+        out_dir: str | Path | None = None,
+        overwrite: bool = False,
+        vlm: VLM | None = None,
+    ) -> VLMTrainer:
+        """The trainer of ``spec`` (which needs a train section); ``vlm`` plays instead of loading
+        ``spec.model`` (a model object; the spec then names it ``custom:<name>``)."""
+        trainer = cls.__new__(cls)
+        trainer._setup(spec, out_dir=out_dir, overwrite=overwrite, vlm=vlm)
+        return trainer
+
+    def _setup(self, spec: RunSpec, *, out_dir: str | Path | None, overwrite: bool, vlm: VLM | None) -> None:
+        if spec.train is None:
+            spec = spec.replace(use_icl=False)  # a spec without a train section gets its defaults
+        train = spec.train
+        assert train is not None
+        if spec.agent == "expert":
+            raise ConfigError("the trainer trains a model; the expert agent plays (atari-vlm record) instead")
+        if spec.agent == "random" and train.use_icl:
+            raise ConfigError("in-context learning needs a model: the random agent reads no exemplars")
+        if spec.agent == "random" and train.finetune_every is not None:
+            raise ConfigError("finetune_every needs a model: the random agent has no weights")
+        custom = spec.agent == "vlm" and spec.model.model.startswith(CUSTOM_PREFIX)
+        if custom and vlm is None:
+            raise ConfigError(
+                f"the run names a model object ({spec.model.model}); pass it again: "
+                "VLMTrainer.resume(out_dir, vlm_type=model)"
+            )
+        if vlm is not None and spec.max_cost_usd is not None:
+            raise ConfigError("max_cost_usd needs a model spec with a known price, not a model object")
+        self.spec = spec
+        self.train_spec = train
+        self.game = spec.game
+        self._vlm: VLM | None = vlm
+        self.model_spec = "random" if spec.agent == "random" else spec.model.model
+        self.action_names = action_names(spec)
+        # A bad prompt (an unknown style, a broken template file) fails here, before any model load.
+        if spec.agent == "vlm":
+            prompt_builder(spec, self.action_names)
         default_out = (
-            Path("runs") / f"train-{self.game}-{re.sub(r'[^A-Za-z0-9_.-]+', '-', self.model_spec)}-s{seed}"
+            Path("runs")
+            / f"train-{self.game}-{re.sub(r'[^A-Za-z0-9_.-]+', '-', self.model_spec)}-s{spec.seed}"
         )
         self.out_dir = Path(out_dir) if out_dir is not None else default_out
-        self.demonstrations = [Path(p) for p in demonstrations]
         self.overwrite = overwrite
-        if finetune_every is not None:
-            _check_int("finetune_every", finetune_every, 1)
-            if self.model_spec == RANDOM:
-                raise ConfigError("finetune_every needs a model: the random agent has no weights")
-        self.finetune_every = finetune_every
-        self.finetune_options = dict(finetune_options or {})
-        reserved = sorted(
-            {"model_dir", "data", "out_dir", "top_k", "prompt_style"} & set(self.finetune_options)
-        )
-        if reserved:
-            raise ConfigError(f"finetune_options may not set {reserved}: the trainer sets them")
         self._finetune_base: Path | None = None
         self.store = TrajectoryStore(self.out_dir / "memory")
         self._resume = False
-        if max_cost_usd is not None:
-            if (
-                isinstance(max_cost_usd, bool)
-                or not isinstance(max_cost_usd, (int, float))
-                or not max_cost_usd >= 0
-            ):
-                raise ConfigError(f"max_cost_usd must be a number >= 0 (USD), got {max_cost_usd!r}")
-            if self._vlm is not None:
-                raise ConfigError("max_cost_usd needs a model spec with a known price, not a model object")
-        self.max_cost_usd = max_cost_usd
-        self._settings = {
-            "game_name": self.game,
-            "vlm_type": self.model_spec,
-            "prompt_type": prompt_type,
-            "use_in_context_learning": self.use_icl,
-            "eval_every": self.eval_every,
-            "eval_seeds": list(self.eval_seeds),
-            "max_steps": max_steps,
-            "seed": self.seed,
-            "num_envs": self.num_envs,
-            "top_k_episodes": self.top_k_episodes,
-            "image_budget": self.image_budget,
-            "exemplar_strategy": exemplar_strategy,
-            "env_options": scrub_secrets(env_options),
-            "model_options": scrub_secrets(self.model_options),
-            "max_tokens": max_tokens,
-            "agent_options": self.agent_options,
-            "finetune_every": finetune_every,
-            "finetune_options": self.finetune_options,
-        }
+
+    # The spec's settings under the names the trainer's code reads.
+    @property
+    def use_icl(self) -> bool:
+        return self.train_spec.use_icl
+
+    @property
+    def eval_every(self) -> int:
+        return self.train_spec.eval_every
+
+    @property
+    def eval_seeds(self) -> tuple[int, ...]:
+        return self.train_spec.eval_seeds
+
+    @property
+    def seed(self) -> int:
+        return self.spec.seed
+
+    @property
+    def num_envs(self) -> int:
+        return self.spec.num_envs
+
+    @property
+    def top_k_episodes(self) -> int:
+        return self.train_spec.top_k
+
+    @property
+    def image_budget(self) -> int:
+        return self.train_spec.image_budget
+
+    @property
+    def exemplar_strategy(self) -> str:
+        return self.train_spec.exemplars
+
+    @property
+    def finetune_every(self) -> int | None:
+        return self.train_spec.finetune_every
+
+    @property
+    def max_cost_usd(self) -> float | None:
+        return self.spec.max_cost_usd
 
     @classmethod
-    def resume(cls, out_dir: str | Path, **overrides: Any) -> VLMTrainer:
+    def resume(cls, out_dir: str | Path, *, vlm_type: VLM | None = None, **changes: Any) -> VLMTrainer:
         """The trainer of the run recorded in ``out_dir``, set to continue it at the next ``train``.
 
-        ``overrides`` replace recorded settings: ``vlm_type`` (required when the run was played by a
-        model object: pass the object again), ``model_options`` (an API key is never recorded),
-        ``num_envs``. Others must match the record, or ``train`` refuses.
+        ``vlm_type`` passes the model object again for a run played by one; ``changes`` are flat spec
+        settings to change (a new ``api_key``, ``num_envs``, a ``max_cost_usd`` for this invocation:
+        a budget caps one invocation, so a recorded one is not carried over): settings that change
+        play must match the record, or ``train`` refuses.
 
         Raises:
             ConfigError: ``out_dir`` holds no training run.
@@ -487,18 +496,8 @@ class VLMTrainer:
             raise ConfigError(f"nothing to resume in {out_dir}: cannot read {path} ({exc})") from exc
         if not isinstance(config, dict) or config.get("kind") != "train":
             raise ConfigError(f"nothing to resume in {out_dir}: it holds no training run")
-        missing = [k for k in _SETTINGS if k not in config and k not in _OPTIONAL_SETTINGS]
-        if missing:
-            raise ConfigError(f"cannot resume {out_dir}: {path} lacks {missing}")
-        settings = {k: config[k] for k in _SETTINGS if k in config}
-        settings.update(overrides)
-        spec = settings["vlm_type"]
-        if isinstance(spec, str) and spec.startswith(CUSTOM_PREFIX):
-            raise ConfigError(
-                f"{out_dir} was played by a model object ({spec}); pass it again: "
-                "VLMTrainer.resume(out_dir, vlm_type=model)"
-            )
-        trainer = cls(out_dir=out_dir, **settings)
+        spec = read_run_spec(config, path).replace(**{"max_cost_usd": None, **changes})
+        trainer = cls.from_spec(spec, out_dir=out_dir, vlm=vlm_type)
         trainer._resume = True
         return trainer
 
@@ -520,20 +519,21 @@ class VLMTrainer:
             ConfigError: a bad setting, a run directory in use or already holding another run, or an
                 unreadable checkpoint; found before anything is played.
         """
-        _check_int("num_episodes", num_episodes, 1)
+        check_int("num_episodes", num_episodes, 1, 10_000_000)
         resume = self._resume if resume is None else resume
-        if self.model_spec.startswith(CUSTOM_PREFIX) or self.model_spec == RANDOM:
+        if self._vlm is not None or self.spec.agent != "vlm":
             loaded = None
         else:
-            loaded = load_model(self.model_spec, self._options)
+            loaded = load_model(model_spec_for(self.spec))
             try:  # every call priced (the run's cost), and none made that the budget cannot pay for
                 self._vlm = BudgetedVLM(loaded.vlm, self.max_cost_usd, loaded.prices)
             except BaseException:
                 asyncio.run(loaded.vlm.aclose())
                 raise
         try:
+            spec = self.spec.replace(episodes=num_episodes)
             run = RunDir(self.out_dir).open(
-                self._config(num_episodes, loaded), overwrite=self.overwrite, resume=resume
+                self._config(spec, loaded), spec, overwrite=self.overwrite, resume=resume
             )
         except BaseException:
             if loaded is not None:
@@ -550,7 +550,7 @@ class VLMTrainer:
                 state = _State()
             kept = {r["episode"]: EpisodeResult.from_record(r) for r in run.kept_episodes}
             self.store.remove_incomplete(self.game)
-            for path in self.demonstrations:
+            for path in self.train_spec.demos:
                 import_demonstration(self.store, path, game=self.game)
             writer = _summary_writer(self.out_dir / "tensorboard")
             context = _Session(run, state, kept, writer, start, state.wall_s, on_episode, on_evaluation)
@@ -573,19 +573,9 @@ class VLMTrainer:
         write_json_atomic(self.out_dir / "summary.json", result.to_dict())
         return result
 
-    def _config(self, num_episodes: int, loaded: LoadedModel | None) -> dict[str, Any]:
-        return {
-            "kind": "train",
-            "atari_vlm_version": __version__,
-            "python": platform.python_version(),
-            **self._settings,
-            "game": self.game,
-            "env": self.env_config.to_dict(),
-            "model": loaded.describe() if loaded else {"spec": self.model_spec},
-            "episodes": num_episodes,
-            "video": False,
-            "max_cost_usd": self.max_cost_usd,
-        }
+    def _config(self, spec: RunSpec, loaded: LoadedModel | None) -> dict[str, Any]:
+        model = loaded.describe() if loaded else {"spec": self.model_spec}
+        return run_record(spec, kind="train", model=model, protocol=None)
 
     def _clear_outputs(self) -> None:
         """A fresh run starts from nothing (RunDir has cleared its own files, or there were none)."""
@@ -638,7 +628,9 @@ class VLMTrainer:
             await self._swap_model(self.out_dir / s.state.finetune_rounds[-1]["model_dir"])
 
     async def _swap_model(self, path: Path) -> None:
-        loaded = await asyncio.to_thread(load_model, str(path), self._options)
+        loaded = await asyncio.to_thread(
+            load_model, dataclasses.replace(model_spec_for(self.spec), model=str(path))
+        )
         old, self._vlm = self._vlm, BudgetedVLM(loaded.vlm, self.max_cost_usd, loaded.prices)
         if old is not None:
             await old.aclose()
@@ -653,17 +645,22 @@ class VLMTrainer:
         shutil.rmtree(target, ignore_errors=True)  # a round interrupted before it was recorded
         snapshot = self._snapshot(done)
         best = [self.store.load(self.game, i) for i in snapshot]
-        options = {"frame_stack": self.env_config.frame_stack, "frame_layout": self.env_config.frame_layout}
-        options.update(self.finetune_options)
-        options.setdefault("device", self._options.device)
+        train = self.train_spec
         result = await asyncio.to_thread(
             finetune,
             self._finetune_base,
             best,
             target,
             top_k=self.top_k_episodes,
-            prompt_style=self.prompt_type,
-            **options,
+            prompt_style=self.spec.prompt.prompt,
+            frame_stack=self.spec.observation.frame_stack,
+            frame_layout=self.spec.observation.frame_layout,
+            lora=not train.finetune_full,
+            epochs=train.finetune_epochs,
+            lr=train.finetune_lr,
+            batch_size=train.finetune_batch_size,
+            max_examples=train.finetune_max_examples,
+            device=self.spec.model.device,
         )
         await self._swap_model(target)
         s.state.finetune_rounds.append(
@@ -707,25 +704,19 @@ class VLMTrainer:
         self, snapshot: list[str] | None, exemplars: Sequence[Exemplar]
     ) -> Callable[[], tuple[AtariVLMEnv, Agent]]:
         """Env + agent builders; ``snapshot=None`` (or no model) builds the random agent."""
-        info = game_info(self.game)
-        config = self.env_config
+        spec = (
+            self.spec if self._vlm is not None and snapshot is not None else self.spec.replace(agent="random")
+        )
 
         def make_worker() -> tuple[AtariVLMEnv, Agent]:
-            env = AtariVLMEnv(config)
-            if self._vlm is None or snapshot is None:
-                return env, RandomAgent(env.action_names)
-            agent = VLMAgent(
-                self._vlm,
-                info,
-                env.action_names,
-                prompt_style=self.prompt_type,
-                frame_stack=config.frame_stack,
-                frame_layout=config.frame_layout,
-                max_tokens=self.max_tokens,
-                exemplars=exemplars,
-                **self.agent_options,
-            )
-            if self.use_icl and self.exemplar_strategy == "similar" and snapshot:
+            env = AtariVLMEnv(spec.env, spec.observation)
+            agent = build_agent(spec, env, self._vlm, exemplars=exemplars)
+            if (
+                isinstance(agent, VLMAgent)
+                and self.use_icl
+                and self.exemplar_strategy == "similar"
+                and snapshot
+            ):
                 ranked = snapshot
 
                 def choose(image: np.ndarray) -> list[Exemplar]:
@@ -781,14 +772,23 @@ class VLMTrainer:
     async def _evaluate(self, done: int, s: _Session) -> None:
         snapshot = self._snapshot(done)
         exemplars, n_exemplars = self._exemplars(snapshot)
+        # Evaluation episodes are played on the held-out env seeds exactly as a bench plays its seeds
+        # (rollout.explicit_seeds), so the random baseline here is the one a bench measures.
         if s.state.random_returns is None:
-            baseline = await _play_on_seeds(
-                self._worker_factory(None, ()), self.eval_seeds, num_envs=self.num_envs, uses_model=False
+            baseline = await play_episodes(
+                self._worker_factory(None, ()),
+                episodes=len(self.eval_seeds),
+                root_seed=0,
+                env_seeds=self.eval_seeds,
+                num_envs=self.num_envs,
+                uses_model=False,
             )
             s.state.random_returns = [r.episode_return for r in baseline]
-        results = await _play_on_seeds(
+        results = await play_episodes(
             self._worker_factory(snapshot, exemplars),
-            self.eval_seeds,
+            episodes=len(self.eval_seeds),
+            root_seed=0,
+            env_seeds=self.eval_seeds,
             num_envs=self.num_envs,
             uses_model=self._vlm is not None,
         )
