@@ -38,11 +38,14 @@ def _httpx() -> Any:
 class GeminiVLM(RemoteVLM):
     """A :class:`~atari_vlm.models.base.VLM` on the Gemini API (see :class:`RemoteVLM`).
 
-    ``thinking_budget``: thinking tokens allowed to 2.5-series models (0 turns thinking off where
-    the model allows it); None leaves the model's default. Thinking tokens are billed as output.
+    Thinking follows the model's control in the capability table at the backend's reasoning level:
+    ``thinking_budget`` for 2.5-series models (0 turns it off), ``thinking_level`` for Gemini 3
+    (``minimal`` is the least); the two may not be combined. ``thinking_budget`` given here overrides
+    the table. Thinking tokens are billed as output.
     """
 
     provider = "Gemini"
+    provider_id = "gemini"
     key_env_vars = GEMINI_KEY_ENV_VARS
     default_base_url = DEFAULT_BASE_URL
 
@@ -80,19 +83,30 @@ class GeminiVLM(RemoteVLM):
 
     def request_body(self, request: Request) -> dict[str, Any]:
         """The keyword arguments of ``aio.models.generate_content``, as plain dicts."""
-        config: dict[str, Any] = {
-            "max_output_tokens": request.max_tokens,
-            "temperature": request.temperature,
-        }
+        config: dict[str, Any] = {"max_output_tokens": self.answer_limit(request)}
+        if self.sends_temperature:
+            config["temperature"] = request.temperature
         system = self._system_text(request.messages)
         if system:
             config["system_instruction"] = system
         if request.json_mode:
             config["response_mime_type"] = "application/json"
-        if self.thinking_budget is not None:
-            config["thinking_config"] = {"thinking_budget": self.thinking_budget}
+        if thinking := self._thinking_config():
+            config["thinking_config"] = thinking
         contents = [self._content(m) for m in request.messages if m.role != "system"]
         return {"model": self.model, "contents": contents, "config": config}
+
+    def _thinking_config(self) -> dict[str, Any] | None:
+        if self.thinking_budget is not None:
+            return {"thinking_budget": self.thinking_budget}
+        control, value = self.capability.reasoning_control, self.reasoning_value
+        if value is None:
+            return None
+        if control == "gemini_budget":
+            return {"thinking_budget": int(value)}
+        if control == "gemini_level":
+            return {"thinking_level": str(value).upper()}
+        return None
 
     def _content(self, message: Message) -> dict[str, Any]:
         if message.role == "assistant" and message.images:
@@ -129,10 +143,8 @@ class GeminiVLM(RemoteVLM):
 
     def _verdict(self, exc: Exception) -> Transient | ModelError | None:
         http = self._http
-        if isinstance(exc, http.TimeoutException):
-            return Transient(f"no answer within timeout_s={self.timeout_s}")
-        if isinstance(exc, http.TransportError):
-            return Transient(f"connection error: {type(exc).__name__}: {clip(str(exc))}")
+        if isinstance(exc, http.TransportError):  # timeouts included, named from their root cause
+            return self._transport(exc)
         if isinstance(exc, self._genai_errors.APIError):
             status = int(exc.code or 0)
             message = str(exc.message or exc.status or exc)
@@ -153,7 +165,8 @@ class GeminiVLM(RemoteVLM):
 
 
 def _usage(meta: Any) -> Usage:
-    """Prompt tokens (cached ones included) in; candidates plus thinking tokens out (both billed)."""
+    """Prompt tokens (``cached_content_token_count`` of them from the implicit cache) in; candidates plus
+    thinking tokens out (both billed)."""
     if meta is None:
         return Usage()
     images = [
@@ -161,10 +174,14 @@ def _usage(meta: Any) -> Usage:
         for d in (meta.prompt_tokens_details or [])
         if _enum_name(getattr(d, "modality", None)) == "IMAGE"
     ]
+    prompt = meta.prompt_token_count or 0
+    thoughts = meta.thoughts_token_count or 0
     return Usage(
-        input_tokens=meta.prompt_token_count or 0,
-        output_tokens=(meta.candidates_token_count or 0) + (meta.thoughts_token_count or 0),
+        input_tokens=prompt,
+        output_tokens=(meta.candidates_token_count or 0) + thoughts,
         image_tokens=sum(images) if images else None,
+        cached_input_tokens=min(meta.cached_content_token_count or 0, prompt),
+        reasoning_tokens=thoughts,
     )
 
 

@@ -8,8 +8,10 @@ module says how a request goes on the wire, how an answer is read and how the SD
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import itertools
+import json
 import os
 from typing import Any, Literal
 
@@ -45,6 +47,7 @@ class OpenAICompatVLM(RemoteVLM):
     """
 
     provider = "OpenAI"
+    provider_id = "openai"
     key_env_vars = ("OPENAI_API_KEY",)
     default_base_url = DEFAULT_BASE_URL
 
@@ -54,13 +57,20 @@ class OpenAICompatVLM(RemoteVLM):
         model: str,
         image_detail: ImageDetail = "auto",
         http_backend: HttpBackend = "auto",
+        prompt_cache_key: str | None = None,
         **settings: Any,
     ) -> None:
+        """``prompt_cache_key``: sent to models that take one (OpenAI's, by the capability table) so that
+        a run's requests, which share their stable prefix, reach the same cache; None derives one from
+        the model and the prefix itself (the same for every decision of a run, and across a resume)."""
         if image_detail not in IMAGE_DETAILS:
             raise ConfigError(f"image_detail must be one of {IMAGE_DETAILS}, got {image_detail!r}")
         if http_backend not in HTTP_BACKENDS:
             raise ConfigError(f"http_backend must be one of {HTTP_BACKENDS}, got {http_backend!r}")
         self.image_detail = image_detail
+        if prompt_cache_key is not None and (not prompt_cache_key or len(prompt_cache_key) > 64):
+            raise ConfigError(f"prompt_cache_key must be 1-64 characters, got {len(prompt_cache_key)}")
+        self.prompt_cache_key = prompt_cache_key
         super().__init__(model=model, **settings)
         self._openai = require("openai", extra="openai")
         self._completion = require("openai.types.chat", extra="openai").ChatCompletion
@@ -124,20 +134,37 @@ class OpenAICompatVLM(RemoteVLM):
         """The keyword arguments of ``chat.completions.create`` (the JSON body) for ``request``.
 
         The answer-length limit is always sent: servers running random or small models may never
-        emit a stop token on their own. OpenAI's own API gets it as ``max_completion_tokens``, the
-        only name its reasoning models (o-series, GPT-5) accept and one every chat model takes;
-        compatible servers get the classic ``max_tokens``, which all of them read.
+        emit a stop token on their own. OpenAI's models get it as ``max_completion_tokens`` (the only
+        name reasoning models accept, and one every chat model takes), raised to fit a reasoning
+        level; compatible servers get the classic ``max_tokens``, which all of them read. Temperature
+        goes only to models that take one; ``reasoning_effort`` and ``prompt_cache_key`` only to those
+        the capability table says take them.
         """
-        limit = "max_completion_tokens" if self.base_url == DEFAULT_BASE_URL else "max_tokens"
+        capability = self.capability
+        messages = [self._message(m) for m in request.messages]
         body: dict[str, Any] = {
             "model": self.model,
-            "messages": [self._message(m) for m in request.messages],
-            limit: request.max_tokens,
-            "temperature": request.temperature,
+            "messages": messages,
+            capability.token_limit: self.answer_limit(request),
         }
+        if self.sends_temperature:
+            body["temperature"] = request.temperature
+        if capability.reasoning_control == "openai_effort" and self.reasoning_value is not None:
+            body["reasoning_effort"] = self.reasoning_value
+        if capability.cache_key:
+            body["prompt_cache_key"] = self.prompt_cache_key or self._derived_cache_key(request, messages)
         if request.json_mode:
             body["response_format"] = {"type": "json_object"}
         return body
+
+    def _derived_cache_key(self, request: Request, messages: list[dict[str, Any]]) -> str:
+        """A key that names the stable prefix: the same for every decision of a run (and a resume of it)."""
+        digest = hashlib.sha256(self.model.encode())
+        for i, j in request.prefix_parts():
+            content = messages[i]["content"]
+            piece = content if isinstance(content, str) else content[j]
+            digest.update(json.dumps(piece, sort_keys=True).encode())
+        return "atari-vlm-" + digest.hexdigest()[:32]
 
     def _message(self, message: Message) -> dict[str, Any]:
         if message.role != "user":
@@ -175,7 +202,7 @@ class OpenAICompatVLM(RemoteVLM):
     # -- failures ------------------------------------------------------------------------------------
 
     def _what(self) -> str:
-        return f"chat completion with model {self.model!r} at {self.base_url}"
+        return f"chat completion with model {self.model!r} at {self.public_url}"
 
     def _verdict(self, exc: Exception) -> Transient | ModelError | None:
         if isinstance(exc, self._openai.APIStatusError):
@@ -186,7 +213,7 @@ class OpenAICompatVLM(RemoteVLM):
         status: int = exc.status_code
         server_says = clip(_server_message(exc))
         if status == 429 and exc.code == "insufficient_quota":
-            return ModelError(f"{self.base_url} says the account is out of quota (HTTP 429): {server_says}")
+            return ModelError(f"{self.public_url} says the account is out of quota (HTTP 429): {server_says}")
         if status in RETRY_STATUSES:
             return Transient(
                 f"HTTP {status}: {server_says}",
@@ -196,32 +223,42 @@ class OpenAICompatVLM(RemoteVLM):
         if status in (401, 403):
             # The server's text is left out on purpose: some servers echo the (masked) key.
             return ModelError(
-                f"{self.base_url} rejected the API key (HTTP {status}); check the key passed with "
+                f"{self.public_url} rejected the API key (HTTP {status}); check the key passed with "
                 "--api-key or set in OPENAI_API_KEY, and that it may use this model"
             )
         if status == 404:
             return ModelError(
-                f"model {self.model!r} or its endpoint was not found at {self.base_url} (HTTP 404: "
+                f"model {self.model!r} or its endpoint was not found at {self.public_url} (HTTP 404: "
                 f"{server_says}); check the model name (for a local server it must be the name the "
-                f"server serves, see GET {self.base_url}/models) and that base_url ends in /v1"
+                f"server serves, see GET {self.public_url}/models) and that base_url ends in /v1"
             )
         if status in (400, 413, 422):
-            return ModelError(f"{self.base_url} refused the request as bad (HTTP {status}): {server_says}")
-        return ModelError(f"{self.base_url} answered HTTP {status}: {server_says}")
+            return ModelError(f"{self.public_url} refused the request as bad (HTTP {status}): {server_says}")
+        return ModelError(f"{self.public_url} answered HTTP {status}: {server_says}")
 
     def _redact(self, text: str) -> str:
         return text if self._key == PLACEHOLDER_API_KEY else super()._redact(text)
 
 
+def _count(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
+
 def _usage(usage: Any) -> Usage:
+    """OpenAI's usage: ``prompt_tokens`` includes ``prompt_tokens_details.cached_tokens`` (billed at the
+    cache rate); ``completion_tokens`` includes ``completion_tokens_details.reasoning_tokens``."""
     if usage is None:
         return Usage()
     details = getattr(usage, "prompt_tokens_details", None)
     image_tokens = getattr(details, "image_tokens", None) if details is not None else None
+    completion_details = getattr(usage, "completion_tokens_details", None)
+    prompt = _count(usage.prompt_tokens)
     return Usage(
-        input_tokens=usage.prompt_tokens or 0,
-        output_tokens=usage.completion_tokens or 0,
+        input_tokens=prompt,
+        output_tokens=_count(usage.completion_tokens),
         image_tokens=image_tokens if isinstance(image_tokens, int) else None,
+        cached_input_tokens=min(_count(getattr(details, "cached_tokens", None)), prompt),
+        reasoning_tokens=_count(getattr(completion_details, "reasoning_tokens", None)),
     )
 
 

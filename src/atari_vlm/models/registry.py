@@ -14,6 +14,12 @@ Accepted forms:
   ``ATARI_VLM_OPENAI_MODEL`` names one); else the OpenAI API when ``OPENAI_API_KEY`` is set
   (``$ATARI_VLM_OPENAI_MODEL``, default gpt-4o-mini); otherwise ``demo``, with a warning.
 
+Endpoints follow the SDKs' own conventions: without ``--base-url``, the API backends use
+``OPENAI_BASE_URL`` / ``ANTHROPIC_BASE_URL`` / ``GOOGLE_GEMINI_BASE_URL`` when set (a company
+gateway, a LiteLLM proxy). A preset behind any base URL is taken to be a proxy for the same model:
+its price and model rules still apply. A base URL is checked before anything is loaded, and is
+recorded (``LoadedModel.base_url``) without credentials.
+
 Each provider is a lazily imported module: nothing here imports an SDK until that provider is used.
 """
 
@@ -28,7 +34,14 @@ from typing import Any
 from urllib.parse import urlparse
 
 from atari_vlm.errors import ConfigError
-from atari_vlm.models.base import VLM
+from atari_vlm.models.base import REASONING_LEVELS, VLM, ReasoningLevel
+from atari_vlm.models.endpoints import (
+    SERVER_KINDS,
+    base_url_from_env,
+    probe_server,
+    safe_url,
+    validate_base_url,
+)
 from atari_vlm.models.presets import (
     FREE,
     PROVIDERS,
@@ -57,7 +70,19 @@ MODEL_FORMS = (
 
 @dataclass(frozen=True)
 class ModelOptions:
-    """Settings that apply to whichever backend the spec names; each backend takes the ones it uses."""
+    """Settings that apply to whichever backend the spec names; each backend takes the ones it uses.
+
+    - ``base_url``: the endpoint (``--base-url``); None: the provider SDK's own variable, else its API.
+      Allowed with API presets too (a proxy for the same model: the preset's price still applies).
+    - ``reasoning``: how much a model may think (``--reasoning off|low|medium|high``). ``off``, the
+      default, asks for the least the model allows (a decision must be fast); more raises the
+      answer-length limit to fit (see :mod:`atari_vlm.models.capabilities`).
+    - ``timeout_s``: seconds an API call may take before it counts as failed (and is retried).
+    - ``prompt_cache_key``: the key OpenAI's prompt cache routes a run's requests by; None derives one
+      from the model and the stable prefix (the same for every decision of a run).
+    - ``server_kind``: which documented field asks an OpenAI-compatible server for constrained
+      decoding (:data:`~atari_vlm.models.endpoints.SERVER_KINDS`); ``auto`` asks the server.
+    """
 
     base_url: str | None = None
     api_key: str | None = field(default=None, repr=False)
@@ -68,6 +93,35 @@ class ModelOptions:
     max_batch_size: int = 8
     image_detail: str = "auto"
     trust_remote_code: bool = False  # run code shipped with a checkpoint (CogVLM2): explicit opt-in only
+    reasoning: ReasoningLevel = "off"
+    timeout_s: float = 60.0
+    prompt_cache_key: str | None = None
+    server_kind: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.base_url is not None:
+            validate_base_url(self.base_url)
+        if self.reasoning not in REASONING_LEVELS:
+            raise ConfigError(
+                f"--reasoning must be one of {', '.join(REASONING_LEVELS)}; got {self.reasoning!r}"
+            )
+        if (
+            isinstance(self.timeout_s, bool)
+            or not isinstance(self.timeout_s, (int, float))
+            or not self.timeout_s > 0
+        ):
+            raise ConfigError(f"timeout_s must be a number of seconds > 0, got {self.timeout_s!r}")
+        if self.server_kind not in SERVER_KINDS:
+            raise ConfigError(
+                f"--server-kind must be one of {', '.join(SERVER_KINDS)}; got {self.server_kind!r}"
+            )
+        if self.prompt_cache_key is not None and not 1 <= len(self.prompt_cache_key) <= 64:
+            raise ConfigError("prompt_cache_key must be 1-64 characters")
+
+
+def check_base_url(url: str) -> str:
+    """``--base-url`` checked before play (the CLI calls this): the URL, or a ConfigError saying why not."""
+    return validate_base_url(url)
 
 
 @dataclass
@@ -82,11 +136,28 @@ class LoadedModel:
     prices: Prices | None = None  # USD per million tokens; None: unknown (a custom server, an unlisted model)
     preset: str | None = None  # the preset name, when one was used
 
+    @property
+    def base_url(self) -> str | None:
+        """The endpoint the backend talks to, without credentials (None for local models)."""
+        url = getattr(self.vlm, "public_url", None)
+        return url if isinstance(url, str) and url else None
+
     def describe(self) -> dict[str, Any]:
-        return {"spec": self.spec, "provider": self.provider, "random_weights": self.random_weights}
+        """What a run records about its model (never a secret: the URL is shown without credentials)."""
+        out: dict[str, Any] = {
+            "spec": self.spec,
+            "provider": self.provider,
+            "random_weights": self.random_weights,
+        }
+        if self.base_url is not None:
+            out["base_url"] = self.base_url
+        reasoning = getattr(self.vlm, "reasoning", None)
+        if isinstance(reasoning, str):
+            out["reasoning"] = reasoning
+        return out
 
 
-def _load_openai(model: str, options: ModelOptions) -> LoadedModel:
+def _load_openai(model: str, options: ModelOptions, **backend_options: Any) -> LoadedModel:
     from atari_vlm.models.openai_compat import OpenAICompatVLM
 
     if not model:
@@ -97,6 +168,10 @@ def _load_openai(model: str, options: ModelOptions) -> LoadedModel:
         api_key=options.api_key,
         concurrency=options.concurrency,
         image_detail=options.image_detail,
+        reasoning=options.reasoning,
+        timeout_s=options.timeout_s,
+        prompt_cache_key=options.prompt_cache_key,
+        **backend_options,
     )
     return LoadedModel(vlm, f"openai:{model}", "openai")
 
@@ -129,28 +204,22 @@ def _load_demo(options: ModelOptions) -> LoadedModel:
 
 def _served_model(base_url: str, api_key: str | None) -> str:
     """The first model a server lists at ``/models`` (vLLM, Ollama and friends serve one or a few)."""
-    import json
-    import urllib.request
-
-    url = base_url.rstrip("/") + "/models"
-    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {api_key or 'not-needed'}"})
     try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            models = [m["id"] for m in json.loads(response.read())["data"]]
-    except Exception as exc:  # any failure means the same to the user: no usable server there
+        info = probe_server(base_url, api_key=api_key, timeout_s=10)
+    except ConfigError as exc:
         raise ConfigError(
-            f"'auto' found the server {base_url} but could not list its models at {url} "
-            f"({type(exc).__name__}); name the model with --model openai:<served name>"
+            f"'auto' found the server {safe_url(base_url)} but {exc}; name the model with "
+            "--model openai:<served name>"
         ) from None
-    if not models:
+    if not info.models:
         raise ConfigError(
-            f"the server {base_url} lists no models; name one with --model openai:<served name>"
+            f"the server {info.base_url} lists no models; name one with --model openai:<served name>"
         )
-    return models[0]
+    return info.models[0]
 
 
 def _load_auto(options: ModelOptions) -> LoadedModel:
-    base_url = options.base_url or os.environ.get("OPENAI_BASE_URL")
+    base_url = options.base_url or base_url_from_env("openai")
     if options.api_key or os.environ.get("OPENAI_API_KEY") or base_url:
         model = os.environ.get("ATARI_VLM_OPENAI_MODEL")
         if not model:
@@ -173,6 +242,8 @@ def _sdk_loader(provider: str, module: str, class_name: str, example: str):
             api_key=options.api_key,
             base_url=options.base_url,
             concurrency=options.concurrency,
+            reasoning=options.reasoning,
+            timeout_s=options.timeout_s,
             **backend_options,
         )
         return LoadedModel(vlm, f"{provider}:{model}", provider)
@@ -216,16 +287,23 @@ def _load_preset(preset: Preset, options: ModelOptions) -> LoadedModel:
             "pass --trust-remote-code if you trust that repository"
         )
     api_preset = preset.provider != "local"
-    if api_preset and options.base_url:
-        raise ConfigError(
-            f"preset {preset.name!r} is the {preset.provider} API itself; for a model behind --base-url use "
-            "'openai:<served model name>'"
-        )
-    loaded = _PREFIXES[preset.provider](preset.model_id, options, **preset.backend_options)
+    backend_options = dict(preset.backend_options)
+    if api_preset:
+        # A preset behind --base-url or the SDK's variable is a proxy for the same model: its rules
+        # (and, below, its price) still apply, whatever the host.
+        backend_options.setdefault("capability", preset.capability)
+    loaded = _PREFIXES[preset.provider](preset.model_id, options, **backend_options)
     loaded.spec = loaded.spec if api_preset else preset.name
     loaded.prices = preset.prices
     loaded.preset = preset.name
-    if preset.legacy:
+    capability = preset.capability
+    if capability is not None and capability.lifecycle.retired:
+        when = f" on {capability.lifecycle.date}" if capability.lifecycle.date else ""
+        loaded.warning = (
+            f"preset {preset.name!r} ({preset.model_id}) was retired by {preset.provider}{when}: expect an "
+            f"error answer. {preset.prices.note or ''}".strip()
+        )
+    elif preset.legacy:
         loaded.warning = f"preset {preset.name!r} is a legacy model: {preset.prices.note}"
     return loaded
 
@@ -252,6 +330,8 @@ def load_model(spec: str, options: ModelOptions | None = None) -> LoadedModel:
             (missing key, missing package, missing checkpoint files).
     """
     options = options or ModelOptions()
+    for provider in ("openai", "anthropic", "gemini"):
+        base_url_from_env(provider)  # a malformed OPENAI_BASE_URL & co. is refused before anything loads
     if not isinstance(spec, str) or not spec.strip():
         raise ConfigError(f"--model must be one of {MODEL_FORMS}; got {spec!r}")
     spec = spec.strip()

@@ -3,8 +3,9 @@
 A provider backend (:mod:`~atari_vlm.models.anthropic_backend`, :mod:`~atari_vlm.models.gemini_backend`)
 only says how a :class:`~atari_vlm.models.base.Request` becomes its SDK call, how the SDK's answer
 becomes text and usage, and how the SDK's exceptions read (status, message, Retry-After). The retry
-loop, the wall-clock latency, the concurrency bound and keeping the key out of every message live
-here once.
+loop, the wall-clock latency, the concurrency bound, keeping the key out of every message, the base
+URL (explicit, else the SDK's own variable, else the provider's API), the model's capability entry
+(:mod:`~atari_vlm.models.capabilities`) and the reasoning level live here once.
 """
 
 from __future__ import annotations
@@ -20,8 +21,27 @@ from typing import Any, ClassVar
 
 from atari_vlm import imaging
 from atari_vlm.errors import ConfigError, ModelError
-from atari_vlm.models.base import Completion, ImagePart, Message, Request, Usage
-from atari_vlm.models.retry import RetryPolicy, SharedBackoff, Sleep, Transient, clip, redact, with_retries
+from atari_vlm.models.base import (
+    REASONING_LEVELS,
+    Completion,
+    ImagePart,
+    Message,
+    ReasoningLevel,
+    Request,
+    Usage,
+)
+from atari_vlm.models.capabilities import Capability, capability_for, reasoning_allowance
+from atari_vlm.models.endpoints import BASE_URL_ENV_VARS, safe_url, validate_base_url
+from atari_vlm.models.retry import (
+    RetryPolicy,
+    SharedBackoff,
+    Sleep,
+    Transient,
+    clip,
+    describe_transport_error,
+    redact,
+    with_retries,
+)
 
 __all__ = ["MalformedResponse", "Parsed", "RemoteVLM", "resolve_key"]
 
@@ -62,6 +82,8 @@ class RemoteVLM(ABC):
 
     provider: ClassVar[str]
     """Human name of the provider, for messages ("Anthropic")."""
+    provider_id: ClassVar[str]
+    """The provider's key in the capability table and the SDK's base-URL variable ("anthropic")."""
     key_env_vars: ClassVar[tuple[str, ...]]
     """Environment variables the key is read from, in order."""
     default_base_url: ClassVar[str]
@@ -81,7 +103,12 @@ class RemoteVLM(ABC):
         backoff_max_s: float = 30.0,
         seed: int | None = None,
         sleep: Sleep | None = None,
+        reasoning: ReasoningLevel = "off",
+        capability: Capability | None = None,
     ) -> None:
+        """``base_url`` None: the SDK's own variable (``OPENAI_BASE_URL`` ...) if set, else the provider's
+        API. ``reasoning``: see :data:`~atari_vlm.models.base.REASONING_LEVELS`. ``capability``: the
+        model's rules; None looks them up by model id (on the provider's own API, or a proxy of it)."""
         if not model:
             raise ConfigError("model must be a non-empty model name")
         if image_format not in imaging.IMAGE_FORMATS:
@@ -92,16 +119,30 @@ class RemoteVLM(ABC):
             raise ConfigError(f"timeout_s must be > 0, got {timeout_s}")
         if concurrency < 1:
             raise ConfigError(f"concurrency must be >= 1, got {concurrency}")
+        if reasoning not in REASONING_LEVELS:
+            raise ConfigError(f"reasoning must be one of {REASONING_LEVELS}, got {reasoning!r}")
         self._policy = RetryPolicy(max_retries, backoff_base_s, backoff_max_s)
         self.backoff = SharedBackoff()  # every game using this model pauses together on a 429
         self.name = model
         self.model = model
+        env_var = BASE_URL_ENV_VARS.get(self.provider_id)
+        if base_url is None and env_var and os.environ.get(env_var):
+            base_url = validate_base_url(os.environ[env_var], what=env_var)
+        elif base_url is not None:
+            base_url = validate_base_url(base_url)
         self.base_url = (base_url or self.default_base_url).rstrip("/")
+        self.public_url = safe_url(self.base_url)  # what messages, repr and run files show
+        self.custom_endpoint = self.base_url != self.default_base_url.rstrip("/")
+        self.capability = capability or capability_for(
+            self.provider_id, model, official=not self.custom_endpoint
+        )
+        self.reasoning = reasoning
+        self.reasoning_value = self.capability.reasoning_value(reasoning)  # ConfigError if not supported
         self.image_format = image_format
         self.jpeg_quality = jpeg_quality
         self.timeout_s = timeout_s
         self.concurrency = concurrency
-        self._key = self._resolve_key(api_key, base_url)
+        self._key = self._resolve_key(api_key, base_url if self.custom_endpoint else None)
         self._rng = random.Random(seed)
         self._sleep: Sleep = sleep or asyncio.sleep
         self._semaphore = asyncio.Semaphore(concurrency)
@@ -114,7 +155,8 @@ class RemoteVLM(ABC):
         """What ``repr`` shows, in order; never the key."""
         return {
             "model": self.model,
-            "base_url": self.base_url,
+            "base_url": self.public_url,
+            "reasoning": self.reasoning,
             "image_format": self.image_format,
             "timeout_s": self.timeout_s,
             "max_retries": self._policy.max_retries,
@@ -129,7 +171,16 @@ class RemoteVLM(ABC):
 
     @property
     def where(self) -> str:
-        return f"the {self.provider} API at {self.base_url}"
+        return f"the {self.provider} API at {self.public_url}"
+
+    def answer_limit(self, request: Request) -> int:
+        """The answer-length limit to send: the request's, plus room to think at a reasoning level."""
+        return request.max_tokens + reasoning_allowance(self.reasoning)
+
+    @property
+    def sends_temperature(self) -> bool:
+        """Whether this model takes a sampling temperature (current reasoning models refuse any)."""
+        return self.capability.sampling == "any"
 
     @property
     def key_hint(self) -> str:
@@ -185,17 +236,17 @@ class RemoteVLM(ABC):
 
     def _what(self) -> str:
         """How a request is named in the error raised once its retries are spent."""
-        return f"request to model {self.model!r} at {self.base_url}"
+        return f"request to model {self.model!r} at {self.public_url}"
 
     def _sdk_transport_verdict(self, sdk: Any, exc: Exception) -> Transient | None:
-        """Timeouts and connection errors of the ``openai`` / ``anthropic`` SDKs (same exception names)."""
-        if isinstance(exc, sdk.APITimeoutError):
-            return Transient(f"no answer within timeout_s={self.timeout_s}")
+        """Timeouts and connection errors of the ``openai`` / ``anthropic`` SDKs (same exception names),
+        named from their root cause (APITimeoutError subclasses APIConnectionError)."""
         if isinstance(exc, sdk.APIConnectionError):
-            cause = exc.__cause__ or exc.__context__
-            detail = f"{type(cause).__name__}: {cause}" if cause else str(exc)
-            return Transient(f"connection error: {clip(detail)}")
+            return self._transport(exc)
         return None
+
+    def _transport(self, exc: BaseException) -> Transient:
+        return Transient(describe_transport_error(exc, base_url=self.base_url, timeout_s=self.timeout_s))
 
     def _image_bytes(self, part: ImagePart) -> tuple[bytes, str]:
         """The encoded image and its MIME type."""
@@ -218,7 +269,7 @@ class RemoteVLM(ABC):
     def _classify(self, exc: Exception) -> Transient | ModelError | None:
         if isinstance(exc, (MalformedResponse, json.JSONDecodeError)):
             verdict: Transient | ModelError | None = Transient(
-                f"malformed response ({clip(str(exc))}); is base_url {self.base_url} right?"
+                f"malformed response ({clip(str(exc))}); is base_url {self.public_url} right?"
             )
         else:
             verdict = self._verdict(exc)
