@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import io
 import itertools
 import json
@@ -50,6 +51,9 @@ MAX_FAULTS = 10_000
 MAX_HANG_S = 300.0
 ROLES = ("system", "developer", "user", "assistant", "tool")
 DETAILS = ("auto", "low", "high")
+REASONING_EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh", "max")
+"""``reasoning_effort`` values the openai SDK documents (which ones a model takes is its own rule)."""
+MAX_PREFIXES = 4096
 
 Reply = str | Callable[[dict[str, Any]], str]
 
@@ -142,9 +146,18 @@ def _validate_chat(body: Any) -> None:
             raise _BadRequest(f"{where}.content must be a string or a non-empty list of parts", where)
         for j, part in enumerate(content):
             _validate_part(part, f"{where}.content[{j}]")
-    max_tokens = body.get("max_tokens")
-    if max_tokens is not None and (not isinstance(max_tokens, int) or max_tokens < 1):
-        raise _BadRequest("'max_tokens' must be a positive integer", "max_tokens")
+    for name in ("max_tokens", "max_completion_tokens"):
+        limit = body.get(name)
+        if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
+            raise _BadRequest(f"'{name}' must be a positive integer", name)
+    if "max_tokens" in body and "max_completion_tokens" in body:
+        raise _BadRequest("send 'max_tokens' or 'max_completion_tokens', not both", "max_tokens")
+    effort = body.get("reasoning_effort")
+    if effort is not None and effort not in REASONING_EFFORTS:
+        raise _BadRequest(f"'reasoning_effort' must be one of {REASONING_EFFORTS}", "reasoning_effort")
+    key = body.get("prompt_cache_key")
+    if key is not None and (not isinstance(key, str) or not key):
+        raise _BadRequest("'prompt_cache_key' must be a non-empty string", "prompt_cache_key")
     temperature = body.get("temperature")
     if temperature is not None and (
         not isinstance(temperature, (int, float))
@@ -186,6 +199,19 @@ def _count_prompt(body: dict[str, Any]) -> tuple[int, int]:
     return words, images
 
 
+def _prompt_pieces(body: dict[str, Any], image_tokens: int, overhead: int) -> list[tuple[str, int]]:
+    """The prompt as (canonical JSON of a piece, its tokens), in order: what a prefix cache keys on."""
+    pieces: list[tuple[str, int]] = []
+    for message in body["messages"]:
+        content = message["content"]
+        parts = [{"type": "text", "text": content}] if isinstance(content, str) else content
+        pieces.append((json.dumps({"role": message["role"]}), overhead))
+        for part in parts:
+            tokens = len(part["text"].split()) if part["type"] == "text" else image_tokens
+            pieces.append((json.dumps(part, sort_keys=True), tokens))
+    return pieces
+
+
 def _error_body(
     message: str, *, type_: str = "invalid_request_error", param: str | None = None, code: str | None = None
 ) -> dict[str, Any]:
@@ -222,7 +248,11 @@ class FakeOpenAIServer(ThreadingHTTPServer):
         fault_seed: int = 0,
         max_connections: int = 1024,
         idle_timeout_s: float = 30.0,
+        cache_min_tokens: int | None = None,
     ) -> None:
+        """``cache_min_tokens``: answer like OpenAI's prompt cache: a request whose leading messages and
+        parts repeat ones already seen reports those tokens as ``cached_tokens``, once they reach this
+        many (OpenAI's own minimum is 1024); None: no cache."""
         if latency_s < 0 or not 0 <= hang_s <= MAX_HANG_S:
             raise ValueError(f"need latency_s >= 0 and 0 <= hang_s <= {MAX_HANG_S}")
         self.model = model
@@ -245,6 +275,8 @@ class FakeOpenAIServer(ThreadingHTTPServer):
         self._fault_rng = random.Random(fault_seed)
         self.random_faults = 0
         self._requests: deque[RecordedRequest] = deque(maxlen=max_recorded)
+        self.cache_min_tokens = cache_min_tokens
+        self._prefixes: set[str] = set()  # digests of prompt prefixes seen (bounded)
         self._connections = threading.BoundedSemaphore(max_connections)
         self._ids = itertools.count(1)
         self._in_flight = 0
@@ -334,6 +366,28 @@ class FakeOpenAIServer(ThreadingHTTPServer):
     def _end_chat(self) -> None:
         with self._lock:
             self._in_flight -= 1
+
+    def _cached_tokens(self, pieces: list[tuple[str, int]]) -> int:
+        """Tokens of the longest prefix of ``pieces`` seen before (0 below ``cache_min_tokens``); the
+        prefixes of this prompt are remembered for the next request."""
+        if self.cache_min_tokens is None:
+            return 0
+        digest = hashlib.sha256()
+        digests, sums, total = [], [], 0
+        for piece, tokens in pieces:
+            digest.update(piece.encode())
+            digests.append(digest.hexdigest())
+            total += tokens
+            sums.append(total)
+        with self._lock:
+            hit = 0
+            for d, tokens in zip(digests, sums, strict=True):
+                if d in self._prefixes:
+                    hit = tokens
+            if len(self._prefixes) + len(digests) > MAX_PREFIXES:
+                self._prefixes.clear()
+            self._prefixes.update(digests)
+        return hit if hit >= self.cache_min_tokens else 0
 
     def _wait(self, seconds: float) -> None:
         """Sleep that ends early when the server stops, so no handler outlives it by long."""
@@ -467,13 +521,15 @@ class _Handler(BaseHTTPRequestHandler):
             return
         words = text.split()
         finish_reason = "stop"
-        max_tokens = body.get("max_tokens")
+        max_tokens = body.get("max_tokens", body.get("max_completion_tokens"))
         if max_tokens is not None and len(words) > max_tokens:
             words, finish_reason = words[:max_tokens], "length"
             text = " ".join(words)
         prompt_words, images = _count_prompt(body)
         image_tokens = images * server.image_tokens
         prompt_tokens = prompt_words + image_tokens + server.prompt_overhead_tokens * len(body["messages"])
+        pieces = _prompt_pieces(body, server.image_tokens, server.prompt_overhead_tokens)
+        cached_tokens = server._cached_tokens(pieces)
         content: str | None = text
         if fault is not None:
             content = "" if fault.kind == "empty" else None
@@ -496,7 +552,7 @@ class _Handler(BaseHTTPRequestHandler):
                     "prompt_tokens": prompt_tokens,
                     "completion_tokens": len(words),
                     "total_tokens": prompt_tokens + len(words),
-                    "prompt_tokens_details": {"image_tokens": image_tokens},
+                    "prompt_tokens_details": {"image_tokens": image_tokens, "cached_tokens": cached_tokens},
                 },
             },
         )
@@ -599,6 +655,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--image-tokens", type=int, default=85, help="prompt tokens counted per image")
     parser.add_argument("--hang", type=float, default=10.0, help="seconds a 'hang' fault waits")
     parser.add_argument("--faults", default="[]", help="JSON list of fault specs to start with")
+    parser.add_argument(
+        "--cache-min-tokens", type=int, default=None, help="report repeated prompt prefixes as cached_tokens"
+    )
     args = parser.parse_args(argv)
     server = FakeOpenAIServer(
         args.port,
@@ -608,6 +667,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         api_key=args.api_key,
         image_tokens=args.image_tokens,
         hang_s=args.hang,
+        cache_min_tokens=args.cache_min_tokens,
     )
     server.add_faults(*json.loads(args.faults))
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
