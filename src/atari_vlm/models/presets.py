@@ -98,19 +98,25 @@ class Prices:
     cached_input_per_mtok: float | None = None
     cache_write_per_mtok: float | None = None
 
+    @property
+    def cache_read_rate(self) -> float:
+        """USD per million cached prompt tokens (the input price where the cache price is unknown)."""
+        return self.input_per_mtok if self.cached_input_per_mtok is None else self.cached_input_per_mtok
+
+    @property
+    def cache_write_rate(self) -> float:
+        """USD per million prompt tokens written to the cache (the input price where unknown)."""
+        return self.input_per_mtok if self.cache_write_per_mtok is None else self.cache_write_per_mtok
+
     def cost_usd(
         self, input_tokens: int, output_tokens: int, cached_input_tokens: int = 0, cache_write_tokens: int = 0
     ) -> float:
         """Cost of a call; ``input_tokens`` includes the cached and written ones."""
-        cached_rate = (
-            self.input_per_mtok if self.cached_input_per_mtok is None else self.cached_input_per_mtok
-        )
-        write_rate = self.input_per_mtok if self.cache_write_per_mtok is None else self.cache_write_per_mtok
         plain = max(input_tokens - cached_input_tokens - cache_write_tokens, 0)
         return (
             plain * self.input_per_mtok
-            + cached_input_tokens * cached_rate
-            + cache_write_tokens * write_rate
+            + cached_input_tokens * self.cache_read_rate
+            + cache_write_tokens * self.cache_write_rate
             + output_tokens * self.output_per_mtok
         ) / 1e6
 
