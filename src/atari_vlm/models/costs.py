@@ -52,10 +52,7 @@ def cost_breakdown(usage: Usage, preset_or_prices: Preset | Prices) -> dict[str,
     less what the writes cost above it (negative when a write was not repaid by reads).
     """
     prices = _prices(preset_or_prices)
-    read_rate = (
-        prices.input_per_mtok if prices.cached_input_per_mtok is None else prices.cached_input_per_mtok
-    )
-    write_rate = prices.input_per_mtok if prices.cache_write_per_mtok is None else prices.cache_write_per_mtok
+    read_rate, write_rate = prices.cache_read_rate, prices.cache_write_rate
     parts = {
         "uncached_input_usd": usage.uncached_input_tokens * prices.input_per_mtok / 1e6,
         "cache_read_usd": usage.cached_input_tokens * read_rate / 1e6,
