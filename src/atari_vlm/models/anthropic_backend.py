@@ -16,6 +16,7 @@ from typing import Any
 
 from atari_vlm.errors import ModelError, require
 from atari_vlm.models.base import ImagePart, Message, Request, TextPart, Usage
+from atari_vlm.models.constrain import TOOL_NAME, choice_schema, read_tool_input
 from atari_vlm.models.remote import MalformedResponse, Parsed, RemoteVLM
 from atari_vlm.models.retry import Transient, classify_status, clip, parse_retry_after
 
@@ -65,9 +66,13 @@ class AnthropicVLM(RemoteVLM):
 
     # -- wire format ---------------------------------------------------------------------------------
 
-    def request_body(self, request: Request) -> dict[str, Any]:
+    def request_body(self, request: Request, *, constrained: bool | None = None) -> dict[str, Any]:
         """The keyword arguments of ``messages.create``; ``max_tokens`` is required by the API (and bounds
-        thinking plus the answer, so it is raised by the reasoning level's allowance)."""
+        thinking plus the answer, so it is raised by the reasoning level's allowance).
+
+        A constrained request forces a tool call (``tool_choice`` of type ``tool``) whose input schema
+        holds the legal actions as an enum; forced tool use excludes thinking, so thinking is off."""
+        forced = self._wants_constraint(request, constrained)
         caching = self.capability.cache_mode == "explicit"
         prefix = set(request.prefix_parts()) if caching else set()
         system = self._system_text(request.messages)
@@ -91,7 +96,19 @@ class AnthropicVLM(RemoteVLM):
                 body["system"] = [{"type": "text", "text": system, "cache_control": dict(CACHE_BREAKPOINT)}]
             else:
                 body["system"] = system
-        self._thinking(body)
+        if forced:
+            body["tools"] = [
+                {
+                    "name": TOOL_NAME,
+                    "description": "Play one of the legal actions.",
+                    "input_schema": choice_schema(list(request.choices), request.reasoning),
+                }
+            ]
+            body["tool_choice"] = {"type": "tool", "name": TOOL_NAME}
+            if self.capability.reasoning_control == "anthropic_adaptive":
+                body["thinking"] = {"type": "disabled"}
+        else:
+            self._thinking(body)
         thinking_on = body.get("thinking", {}).get("type") not in (None, "disabled")
         if self.send_temperature and not thinking_on:  # thinking takes only the default temperature
             body["extra_body"] = {"temperature": request.temperature}
@@ -126,17 +143,33 @@ class AnthropicVLM(RemoteVLM):
         source = {"type": "base64", "media_type": mime, "data": base64.b64encode(data).decode("ascii")}
         return {"type": "image", "source": source}
 
+    def _constraint_kind(self) -> str | None:
+        return "forced_tool" if self.capability.forced_tool else None
+
     async def _send(self, body: dict[str, Any]) -> Any:
         return await self._client.messages.create(**body)
 
-    def _parse(self, response: Any) -> Parsed:
+    def _parse(self, response: Any, request: Request | None = None) -> Parsed:
         content = getattr(response, "content", None)
         usage = getattr(response, "usage", None)
         if isinstance(response, str) or content is None or usage is None:
             raise MalformedResponse(f"no message in the response body: {clip(str(response))!r}")
         text = "".join(block.text for block in content if getattr(block, "type", None) == "text")
+        pick = None
+        if request is not None:
+            call = next(
+                (
+                    b
+                    for b in content
+                    if getattr(b, "type", None) == "tool_use" and getattr(b, "name", None) == TOOL_NAME
+                ),
+                None,
+            )
+            if call is not None:
+                pick, rendered = read_tool_input(getattr(call, "input", None))
+                text = text or rendered
         reason = response.stop_reason or "stop"
-        return Parsed(text, _usage(usage), response.model or "", _FINISH.get(reason, reason))
+        return Parsed(text, _usage(usage), response.model or "", _FINISH.get(reason, reason), choice=pick)
 
     # -- failures ------------------------------------------------------------------------------------
 

@@ -14,6 +14,7 @@ from typing import Any
 
 from atari_vlm.errors import ModelError, require
 from atari_vlm.models.base import ImagePart, Message, Request, TextPart, Usage
+from atari_vlm.models.constrain import choice_probs_from_logprobs, read_choice
 from atari_vlm.models.remote import MalformedResponse, Parsed, RemoteVLM
 from atari_vlm.models.retry import Transient, classify_status, clip, parse_retry_after
 
@@ -23,6 +24,9 @@ DEFAULT_BASE_URL = "https://generativelanguage.googleapis.com"
 GEMINI_KEY_ENV_VARS: tuple[str, ...] = ("GEMINI_API_KEY", "GOOGLE_API_KEY")
 
 _FINISH = {"STOP": "stop", "MAX_TOKENS": "length"}
+LOGPROBS = 5
+"""Alternatives asked for at each token of a constrained answer: only the pick's first token matters,
+and Atari games have at most 18 actions whose first tokens are few."""
 _ROLES = {"user": "user", "assistant": "model"}
 _DELAY = re.compile(r"^\s*(\d+(?:\.\d+)?)s\s*$")
 
@@ -81,15 +85,37 @@ class GeminiVLM(RemoteVLM):
 
     # -- wire format ---------------------------------------------------------------------------------
 
-    def request_body(self, request: Request) -> dict[str, Any]:
-        """The keyword arguments of ``aio.models.generate_content``, as plain dicts."""
+    def request_body(self, request: Request, *, constrained: bool | None = None) -> dict[str, Any]:
+        """The keyword arguments of ``aio.models.generate_content``, as plain dicts.
+
+        A constrained request answers with ``response_mime_type`` ``text/x.enum`` and an enum schema of
+        the legal actions, or (reasoning first) a JSON object schema whose ``action`` is that enum."""
         config: dict[str, Any] = {"max_output_tokens": self.answer_limit(request)}
         if self.sends_temperature:
             config["temperature"] = request.temperature
         system = self._system_text(request.messages)
         if system:
             config["system_instruction"] = system
-        if request.json_mode:
+        if self._wants_constraint(request, constrained):
+            choices = list(request.choices)
+            if request.reasoning:
+                config["response_mime_type"] = "application/json"
+                config["response_schema"] = {
+                    "type": "OBJECT",
+                    "properties": {
+                        "reasoning": {"type": "STRING"},
+                        "action": {"type": "STRING", "enum": choices},
+                    },
+                    "required": ["reasoning", "action"],
+                    "property_ordering": ["reasoning", "action"],
+                }
+            else:
+                config["response_mime_type"] = "text/x.enum"
+                config["response_schema"] = {"type": "STRING", "enum": choices}
+            if self.capability.logprobs:
+                config["response_logprobs"] = True
+                config["logprobs"] = LOGPROBS
+        elif request.json_mode:
             config["response_mime_type"] = "application/json"
         if thinking := self._thinking_config():
             config["thinking_config"] = thinking
@@ -119,10 +145,18 @@ class GeminiVLM(RemoteVLM):
         data, mime = self._image_bytes(part)
         return {"inline_data": {"data": data, "mime_type": mime}}
 
+    def _constraint_kind(self) -> str | None:
+        return "enum" if self.capability.enum_mime else None
+
+    def _status(self, exc: Exception) -> int | None:
+        if isinstance(exc, self._genai_errors.APIError):
+            return int(exc.code or 0)
+        return None
+
     async def _send(self, body: dict[str, Any]) -> Any:
         return await self._client.aio.models.generate_content(**body)
 
-    def _parse(self, response: Any) -> Parsed:
+    def _parse(self, response: Any, request: Request | None = None) -> Parsed:
         usage = _usage(getattr(response, "usage_metadata", None))
         model = getattr(response, "model_version", None) or ""
         candidates = getattr(response, "candidates", None)
@@ -137,7 +171,14 @@ class GeminiVLM(RemoteVLM):
         parts = getattr(candidate.content, "parts", None) or []
         text = "".join(p.text for p in parts if getattr(p, "text", None) and not getattr(p, "thought", None))
         reason = _enum_name(candidate.finish_reason) if candidate.finish_reason is not None else "STOP"
-        return Parsed(text, usage, model, _FINISH.get(reason, reason.lower()))
+        pick = probs = None
+        if request is not None:
+            pick = read_choice(text, as_json=request.reasoning)
+            if pick is not None and not request.reasoning:
+                probs = _choice_probs(candidate, text, pick, request.choices)
+        return Parsed(
+            text, usage, model, _FINISH.get(reason, reason.lower()), choice=pick, choice_probs=probs
+        )
 
     # -- failures ------------------------------------------------------------------------------------
 
@@ -183,6 +224,26 @@ def _usage(meta: Any) -> Usage:
         cached_input_tokens=min(meta.cached_content_token_count or 0, prompt),
         reasoning_tokens=thoughts,
     )
+
+
+def _choice_probs(candidate: Any, text: str, pick: str, choices: tuple[str, ...]) -> dict[str, float] | None:
+    """Each legal choice's probability from ``logprobs_result.top_candidates`` (an enum answer)."""
+    result = getattr(candidate, "logprobs_result", None)
+    chosen = getattr(result, "chosen_candidates", None) or []
+    top = getattr(result, "top_candidates", None) or []
+    start = text.find(pick)
+    if not chosen or len(top) != len(chosen) or start < 0:
+        return None
+    tokens = []
+    for step, alternatives in zip(chosen[:4096], top, strict=False):
+        token = getattr(step, "token", None)
+        if not isinstance(token, str):
+            return None
+        options = getattr(alternatives, "candidates", None) or []
+        tokens.append(
+            (token, [(getattr(c, "token", None), getattr(c, "log_probability", None)) for c in options[:64]])
+        )
+    return choice_probs_from_logprobs(tokens, text, start, choices)
 
 
 def _enum_name(value: Any) -> str:

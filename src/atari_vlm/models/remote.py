@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import random
 import time
@@ -31,6 +32,7 @@ from atari_vlm.models.base import (
     Usage,
 )
 from atari_vlm.models.capabilities import Capability, capability_for, reasoning_allowance
+from atari_vlm.models.constrain import ConstraintRejected
 from atari_vlm.models.endpoints import BASE_URL_ENV_VARS, safe_url, validate_base_url
 from atari_vlm.models.retry import (
     RetryPolicy,
@@ -45,6 +47,10 @@ from atari_vlm.models.retry import (
 
 __all__ = ["MalformedResponse", "Parsed", "RemoteVLM", "resolve_key"]
 
+log = logging.getLogger(__name__)
+REJECTION_STATUSES = frozenset({400, 422})
+"""What a server answers a field it does not take (FastAPI-based servers: 422)."""
+
 
 class MalformedResponse(Exception):
     """A 200 whose body is not a usable answer (a proxy's HTML page, a cut-off body): retried."""
@@ -58,6 +64,8 @@ class Parsed:
     usage: Usage
     model: str
     finish_reason: str
+    choice: str | None = None  # the constrained pick, read from the answer
+    choice_probs: dict[str, float] | None = None  # each legal choice's probability, where returned
 
 
 def resolve_key(api_key: str | None, env_vars: tuple[str, ...], provider: str) -> str:
@@ -146,6 +154,7 @@ class RemoteVLM(ABC):
         self._rng = random.Random(seed)
         self._sleep: Sleep = sleep or asyncio.sleep
         self._semaphore = asyncio.Semaphore(concurrency)
+        self._constraint_refused: str | None = None
 
     def _resolve_key(self, api_key: str | None, base_url: str | None) -> str:
         """The key to send; ``base_url`` is the caller's (None: the default endpoint)."""
@@ -188,19 +197,44 @@ class RemoteVLM(ABC):
 
     # -- VLM protocol --------------------------------------------------------------------------------
 
+    @property
+    def supports_constrained(self) -> bool:
+        """Whether a ``decode="constrained"`` request is answered with a constraint (the agent asks
+        this before choosing the decode mode). False once the server has refused the constraint."""
+        return self._constraint_kind() is not None and self._constraint_refused is None
+
+    def _constraint_kind(self) -> str | None:
+        """How this backend constrains an answer (a provider names its field), or None if it cannot."""
+        return None
+
     async def generate(self, request: Request) -> Completion:
-        """Send one request, retrying transient failures (see the class docstring)."""
-        body = self.request_body(request)
+        """Send one request, retrying transient failures (see the class docstring).
+
+        A constrained request gets the provider's constraint field where the backend has one; if the
+        server answers that request with a 400/422, it is sent again without the field, the backend
+        stays free from then on (one warning), and the completion says so in ``constraint_note``.
+        """
+        wanted = request.decode == "constrained"
+        constrained = wanted and self.supports_constrained
+        note = None
+        if wanted and not constrained:
+            note = self._constraint_refused or (
+                f"the {self.provider} backend for {self.model!r} cannot constrain an answer; answered free"
+            )
+        elif request.decode == "score":
+            note = "scoring needs the choices' likelihoods, which a hosted API does not give; answered free"
         start = time.perf_counter()
-        parsed, retries = await with_retries(
-            lambda: self._attempt(body),
-            classify=self._classify,
-            policy=self._policy,
-            rng=self._rng,
-            sleep=self._sleep,
-            what=self._what(),
-            gate=self.backoff,
-        )
+        try:
+            parsed, retries = await self._run(request, constrained)
+        except ConstraintRejected as exc:
+            self._constraint_refused = (
+                f"{self.public_url} refused the constraint field for model {self.model!r} ({exc}); "
+                "answering free from now on"
+            )
+            log.warning("%s", self._constraint_refused)
+            note, constrained = self._constraint_refused, False
+            parsed, retries = await self._run(request, False)
+            retries += 1  # the refused try
         latency = time.perf_counter() - start
         return Completion(
             text=parsed.text,
@@ -209,6 +243,22 @@ class RemoteVLM(ABC):
             model=parsed.model or self.model,
             finish_reason=parsed.finish_reason,
             retries=retries,
+            obtained="constrained" if constrained else "free",
+            choice=parsed.choice if constrained else None,
+            choice_probs=parsed.choice_probs if constrained else None,
+            constraint_note=note,
+        )
+
+    async def _run(self, request: Request, constrained: bool) -> tuple[Parsed, int]:
+        body = self.request_body(request, constrained=constrained)
+        return await with_retries(
+            lambda: self._attempt(body, request if constrained else None),
+            classify=lambda exc: self._classify(exc, constrained),
+            policy=self._policy,
+            rng=self._rng,
+            sleep=self._sleep,
+            what=self._what(),
+            gate=self.backoff,
         )
 
     @abstractmethod
@@ -217,20 +267,34 @@ class RemoteVLM(ABC):
     # -- what a provider fills in --------------------------------------------------------------------
 
     @abstractmethod
-    def request_body(self, request: Request) -> dict[str, Any]:
-        """The keyword arguments of the SDK call for ``request`` (what goes on the wire)."""
+    def request_body(self, request: Request, *, constrained: bool | None = None) -> dict[str, Any]:
+        """The keyword arguments of the SDK call for ``request`` (what goes on the wire).
+
+        ``constrained``: add the constraint field (None: when the request asks for it and this backend
+        supports it)."""
 
     @abstractmethod
     async def _send(self, body: dict[str, Any]) -> Any:
         """One SDK call; raises the SDK's exceptions or :class:`MalformedResponse`."""
 
     @abstractmethod
-    def _parse(self, response: Any) -> Parsed:
-        """Text, usage and finish reason of a response; :class:`MalformedResponse` if it has none."""
+    def _parse(self, response: Any, request: Request | None = None) -> Parsed:
+        """Text, usage and finish reason of a response; :class:`MalformedResponse` if it has none.
+        ``request``: the constrained request it answers (None for a free one): read its pick too."""
 
     @abstractmethod
     def _verdict(self, exc: Exception) -> Transient | ModelError | None:
         """Transient (retry), fatal (a ModelError saying what to fix) or not ours (None: re-raise)."""
+
+    def _status(self, exc: Exception) -> int | None:
+        """The HTTP status of an SDK error, if it is one."""
+        status = getattr(exc, "status_code", None)
+        return status if isinstance(status, int) else None
+
+    def _wants_constraint(self, request: Request, constrained: bool | None) -> bool:
+        if constrained is None:
+            return request.decode == "constrained" and self.supports_constrained
+        return constrained
 
     # -- shared helpers ------------------------------------------------------------------------------
 
@@ -261,12 +325,15 @@ class RemoteVLM(ABC):
             raise ValueError("images are not allowed in system messages")
         return "\n\n".join(texts) if texts else None
 
-    async def _attempt(self, body: dict[str, Any]) -> Parsed:
+    async def _attempt(self, body: dict[str, Any], request: Request | None = None) -> Parsed:
         async with self._semaphore:
             response = await self._send(body)
-        return self._parse(response)  # inside the retry loop: a malformed body is retried
+        return self._parse(response, request)  # inside the retry loop: a malformed body is retried
 
-    def _classify(self, exc: Exception) -> Transient | ModelError | None:
+    def _classify(self, exc: Exception, constrained: bool = False) -> Transient | ModelError | None:
+        if constrained and self._status(exc) in REJECTION_STATUSES:
+            verdict = self._verdict(exc)
+            return ConstraintRejected(self._redact(str(verdict) if verdict else f"HTTP {self._status(exc)}"))
         if isinstance(exc, (MalformedResponse, json.JSONDecodeError)):
             verdict: Transient | ModelError | None = Transient(
                 f"malformed response ({clip(str(exc))}); is base_url {self.public_url} right?"
