@@ -341,3 +341,51 @@ def test_bad_settings_are_config_errors() -> None:
         make(HttpScript(OK), concurrency=0)
     with pytest.raises(ConfigError, match="jpeg_quality"):
         make(HttpScript(OK), jpeg_quality=0)
+
+
+# -- constrained decisions: a forced tool whose input schema holds the legal actions -----------------
+
+CHOICES = ("NOOP", "FIRE", "UP", "DOWN")
+CONSTRAINED = Request(REQUEST.messages, max_tokens=64, choices=CHOICES, decode="constrained")
+
+
+def tool_answer(tool_input: Any) -> httpx2.Response:
+    block = {"type": "tool_use", "id": "toolu_01", "name": "choose_action", "input": tool_input}
+    return httpx2.Response(200, json={**MESSAGE, "content": [block], "stop_reason": "tool_use"})
+
+
+def test_a_constrained_decision_forces_the_tool_with_thinking_off() -> None:
+    script = HttpScript(tool_answer({"action": "UP"}))
+    completion = run(make(script, reasoning="high"), CONSTRAINED)  # forced tool use excludes thinking
+    body = script.bodies[0]
+    (tool,) = body["tools"]
+    assert tool["name"] == "choose_action" and body["tool_choice"] == {
+        "type": "tool",
+        "name": "choose_action",
+    }
+    assert tool["input_schema"]["properties"]["action"] == {"type": "string", "enum": list(CHOICES)}
+    assert tool["input_schema"]["required"] == ["action"]
+    assert body["thinking"] == {"type": "disabled"} and "output_config" not in body
+    assert (completion.obtained, completion.choice, completion.text) == ("constrained", "UP", "ACTION: UP")
+
+
+def test_with_reasoning_the_tool_input_reasons_first() -> None:
+    script = HttpScript(tool_answer({"reasoning": "ball is above", "action": "UP"}))
+    completion = run(
+        make(script), Request(REQUEST.messages, choices=CHOICES, decode="constrained", reasoning=True)
+    )
+    schema = script.bodies[0]["tools"][0]["input_schema"]
+    assert list(schema["properties"]) == ["reasoning", "action"]
+    assert completion.choice == "UP" and completion.text == "ball is above\nACTION: UP"
+
+
+def test_a_model_that_refuses_forced_tools_falls_back_to_free() -> None:
+    refusal = anthropic_error(400, "invalid_request_error", "tool_choice forcing a tool is not supported")
+    script = HttpScript(OK).then(refusal)
+    vlm = make(script)
+    completion = run(vlm, CONSTRAINED)
+    assert [("tools" in b) for b in script.bodies] == [True, False]
+    assert completion.obtained == "free" and completion.text == "ACTION: UP" and completion.retries == 1
+    assert (
+        "refused the constraint field" in (completion.constraint_note or "") and not vlm.supports_constrained
+    )

@@ -290,3 +290,49 @@ def test_key_from_either_variable_stays_out_of_repr(monkeypatch: pytest.MonkeyPa
     run(vlm, REQUEST)
     assert script.requests[0].headers["x-goog-api-key"] == KEY
     assert script.requests[0].url.host == "gemini.test"
+
+
+# -- constrained decisions: text/x.enum with the legal actions ----------------------------------------
+
+CHOICES = ("NOOP", "FIRE", "UP", "DOWN")
+CONSTRAINED = Request(REQUEST.messages, max_tokens=64, choices=CHOICES, decode="constrained")
+
+
+def enum_answer(text: str, top: list[tuple[str, float]]) -> httpx2.Response:
+    candidate = {
+        **RESPONSE["candidates"][0],
+        "content": {"parts": [{"text": text}], "role": "model"},
+        "logprobsResult": {
+            "chosenCandidates": [{"token": text, "logProbability": top[0][1]}],
+            "topCandidates": [{"candidates": [{"token": t, "logProbability": lp} for t, lp in top]}],
+        },
+    }
+    return httpx2.Response(200, json={**RESPONSE, "candidates": [candidate]})
+
+
+def test_a_constrained_decision_asks_for_the_enum_and_reads_its_probabilities() -> None:
+    import math
+
+    top = [("UP", math.log(0.6)), ("DOWN", math.log(0.3)), ("NOOP", math.log(0.1))]
+    script = HttpScript(enum_answer("UP", top))
+    completion = run(make(script, model=CURRENT), CONSTRAINED)
+    config = script.bodies[0]["generationConfig"]
+    assert config["responseMimeType"] == "text/x.enum"
+    schema = config.get("responseSchema") or config["response_schema"]
+    assert schema["enum"] == list(CHOICES) and schema["type"].upper() == "STRING"
+    assert config["responseLogprobs"] is True and config["logprobs"] == 5
+    assert (completion.obtained, completion.choice) == ("constrained", "UP")
+    assert completion.choice_probs == pytest.approx({"NOOP": 0.1, "FIRE": 0.0, "UP": 0.6, "DOWN": 0.3})
+
+
+def test_with_reasoning_a_json_schema_with_reasoning_first() -> None:
+    text = '{"reasoning": "ball above", "action": "FIRE"}'
+    script = HttpScript(enum_answer(text, [(text, 0.0)]))
+    request = Request(REQUEST.messages, choices=CHOICES, decode="constrained", reasoning=True)
+    completion = run(make(script, model=CURRENT), request)
+    config = script.bodies[0]["generationConfig"]
+    assert config["responseMimeType"] == "application/json"
+    schema = config.get("responseSchema") or config["response_schema"]
+    ordering = schema.get("propertyOrdering") or schema["property_ordering"]
+    assert ordering == ["reasoning", "action"] and schema["properties"]["action"]["enum"] == list(CHOICES)
+    assert completion.choice == "FIRE" and completion.choice_probs is None

@@ -28,6 +28,7 @@ import itertools
 import json
 import logging
 import random
+import re
 import signal
 import socket
 import struct
@@ -52,6 +53,29 @@ MAX_HANG_S = 300.0
 ROLES = ("system", "developer", "user", "assistant", "tool")
 DETAILS = ("auto", "low", "high")
 REASONING_EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh", "max")
+SERVER_KINDS = ("generic", "vllm", "sglang", "llamacpp", "ollama", "transformers")
+"""Kinds of server this one can pass for: what it says of itself (``owned_by``, Ollama's
+``/api/version``) and which constraint field it takes, each as that server documents it."""
+CONSTRAINT_MODES = ("honour", "ignore", "reject")
+OWNED_BY = {
+    "generic": "atari-vlm",
+    "vllm": "vllm",
+    "sglang": "sglang",
+    "llamacpp": "llamacpp",
+    "ollama": "library",
+}
+KIND_FIELDS = {
+    # the constraint fields each kind takes (vLLM also takes response_format; its old guided_* fields
+    # are ignored since v0.12; transformers serve ignores response_format and refuses the others)
+    "generic": ("response_format",),
+    "ollama": ("response_format",),
+    "vllm": ("structured_outputs", "response_format"),
+    "sglang": ("regex", "response_format"),
+    "llamacpp": ("grammar", "json_schema", "response_format"),
+    "transformers": (),
+}
+CONSTRAINT_FIELD_NAMES = ("response_format", "structured_outputs", "regex", "grammar", "json_schema")
+_GBNF_ROOT = re.compile(r"^root\s*::=\s*(.+)$")
 """``reasoning_effort`` values the openai SDK documents (which ones a model takes is its own rule)."""
 MAX_PREFIXES = 4096
 
@@ -158,6 +182,13 @@ def _validate_chat(body: Any) -> None:
     key = body.get("prompt_cache_key")
     if key is not None and (not isinstance(key, str) or not key):
         raise _BadRequest("'prompt_cache_key' must be a non-empty string", "prompt_cache_key")
+    if "logprobs" in body and not isinstance(body["logprobs"], bool):
+        raise _BadRequest("'logprobs' must be a boolean", "logprobs")
+    top = body.get("top_logprobs")
+    if top is not None and (not isinstance(top, int) or isinstance(top, bool) or not 0 <= top <= 20):
+        raise _BadRequest("'top_logprobs' must be an integer in [0, 20]", "top_logprobs")
+    if top is not None and body.get("logprobs") is not True:
+        raise _BadRequest("'top_logprobs' needs 'logprobs': true", "top_logprobs")
     temperature = body.get("temperature")
     if temperature is not None and (
         not isinstance(temperature, (int, float))
@@ -218,6 +249,85 @@ def _error_body(
     return {"error": {"message": message, "type": type_, "param": param, "code": code}}
 
 
+def _schema_choices(schema: Any, where: str) -> tuple[list[str], bool]:
+    """(the enum of ``action``, whether a ``reasoning`` string comes first) of a choice schema."""
+    if not isinstance(schema, dict) or schema.get("type") != "object":
+        raise _BadRequest(f"{where} must be an object schema", where)
+    properties = schema.get("properties")
+    action = properties.get("action") if isinstance(properties, dict) else None
+    enum = action.get("enum") if isinstance(action, dict) else None
+    if not isinstance(enum, list) or not enum or not all(isinstance(c, str) for c in enum):
+        raise _BadRequest(f"{where}.properties.action.enum must be a non-empty list of strings", where)
+    return enum, "reasoning" in properties
+
+
+def _response_format(value: Any) -> tuple[list[str], bool] | None:
+    """OpenAI's ``response_format``: the choices of a strict ``json_schema``, or None (json_object)."""
+    if not isinstance(value, dict) or value.get("type") not in ("json_schema", "json_object", "text"):
+        raise _BadRequest(
+            "'response_format.type' must be json_schema, json_object or text", "response_format"
+        )
+    if value["type"] != "json_schema":
+        return None
+    spec = value.get("json_schema")
+    if not isinstance(spec, dict) or not isinstance(spec.get("name"), str) or "schema" not in spec:
+        raise _BadRequest("'response_format.json_schema' needs a name and a schema", "response_format")
+    if "strict" in spec and not isinstance(spec["strict"], bool):
+        raise _BadRequest("'response_format.json_schema.strict' must be a boolean", "response_format")
+    if spec.get("strict") and spec["schema"].get("additionalProperties") is not False:
+        raise _BadRequest("strict schemas need additionalProperties: false", "response_format")
+    return _schema_choices(spec["schema"], "response_format.json_schema.schema")
+
+
+def _constraint(body: dict[str, Any], kind: str) -> tuple[str, list[str], bool] | None:
+    """(field, choices, JSON answer with reasoning?) of the constraint this kind of server honours."""
+    for key in KIND_FIELDS[kind]:
+        if key not in body:
+            continue
+        value = body[key]
+        if key == "response_format":
+            found = _response_format(value)
+            if found is not None:
+                return key, found[0], found[1]
+        elif key == "structured_outputs":
+            if not isinstance(value, dict) or len(value) != 1:
+                raise _BadRequest(
+                    "'structured_outputs' needs exactly one of choice, json, regex, grammar", key
+                )
+            ((name, spec),) = value.items()
+            if name == "choice":
+                if not isinstance(spec, list) or not spec or not all(isinstance(c, str) for c in spec):
+                    raise _BadRequest("'structured_outputs.choice' must be a list of strings", key)
+                return "structured_outputs.choice", spec, False
+            if name == "json":
+                choices, reasoning = _schema_choices(spec, "structured_outputs.json")
+                return "structured_outputs.json", choices, reasoning
+            raise _BadRequest(f"structured_outputs.{name} is not emulated here", key)
+        elif key == "regex":
+            if not isinstance(value, str):
+                raise _BadRequest("'regex' must be a string", key)
+            inner = value[1:-1] if value.startswith("(") and value.endswith(")") else value
+            choices = [re.sub(r"\\(.)", r"\1", c) for c in inner.split("|")]
+            if not all(re.fullmatch(value, c) for c in choices):
+                raise _BadRequest("'regex' must be an alternation of literal choices here", key)
+            return key, choices, False
+        elif key == "grammar":
+            match = _GBNF_ROOT.match(value) if isinstance(value, str) else None
+            if match is None:
+                raise _BadRequest("'grammar' must be a GBNF root rule", key)
+            try:
+                choices = [json.loads(alt.strip()) for alt in match.group(1).split(" | ")]
+            except ValueError:
+                raise _BadRequest("'grammar' alternatives must be quoted strings", key) from None
+            return key, choices, False
+        elif key == "json_schema":
+            if "grammar" in body:
+                raise _BadRequest('Either "json_schema" or "grammar" can be specified, but not both', key)
+            choices, reasoning = _schema_choices(value, "json_schema")
+            return key, choices, reasoning
+    return None
+
+
 class FakeOpenAIServer(ThreadingHTTPServer):
     """The server: configuration, the fault queue and what it received. Binds 127.0.0.1 only.
 
@@ -249,10 +359,22 @@ class FakeOpenAIServer(ThreadingHTTPServer):
         max_connections: int = 1024,
         idle_timeout_s: float = 30.0,
         cache_min_tokens: int | None = None,
+        kind: str = "generic",
+        constraints: str = "honour",
+        choice_logprobs: Mapping[str, float] | None = None,
     ) -> None:
         """``cache_min_tokens``: answer like OpenAI's prompt cache: a request whose leading messages and
         parts repeat ones already seen reports those tokens as ``cached_tokens``, once they reach this
-        many (OpenAI's own minimum is 1024); None: no cache."""
+        many (OpenAI's own minimum is 1024); None: no cache. ``kind``: which server to pass for (see
+        :data:`SERVER_KINDS`). ``constraints``: ``honour`` the constraint field the kind takes (answer
+        with a legal choice: the first one the reply names, else the first), ``ignore`` it (answer the
+        reply as it is), or ``reject`` it with a 400. ``choice_logprobs``: the log-probability each
+        choice gets in ``top_logprobs`` when a constrained request asks for ``logprobs``."""
+        if kind not in SERVER_KINDS or constraints not in CONSTRAINT_MODES:
+            raise ValueError(f"kind must be one of {SERVER_KINDS} and constraints one of {CONSTRAINT_MODES}")
+        self.kind = kind
+        self.constraints = constraints
+        self.choice_logprobs = dict(choice_logprobs or {})
         if latency_s < 0 or not 0 <= hang_s <= MAX_HANG_S:
             raise ValueError(f"need latency_s >= 0 and 0 <= hang_s <= {MAX_HANG_S}")
         self.model = model
@@ -435,8 +557,11 @@ class _Handler(BaseHTTPRequestHandler):
         path = self.path.split("?", 1)[0].rstrip("/")
         if path == "/v1/models":
             ids = [self.server.model or "fake-model"]
-            data = [{"id": i, "object": "model", "created": 0, "owned_by": "atari-vlm"} for i in ids]
+            owner = OWNED_BY.get(self.server.kind, "atari-vlm")
+            data = [{"id": i, "object": "model", "created": 0, "owned_by": owner} for i in ids]
             self._send_json(200, {"object": "list", "data": data})
+        elif path == "/api/version" and self.server.kind == "ollama":
+            self._send_json(200, {"version": "0.40.12"})
         elif path == "/control/stats":
             self._send_json(200, self.server.stats())
         else:
@@ -507,8 +632,21 @@ class _Handler(BaseHTTPRequestHandler):
             return
         try:
             _validate_chat(body)
+            if server.kind == "transformers":
+                # transformers serve refuses fields it does not know (422) and ignores response_format
+                unknown = sorted(set(body) & (set(CONSTRAINT_FIELD_NAMES) - {"response_format"}))
+                if unknown:
+                    self._send_json(422, {"detail": f"Unexpected fields in the request: {set(unknown)}"})
+                    return
+            constraint = _constraint(body, server.kind)
         except _BadRequest as exc:
             self._send_json(400, _error_body(str(exc), param=exc.param))
+            return
+        if constraint is not None and server.constraints == "reject":
+            message = (
+                f"Unsupported parameter: '{constraint[0].split('.')[0]}' is not supported by this server."
+            )
+            self._send_json(400, _error_body(message, param=constraint[0].split(".")[0]))
             return
         if server.model is not None and body["model"] != server.model:
             message = f"The model `{body['model']}` does not exist or you do not have access to it."
@@ -519,6 +657,18 @@ class _Handler(BaseHTTPRequestHandler):
         except Exception as exc:  # a broken reply callable is the test's bug: say so loudly
             self._send_json(500, _error_body(f"reply callable failed: {exc!r}", type_="server_error"))
             return
+        tokens: list[tuple[str, str | None]] | None = None  # (token, choice it is the pick of)
+        if constraint is not None and server.constraints == "honour":
+            _, choices, as_json = constraint
+            named = [c for c in choices if re.search(rf"\b{re.escape(c)}\b", text)]
+            pick = named[-1] if named else choices[0]
+            if constraint[0] in ("structured_outputs.choice", "regex", "grammar"):
+                tokens = [(pick, pick)]
+            elif as_json:
+                tokens = [('{"reasoning": "it is the move", "action": "', None), (pick, pick), ('"}', None)]
+            else:
+                tokens = [('{"action": "', None), (pick, pick), ('"}', None)]
+            text = "".join(t for t, _ in tokens)
         words = text.split()
         finish_reason = "stop"
         max_tokens = body.get("max_tokens", body.get("max_completion_tokens"))
@@ -534,6 +684,9 @@ class _Handler(BaseHTTPRequestHandler):
         if fault is not None:
             content = "" if fault.kind == "empty" else None
             words = []
+        logprobs = None
+        if tokens is not None and body.get("logprobs") and server.kind != "transformers":
+            logprobs = {"content": [self._token_logprobs(t, pick_of, constraint[1]) for t, pick_of in tokens]}
         self._send_json(
             200,
             {
@@ -545,6 +698,7 @@ class _Handler(BaseHTTPRequestHandler):
                     {
                         "index": 0,
                         "message": {"role": "assistant", "content": content},
+                        "logprobs": logprobs,
                         "finish_reason": finish_reason,
                     }
                 ],
@@ -556,6 +710,16 @@ class _Handler(BaseHTTPRequestHandler):
                 },
             },
         )
+
+    def _token_logprobs(self, token: str, pick_of: str | None, choices: list[str]) -> dict[str, Any]:
+        """One token's entry of ``logprobs.content``; the pick's token lists every choice's logprob."""
+        top: list[dict[str, Any]] = []
+        if pick_of is not None:
+            known = self.server.choice_logprobs
+            top = [{"token": c, "logprob": known[c], "bytes": None} for c in choices if c in known]
+            top.sort(key=lambda t: -t["logprob"])
+        logprob = self.server.choice_logprobs.get(pick_of, 0.0) if pick_of is not None else 0.0
+        return {"token": token, "logprob": logprob, "bytes": None, "top_logprobs": top}
 
     def _fault(self, fault: Fault) -> None:
         if fault.kind == "status":
@@ -658,6 +822,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--cache-min-tokens", type=int, default=None, help="report repeated prompt prefixes as cached_tokens"
     )
+    parser.add_argument("--kind", default="generic", choices=SERVER_KINDS, help="the server to pass for")
+    parser.add_argument("--constraints", default="honour", choices=CONSTRAINT_MODES, help="constraint fields")
     args = parser.parse_args(argv)
     server = FakeOpenAIServer(
         args.port,
@@ -668,6 +834,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         image_tokens=args.image_tokens,
         hang_s=args.hang,
         cache_min_tokens=args.cache_min_tokens,
+        kind=args.kind,
+        constraints=args.constraints,
     )
     server.add_faults(*json.loads(args.faults))
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
