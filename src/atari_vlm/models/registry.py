@@ -143,18 +143,8 @@ class LoadedModel:
         return url if isinstance(url, str) and url else None
 
     def describe(self) -> dict[str, Any]:
-        """What a run records about its model (never a secret: the URL is shown without credentials)."""
-        out: dict[str, Any] = {
-            "spec": self.spec,
-            "provider": self.provider,
-            "random_weights": self.random_weights,
-        }
-        if self.base_url is not None:
-            out["base_url"] = self.base_url
-        reasoning = getattr(self.vlm, "reasoning", None)
-        if isinstance(reasoning, str):
-            out["reasoning"] = reasoning
-        return out
+        """What a run records about its model (never a secret). The endpoint is :attr:`base_url`."""
+        return {"spec": self.spec, "provider": self.provider, "random_weights": self.random_weights}
 
 
 def _load_openai(model: str, options: ModelOptions, **backend_options: Any) -> LoadedModel:
@@ -252,9 +242,9 @@ def _sdk_loader(provider: str, module: str, class_name: str, example: str):
 
 
 _load_anthropic = _sdk_loader(
-    "anthropic", "atari_vlm.models.anthropic_backend", "AnthropicVLM", "claude-sonnet-4-20250514"
+    "anthropic", "atari_vlm.models.anthropic_backend", "AnthropicVLM", "claude-sonnet-5"
 )
-_load_gemini = _sdk_loader("gemini", "atari_vlm.models.gemini_backend", "GeminiVLM", "gemini-2.5-flash")
+_load_gemini = _sdk_loader("gemini", "atari_vlm.models.gemini_backend", "GeminiVLM", "gemini-3.5-flash-lite")
 
 
 def _load_local_id(model_id: str, options: ModelOptions) -> LoadedModel:

@@ -678,8 +678,10 @@ class _Handler(BaseHTTPRequestHandler):
         prompt_words, images = _count_prompt(body)
         image_tokens = images * server.image_tokens
         prompt_tokens = prompt_words + image_tokens + server.prompt_overhead_tokens * len(body["messages"])
-        pieces = _prompt_pieces(body, server.image_tokens, server.prompt_overhead_tokens)
-        cached_tokens = server._cached_tokens(pieces)
+        cached_tokens = 0
+        if server.cache_min_tokens is not None:  # only then: it costs the server CPU per request
+            pieces = _prompt_pieces(body, server.image_tokens, server.prompt_overhead_tokens)
+            cached_tokens = server._cached_tokens(pieces)
         content: str | None = text
         if fault is not None:
             content = "" if fault.kind == "empty" else None
