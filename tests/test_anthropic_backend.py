@@ -1,7 +1,9 @@
 """AnthropicVLM through the real ``anthropic`` SDK and a mock HTTP transport (offline).
 
-Asserts the exact JSON on the wire, the parsing of documented response shapes, and the retry and
-fatal paths; backoff sleeps are recorded, never slept.
+Asserts the exact JSON on the wire (current model rules included: Claude Sonnet 5 is sent
+``thinking: {"type": "disabled"}`` and no temperature; prompt-cache breakpoints sit on the stable
+prefix), the parsing of documented response shapes (cache reads and writes), and the retry and fatal
+paths; backoff sleeps are recorded, never slept.
 """
 
 from __future__ import annotations
@@ -18,10 +20,13 @@ import httpx2
 
 from atari_vlm.errors import ConfigError
 from atari_vlm.models.anthropic_backend import AnthropicVLM
-from atari_vlm.models.base import ImagePart, Message, Request
+from atari_vlm.models.base import ImagePart, Message, Request, TextPart, Usage
+from atari_vlm.models.costs import cost_usd
+from atari_vlm.models.presets import get_preset
 from http_script import FRAME, REQUEST, HttpScript, build, decode_image, error, fails, run
 
-MODEL = "claude-sonnet-4-20250514"
+MODEL = "claude-sonnet-5"
+OLD_MODEL = "claude-sonnet-4-20250514"  # retired; took temperature and manual extended thinking
 KEY = "sk-ant-test-DO-NOT-LEAK-4b2e9a"
 BASE = "https://anthropic.test"
 
@@ -54,6 +59,14 @@ def make(script: HttpScript, **options: Any) -> AnthropicVLM:
     return build(AnthropicVLM, script, **{"model": MODEL, "api_key": KEY, "base_url": BASE, **options})
 
 
+@pytest.fixture(autouse=True)
+def no_base_url_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("ANTHROPIC_BASE_URL", raising=False)
+
+
+SYSTEM_CACHED = [{"type": "text", "text": "You play Pong.", "cache_control": {"type": "ephemeral"}}]
+
+
 def test_request_on_the_wire() -> None:
     script = HttpScript(OK)
     completion = run(make(script), REQUEST)
@@ -64,9 +77,12 @@ def test_request_on_the_wire() -> None:
     assert request.headers["anthropic-version"]
     assert request.headers["x-stainless-retry-count"] == "0"  # the SDK's own retries are off
     body = script.bodies[0]
+    # Exactly these fields: Sonnet 5 thinks by default, so play turns it off; it answers 400 to a
+    # non-default temperature, so none is sent; the system prompt is the stable prefix (cached).
+    assert set(body) == {"model", "max_tokens", "system", "messages", "thinking"}
     assert body["model"] == MODEL and body["max_tokens"] == 64
-    assert body["system"] == "You play Pong."
-    assert "temperature" not in body  # current models reject sampling parameters
+    assert body["thinking"] == {"type": "disabled"}
+    assert body["system"] == SYSTEM_CACHED
     (message,) = body["messages"]
     assert message["role"] == "user"
     text1, image, text2 = message["content"]
@@ -82,6 +98,107 @@ def test_temperature_only_when_the_model_takes_it() -> None:
     script = HttpScript(OK)
     run(make(script, send_temperature=True), REQUEST)
     assert script.bodies[0]["temperature"] == 0.0
+    old = HttpScript(OK)
+    run(make(old, model=OLD_MODEL), REQUEST)  # the capability table: the retired Sonnet 4 took it
+    assert old.bodies[0]["temperature"] == 0.0 and "thinking" not in old.bodies[0]
+
+
+@pytest.mark.parametrize(("level", "extra"), [("low", 1024), ("medium", 4096), ("high", 16384)])
+def test_reasoning_levels_ask_for_adaptive_thinking_with_room_to_think(level: str, extra: int) -> None:
+    script = HttpScript(OK)
+    run(make(script, reasoning=level), REQUEST)
+    body = script.bodies[0]
+    assert body["thinking"] == {"type": "adaptive"} and body["output_config"] == {"effort": level}
+    assert body["max_tokens"] == 64 + extra  # max_tokens bounds thinking plus the answer
+    assert "temperature" not in body
+
+
+def test_manual_thinking_budget_for_the_older_model_and_no_temperature_with_it() -> None:
+    script = HttpScript(OK)
+    run(make(script, model=OLD_MODEL, reasoning="low"), REQUEST)
+    body = script.bodies[0]
+    assert body["thinking"] == {"type": "enabled", "budget_tokens": 1024}
+    assert body["max_tokens"] == 64 + 1024 and "temperature" not in body
+
+
+def test_an_unknown_claude_model_gets_the_safe_defaults() -> None:
+    script = HttpScript(OK)
+    run(make(script, model="claude-future-9"), REQUEST)
+    body = script.bodies[0]
+    assert "thinking" not in body and "temperature" not in body and body["max_tokens"] == 64
+    with pytest.raises(ConfigError, match="no documented reasoning control"):
+        make(HttpScript(OK), model="claude-future-9", reasoning="high")
+
+
+EXEMPLAR = np.full((20, 20, 3), 90, np.uint8)
+ICL = Request(
+    (
+        Message.text("system", "You play Pong."),
+        Message(
+            "user",
+            (
+                TextPart("Examples:"),
+                ImagePart(EXEMPLAR),
+                TextPart("Example 1: ACTION: UP"),
+                TextPart("The screen now:"),
+                ImagePart(FRAME),
+                TextPart("Your move?"),
+            ),
+        ),
+    ),
+    max_tokens=16,
+    stable_prefix=4,  # the system prompt and the three exemplar parts
+)
+
+
+def test_cache_breakpoints_end_the_stable_prefix_and_nothing_else() -> None:
+    script = HttpScript(OK)
+    run(make(script), ICL)
+    body = script.bodies[0]
+    assert body["system"] == SYSTEM_CACHED
+    content = body["messages"][0]["content"]
+    marked = [i for i, block in enumerate(content) if "cache_control" in block]
+    assert marked == [2] and content[2]["cache_control"] == {"type": "ephemeral"}
+    assert content[2]["text"] == "Example 1: ACTION: UP"
+    assert sum("cache_control" in b for b in content) + 1 <= 4  # Anthropic allows at most 4 breakpoints
+
+
+def test_no_caching_hints_when_nothing_is_stable() -> None:
+    script = HttpScript(OK)
+    run(make(script), Request(ICL.messages, max_tokens=16, stable_prefix=0))
+    body = script.bodies[0]
+    assert body["system"] == "You play Pong."
+    assert not any("cache_control" in b for b in body["messages"][0]["content"])
+
+
+def test_cache_reads_and_writes_are_counted_and_priced() -> None:
+    usage = {
+        "input_tokens": 40,
+        "output_tokens": 6,
+        "cache_read_input_tokens": 900,
+        "cache_creation_input_tokens": 0,
+    }
+    completion = run(make(HttpScript(httpx2.Response(200, json={**MESSAGE, "usage": usage}))), ICL)
+    assert completion.usage == Usage(940, 6, None, cached_input_tokens=900, cache_write_tokens=0)
+    prices = get_preset("claude-sonnet-5").prices
+    # 40 plain at $2/M, 900 cache reads at $0.20/M, 6 output at $10/M
+    assert cost_usd(completion.usage, prices) == pytest.approx((40 * 3 + 900 * 0.3 + 6 * 15) / 1e6)
+    write = {**usage, "cache_read_input_tokens": 0, "cache_creation_input_tokens": 900}
+    first = run(make(HttpScript(httpx2.Response(200, json={**MESSAGE, "usage": write}))), ICL)
+    assert first.usage.cache_write_tokens == 900 and first.usage.cached_input_tokens == 0
+    assert cost_usd(first.usage, prices) == pytest.approx((40 * 3 + 900 * 3.75 + 6 * 15) / 1e6)
+
+
+def test_the_sdk_base_url_variable_is_honoured(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ANTHROPIC_BASE_URL", "https://gateway.example.test/anthropic")
+    script = HttpScript(OK)
+    vlm = build(AnthropicVLM, script, model=MODEL, api_key=KEY)
+    assert vlm.base_url == "https://gateway.example.test/anthropic"
+    run(vlm, REQUEST)
+    assert str(script.requests[0].url) == "https://gateway.example.test/anthropic/v1/messages"
+    monkeypatch.setenv("ANTHROPIC_BASE_URL", "gateway without scheme")
+    with pytest.raises(ConfigError, match="ANTHROPIC_BASE_URL"):
+        build(AnthropicVLM, HttpScript(OK), model=MODEL, api_key=KEY)
 
 
 def test_multi_turn_grayscale_png() -> None:
@@ -161,6 +278,13 @@ def test_connection_errors_and_malformed_bodies_are_retried() -> None:
     assert completion.retries == 3 and len(script.requests) == 4
 
 
+def test_a_refused_connection_is_named_not_called_a_timeout() -> None:
+    refused = httpx2.ConnectError("All connection attempts failed")
+    refused.__context__ = ConnectionRefusedError(111, "Connect call failed")
+    err = fails(make(HttpScript(refused), max_retries=0), REQUEST)
+    assert "connection refused by anthropic.test:443" in str(err) and "timeout" not in str(err)
+
+
 def test_gives_up_after_max_retries() -> None:
     script = HttpScript(anthropic_error(529, "overloaded_error", "Overloaded"))
     err = fails(make(script, max_retries=2), REQUEST)
@@ -217,3 +341,51 @@ def test_bad_settings_are_config_errors() -> None:
         make(HttpScript(OK), concurrency=0)
     with pytest.raises(ConfigError, match="jpeg_quality"):
         make(HttpScript(OK), jpeg_quality=0)
+
+
+# -- constrained decisions: a forced tool whose input schema holds the legal actions -----------------
+
+CHOICES = ("NOOP", "FIRE", "UP", "DOWN")
+CONSTRAINED = Request(REQUEST.messages, max_tokens=64, choices=CHOICES, decode="constrained")
+
+
+def tool_answer(tool_input: Any) -> httpx2.Response:
+    block = {"type": "tool_use", "id": "toolu_01", "name": "choose_action", "input": tool_input}
+    return httpx2.Response(200, json={**MESSAGE, "content": [block], "stop_reason": "tool_use"})
+
+
+def test_a_constrained_decision_forces_the_tool_with_thinking_off() -> None:
+    script = HttpScript(tool_answer({"action": "UP"}))
+    completion = run(make(script, reasoning="high"), CONSTRAINED)  # forced tool use excludes thinking
+    body = script.bodies[0]
+    (tool,) = body["tools"]
+    assert tool["name"] == "choose_action" and body["tool_choice"] == {
+        "type": "tool",
+        "name": "choose_action",
+    }
+    assert tool["input_schema"]["properties"]["action"] == {"type": "string", "enum": list(CHOICES)}
+    assert tool["input_schema"]["required"] == ["action"]
+    assert body["thinking"] == {"type": "disabled"} and "output_config" not in body
+    assert (completion.obtained, completion.choice, completion.text) == ("constrained", "UP", "ACTION: UP")
+
+
+def test_with_reasoning_the_tool_input_reasons_first() -> None:
+    script = HttpScript(tool_answer({"reasoning": "ball is above", "action": "UP"}))
+    completion = run(
+        make(script), Request(REQUEST.messages, choices=CHOICES, decode="constrained", reasoning=True)
+    )
+    schema = script.bodies[0]["tools"][0]["input_schema"]
+    assert list(schema["properties"]) == ["reasoning", "action"]
+    assert completion.choice == "UP" and completion.text == "ball is above\nACTION: UP"
+
+
+def test_a_model_that_refuses_forced_tools_falls_back_to_free() -> None:
+    refusal = anthropic_error(400, "invalid_request_error", "tool_choice forcing a tool is not supported")
+    script = HttpScript(OK).then(refusal)
+    vlm = make(script)
+    completion = run(vlm, CONSTRAINED)
+    assert [("tools" in b) for b in script.bodies] == [True, False]
+    assert completion.obtained == "free" and completion.text == "ACTION: UP" and completion.retries == 1
+    assert (
+        "refused the constraint field" in (completion.constraint_note or "") and not vlm.supports_constrained
+    )

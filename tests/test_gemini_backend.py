@@ -1,7 +1,8 @@
 """GeminiVLM through the real ``google-genai`` SDK and a mock HTTP transport (offline).
 
-Asserts the exact JSON on the wire, the parsing of documented response shapes, and the retry and
-fatal paths; backoff sleeps are recorded, never slept.
+Asserts the exact JSON on the wire (each model's thinking control: ``thinking_budget`` for 2.5,
+``thinking_level`` for 3.x), the parsing of documented response shapes (implicit-cache hits, thinking
+tokens), and the retry and fatal paths; backoff sleeps are recorded, never slept.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from atari_vlm.models.gemini_backend import GeminiVLM
 from http_script import REQUEST, HttpScript, build, decode_image, error, fails, run
 
 MODEL = "gemini-2.5-flash"
+CURRENT = "gemini-3.5-flash-lite"
 KEY = "AIzaSy-test-DO-NOT-LEAK-93kd02"
 BASE = "https://gemini.test"
 
@@ -59,6 +61,20 @@ def make(script: HttpScript, **options: Any) -> GeminiVLM:
     return build(GeminiVLM, script, **{"model": MODEL, "api_key": KEY, "base_url": BASE, **options})
 
 
+@pytest.fixture(autouse=True)
+def no_base_url_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("GOOGLE_GEMINI_BASE_URL", raising=False)
+
+
+def thinking_of(config: dict[str, Any]) -> dict[str, Any]:
+    """The thinking config, whichever spelling the SDK used (the API's proto-JSON takes both)."""
+    raw = config.get("thinkingConfig") or config["thinking_config"]
+    return {
+        {"thinkingBudget": "thinking_budget", "thinkingLevel": "thinking_level"}.get(k, k): v
+        for k, v in raw.items()
+    }
+
+
 def inline_bytes(part: dict[str, Any]) -> tuple[bytes, str]:
     blob = part.get("inlineData") or part["inline_data"]
     data = blob["data"]
@@ -75,7 +91,12 @@ def test_request_on_the_wire() -> None:
     assert request.headers["x-goog-api-key"] == KEY
     body = script.bodies[0]
     assert body["systemInstruction"]["parts"] == [{"text": "You play Pong."}]
-    assert body["generationConfig"] == {"temperature": 0.0, "maxOutputTokens": 64}
+    config = body["generationConfig"]
+    assert thinking_of(config) == {"thinking_budget": 0}  # 2.5 Flash: thinking off for play
+    assert {k: v for k, v in config.items() if "hinking" not in k} == {
+        "temperature": 0.0,
+        "maxOutputTokens": 64,
+    }
     (content,) = body["contents"]
     assert content["role"] == "user"
     text1, image, text2 = content["parts"]
@@ -105,12 +126,61 @@ def test_options_json_mode_and_roles_on_the_wire() -> None:
     assert [c["role"] for c in body["contents"]] == ["user", "model", "user"]
     config = body["generationConfig"]
     # The SDK sends some fields in snake_case; the API's proto-JSON parser takes both spellings.
-    thinking = config.get("thinkingConfig") or config["thinking_config"]
-    assert thinking in ({"thinkingBudget": 0}, {"thinking_budget": 0})
+    assert thinking_of(config) == {"thinking_budget": 0}
     assert config["responseMimeType"] == "application/json"
     assert config["maxOutputTokens"] == 5 and config["temperature"] == 0.5
     data, mime = inline_bytes(body["contents"][2]["parts"][0])
     assert mime == "image/png" and decode_image(data).shape == (50, 40)
+
+
+def test_the_current_model_gets_its_minimal_thinking_level_and_no_temperature() -> None:
+    script = HttpScript(OK)
+    run(make(script, model=CURRENT), REQUEST)
+    config = script.bodies[0]["generationConfig"]
+    assert thinking_of(config) == {"thinking_level": "MINIMAL"}
+    assert "temperature" not in config and config["maxOutputTokens"] == 64  # custom values are ignored
+
+
+@pytest.mark.parametrize(
+    ("model", "level", "expect", "extra"),
+    [
+        (CURRENT, "high", {"thinking_level": "HIGH"}, 16384),
+        (CURRENT, "low", {"thinking_level": "LOW"}, 1024),
+        (MODEL, "medium", {"thinking_budget": 4096}, 4096),
+        (MODEL, "high", {"thinking_budget": -1}, 16384),
+    ],
+)
+def test_reasoning_levels_on_each_thinking_control(
+    model: str, level: str, expect: dict[str, Any], extra: int
+) -> None:
+    script = HttpScript(OK)
+    run(make(script, model=model, reasoning=level), REQUEST)
+    config = script.bodies[0]["generationConfig"]
+    assert thinking_of(config) == expect and config["maxOutputTokens"] == 64 + extra
+
+
+def test_an_unknown_gemini_model_gets_no_thinking_config() -> None:
+    script = HttpScript(OK)
+    run(make(script, model="gemini-9-experimental"), REQUEST)
+    config = script.bodies[0]["generationConfig"]
+    assert "thinkingConfig" not in config and "thinking_config" not in config
+
+
+def test_implicit_cache_hits_are_read_from_usage() -> None:
+    meta = {**RESPONSE["usageMetadata"], "cachedContentTokenCount": 4100, "promptTokenCount": 5000}
+    completion = run(
+        make(HttpScript(httpx2.Response(200, json={**RESPONSE, "usageMetadata": meta}))), REQUEST
+    )
+    assert completion.usage.input_tokens == 5000 and completion.usage.cached_input_tokens == 4100
+    assert completion.usage.uncached_input_tokens == 900
+
+
+def test_the_sdk_base_url_variable_is_honoured(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GOOGLE_GEMINI_BASE_URL", "https://proxy.example.test")
+    script = HttpScript(OK)
+    vlm = build(GeminiVLM, script, model=MODEL, api_key=KEY)
+    run(vlm, REQUEST)
+    assert script.requests[0].url.host == "proxy.example.test"
 
 
 def test_parses_usage_with_thinking_and_image_tokens() -> None:
@@ -131,6 +201,7 @@ def test_parses_usage_with_thinking_and_image_tokens() -> None:
     assert completion.text == "ACTION: FIRE" and completion.finish_reason == "length"
     assert completion.usage.input_tokens == 300
     assert completion.usage.output_tokens == 24  # thinking tokens are billed as output
+    assert completion.usage.reasoning_tokens == 20
     assert completion.usage.image_tokens == 258
     assert completion.model == MODEL and completion.retries == 0
 
@@ -219,3 +290,49 @@ def test_key_from_either_variable_stays_out_of_repr(monkeypatch: pytest.MonkeyPa
     run(vlm, REQUEST)
     assert script.requests[0].headers["x-goog-api-key"] == KEY
     assert script.requests[0].url.host == "gemini.test"
+
+
+# -- constrained decisions: text/x.enum with the legal actions ----------------------------------------
+
+CHOICES = ("NOOP", "FIRE", "UP", "DOWN")
+CONSTRAINED = Request(REQUEST.messages, max_tokens=64, choices=CHOICES, decode="constrained")
+
+
+def enum_answer(text: str, top: list[tuple[str, float]]) -> httpx2.Response:
+    candidate = {
+        **RESPONSE["candidates"][0],
+        "content": {"parts": [{"text": text}], "role": "model"},
+        "logprobsResult": {
+            "chosenCandidates": [{"token": text, "logProbability": top[0][1]}],
+            "topCandidates": [{"candidates": [{"token": t, "logProbability": lp} for t, lp in top]}],
+        },
+    }
+    return httpx2.Response(200, json={**RESPONSE, "candidates": [candidate]})
+
+
+def test_a_constrained_decision_asks_for_the_enum_and_reads_its_probabilities() -> None:
+    import math
+
+    top = [("UP", math.log(0.6)), ("DOWN", math.log(0.3)), ("NOOP", math.log(0.1))]
+    script = HttpScript(enum_answer("UP", top))
+    completion = run(make(script, model=CURRENT), CONSTRAINED)
+    config = script.bodies[0]["generationConfig"]
+    assert config["responseMimeType"] == "text/x.enum"
+    schema = config.get("responseSchema") or config["response_schema"]
+    assert schema["enum"] == list(CHOICES) and schema["type"].upper() == "STRING"
+    assert config["responseLogprobs"] is True and config["logprobs"] == 5
+    assert (completion.obtained, completion.choice) == ("constrained", "UP")
+    assert completion.choice_probs == pytest.approx({"NOOP": 0.1, "FIRE": 0.0, "UP": 0.6, "DOWN": 0.3})
+
+
+def test_with_reasoning_a_json_schema_with_reasoning_first() -> None:
+    text = '{"reasoning": "ball above", "action": "FIRE"}'
+    script = HttpScript(enum_answer(text, [(text, 0.0)]))
+    request = Request(REQUEST.messages, choices=CHOICES, decode="constrained", reasoning=True)
+    completion = run(make(script, model=CURRENT), request)
+    config = script.bodies[0]["generationConfig"]
+    assert config["responseMimeType"] == "application/json"
+    schema = config.get("responseSchema") or config["response_schema"]
+    ordering = schema.get("propertyOrdering") or schema["property_ordering"]
+    assert ordering == ["reasoning", "action"] and schema["properties"]["action"]["enum"] == list(CHOICES)
+    assert completion.choice == "FIRE" and completion.choice_probs is None

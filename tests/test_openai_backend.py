@@ -34,8 +34,17 @@ from hypothesis import strategies as st
 
 from atari_vlm.errors import ConfigError, DependencyNotInstalled, ModelError
 from atari_vlm.models.base import Completion, ImagePart, Message, Request, TextPart
+from atari_vlm.models.capabilities import capability_for
+from atari_vlm.models.costs import cost_usd
 from atari_vlm.models.openai_compat import PLACEHOLDER_API_KEY, OpenAICompatVLM
-from atari_vlm.models.retry import RetryPolicy, Transient, parse_retry_after, with_retries
+from atari_vlm.models.presets import get_preset
+from atari_vlm.models.retry import (
+    RetryPolicy,
+    Transient,
+    describe_transport_error,
+    parse_retry_after,
+    with_retries,
+)
 from atari_vlm.testing import FakeOpenAIServer, Fault, serve_in_thread
 
 MODEL = "fake-vlm-1"
@@ -59,6 +68,12 @@ def http_backend(request: pytest.FixtureRequest) -> Iterator[str]:
 
 
 REPLY = "ACTION: UP"
+
+
+@pytest.fixture(autouse=True)
+def no_base_url_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The SDK's own OPENAI_BASE_URL would redirect every client built here."""
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
 
 
 @pytest.fixture
@@ -429,6 +444,153 @@ def test_repr_and_str_hide_the_key(server: FakeOpenAIServer) -> None:
 def test_bad_options_are_config_errors(server: FakeOpenAIServer, options: dict[str, Any]) -> None:
     with pytest.raises(ConfigError):
         make_vlm(server, **options)
+
+
+# -- current model rules, prompt caching, endpoints -------------------------------------------------
+
+
+def official(server: FakeOpenAIServer, model: str, **options: Any) -> OpenAICompatVLM:
+    """A client for one of OpenAI's models, pointed at the recording server as at a proxy of OpenAI."""
+    return make_vlm(server, model=model, capability=capability_for("openai", model), **options)
+
+
+def test_a_gpt_4o_class_request_is_exactly_what_openai_documents() -> None:
+    with serve_in_thread(model="gpt-4o-mini") as srv:
+        generate(official(srv, "gpt-4o-mini"), IMAGES)
+        body = srv.requests[0].body
+    assert set(body) == {"model", "messages", "max_completion_tokens", "temperature", "prompt_cache_key"}
+    assert body["max_completion_tokens"] == 7 and body["temperature"] == 0.3
+    assert body["prompt_cache_key"].startswith("atari-vlm-") and len(body["prompt_cache_key"]) <= 64
+
+
+@pytest.mark.parametrize(
+    ("model", "level", "effort", "limit"),
+    [
+        ("gpt-5-mini", "off", "minimal", 7),  # gpt-5 takes no "none": minimal is the least
+        ("gpt-5.1", "off", "none", 7),  # gpt-5.1 defaults to none and refuses minimal
+        ("gpt-5-mini", "high", "high", 7 + 16384),
+        ("o4-mini", "off", "low", 7),  # o-series cannot be turned off
+    ],
+)
+def test_reasoning_models_get_reasoning_effort_and_no_temperature(
+    model: str, level: str, effort: str, limit: int
+) -> None:
+    with serve_in_thread(model=model) as srv:
+        generate(official(srv, model, reasoning=level), IMAGES)
+        body = srv.requests[0].body
+    assert body["reasoning_effort"] == effort and body["max_completion_tokens"] == limit
+    assert "temperature" not in body and "max_tokens" not in body
+
+
+def test_a_server_of_ones_own_gets_only_the_classic_fields(server: FakeOpenAIServer) -> None:
+    generate(make_vlm(server), IMAGES)
+    assert set(server.requests[0].body) == {"model", "messages", "max_tokens", "temperature"}
+    with pytest.raises(ConfigError, match="no documented reasoning control"):
+        make_vlm(server, reasoning="medium")
+
+
+def test_cached_tokens_are_read_and_priced_at_the_cache_rate() -> None:
+    exemplars = (TextPart("Examples: " + "word " * 30), ImagePart(frame(30, 40)), TextPart("ACTION: UP"))
+
+    def decision(now: np.ndarray) -> Request:
+        user = Message("user", (*exemplars, TextPart("The screen now:"), ImagePart(now), TextPart("Move?")))
+        return Request((Message.text("system", "You play Pong."), user), max_tokens=4, stable_prefix=4)
+
+    with serve_in_thread(model="gpt-4o-mini", cache_min_tokens=20) as srv:
+        first, second = (
+            generate(official(srv, "gpt-4o-mini"), decision(frame(20, 10 + i)))[0] for i in range(2)
+        )
+        keys = {r.body["prompt_cache_key"] for r in srv.requests}
+    assert first.usage.cached_input_tokens == 0
+    # the system message (3 overhead + 3 words), the user message's overhead (3), the three exemplar
+    # parts (31 words, 85 image tokens, 2 words) and "The screen now:" (3 words) repeat; the new frame
+    # does not, and nothing after it counts
+    assert second.usage.cached_input_tokens == (3 + 3) + 3 + 31 + 85 + 2 + 3
+    assert len(keys) == 1  # the same prefix: the same key, whatever the current frame
+    prices = get_preset("gpt-4o-mini").prices
+    u = second.usage
+    expected = (
+        (u.input_tokens - u.cached_input_tokens) * 0.15 + u.cached_input_tokens * 0.075 + 2 * 0.6
+    ) / 1e6
+    assert cost_usd(u, prices) == pytest.approx(expected)
+
+
+def test_the_cache_key_follows_the_prefix_and_an_explicit_key_wins(server: FakeOpenAIServer) -> None:
+    vlm = official(server, "gpt-4o-mini")
+
+    def key(exemplar: str, now: str, **options: Any) -> str:
+        request = Request(
+            (Message.text("system", "You play Pong."), Message("user", (TextPart(exemplar), TextPart(now)))),
+            stable_prefix=2,
+        )
+        return (official(server, "gpt-4o-mini", **options) if options else vlm).request_body(request)[
+            "prompt_cache_key"
+        ]
+
+    assert key("ex A", "frame 1") == key("ex A", "frame 2") != key("ex B", "frame 1")
+    assert key("ex A", "frame 1", prompt_cache_key="run-42") == "run-42"
+    with pytest.raises(ConfigError, match="prompt_cache_key"):
+        official(server, "gpt-4o-mini", prompt_cache_key="x" * 65)
+
+
+def test_openai_base_url_is_honoured_and_shown_without_credentials(
+    server: FakeOpenAIServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    secret_url = server.base_url.replace("http://", "http://alice:hunter2@") + "?token=t0ps3cret"
+    monkeypatch.setenv("OPENAI_BASE_URL", secret_url)
+    vlm = make_vlm(server, base_url=None)
+    assert vlm.public_url == server.base_url
+    for text in (repr(vlm), vlm.where if hasattr(vlm, "where") else ""):
+        assert "hunter2" not in text and "t0ps3cret" not in text
+    monkeypatch.setenv("OPENAI_BASE_URL", "notaurl")
+    with pytest.raises(ConfigError, match="OPENAI_BASE_URL must be an http"):
+        make_vlm(server, base_url=None)
+
+
+def closed_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_a_refused_connection_is_named_on_both_transports() -> None:
+    port = closed_port()
+    vlm = OpenAICompatVLM(
+        model=MODEL,
+        base_url=f"http://127.0.0.1:{port}/v1",
+        api_key=FAKE_KEY,
+        max_retries=0,
+        http_backend=_backend["name"],
+    )
+    err = generate_error(vlm, TEXT_ONLY, ModelError)
+    assert f"connection refused by 127.0.0.1:{port}" in str(err) and "timeout" not in str(err)
+
+
+def test_tls_against_a_plain_http_server_is_named(server: FakeOpenAIServer) -> None:
+    vlm = make_vlm(server, base_url=server.base_url.replace("http://", "https://"), max_retries=0)
+    err = generate_error(vlm, TEXT_ONLY, ModelError)
+    assert f"TLS failure talking to 127.0.0.1:{server.port}" in str(err)
+
+
+@pytest.mark.parametrize(
+    ("root", "expect"),
+    [
+        (__import__("socket").gaierror(-2, "Name or service not known"), "DNS lookup failed for api.test"),
+        (ConnectionRefusedError(111, "refused"), "connection refused by api.test:443"),
+        (TimeoutError("timed out"), "no answer from api.test:443 within timeout_s=2.0"),
+        (ConnectionResetError(104, "reset"), "connection to api.test:443 dropped"),
+    ],
+)
+def test_transport_errors_are_named_from_their_root_cause(root: BaseException, expect: str) -> None:
+    class APITimeoutError(Exception):  # what the SDK on aiohttp wraps a refused connection in
+        pass
+
+    wrapper = APITimeoutError("Request timed out.")
+    wrapper.__cause__ = OSError("Cannot connect to host")
+    wrapper.__cause__.__cause__ = root
+    assert expect in describe_transport_error(wrapper, base_url="https://api.test/v1", timeout_s=2.0)
 
 
 # -- the retry helper alone -------------------------------------------------------------------------

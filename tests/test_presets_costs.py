@@ -17,16 +17,20 @@ from hypothesis import strategies as st
 from rich.console import Console
 
 from atari_vlm.errors import ConfigError, ModelError
+from atari_vlm.models import capabilities as capabilities_module
 from atari_vlm.models import presets as presets_module
 from atari_vlm.models.base import Completion, ImagePart, Message, Request, TextPart, Usage
+from atari_vlm.models.capabilities import capability_for, load_capabilities
 from atari_vlm.models.costs import (
     BudgetedVLM,
     BudgetExceeded,
+    cost_breakdown,
     cost_usd,
     estimate_request_usage,
     estimate_run_cost,
     with_cost,
 )
+from atari_vlm.models.endpoints import probe_server, safe_url, validate_base_url
 from atari_vlm.models.presets import (
     FREE,
     Prices,
@@ -38,11 +42,13 @@ from atari_vlm.models.presets import (
     local_snapshot,
     recommend,
 )
-from atari_vlm.models.registry import load_model
+from atari_vlm.models.registry import check_base_url, load_model
 from atari_vlm.models.table import DOCS_BEGIN, DOCS_END, presets_markdown, render_models_table
 from atari_vlm.spec import ModelSpec
+from atari_vlm.testing import serve_in_thread
 
 KEY_VARS = ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "GEMINI_API_KEY", "GOOGLE_API_KEY")
+URL_VARS = ("OPENAI_BASE_URL", "ANTHROPIC_BASE_URL", "GOOGLE_GEMINI_BASE_URL")
 REQUIRED = {
     "gpt-4o": ("openai", "gpt-4o"),
     "gpt-4o-mini": ("openai", "gpt-4o-mini"),
@@ -72,7 +78,7 @@ def needs_torch_installed() -> None:
 
 @pytest.fixture
 def no_keys(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
-    for name in KEY_VARS:
+    for name in KEY_VARS + URL_VARS:
         monkeypatch.delenv(name, raising=False)
     return monkeypatch
 
@@ -198,7 +204,7 @@ def test_invalid_files(tmp_path: Path) -> None:
 
 
 def test_api_availability_follows_the_key_variables(no_keys: pytest.MonkeyPatch) -> None:
-    gpt, gemini = get_preset("gpt-4o"), get_preset("gemini-2.5-flash")
+    gpt, gemini = get_preset("gpt-4o"), get_preset("gemini-3.5-flash-lite")
     assert availability(gpt) == (False, "set OPENAI_API_KEY")
     assert availability(gemini) == (False, "set GEMINI_API_KEY or GOOGLE_API_KEY")
     assert availability(gpt, api_key="sk-x") == (True, "key from --api-key")
@@ -206,12 +212,13 @@ def test_api_availability_follows_the_key_variables(no_keys: pytest.MonkeyPatch)
     no_keys.setenv("GOOGLE_API_KEY", "g-x")
     assert availability(gpt) == (True, "OPENAI_API_KEY is set")
     assert availability(gemini) == (True, "GOOGLE_API_KEY is set")
+    assert availability(get_preset("gemini-2.5-flash")) == (False, "retired by gemini on 2026-12-01")
 
 
 def test_a_missing_sdk_names_the_pip_command(no_keys: pytest.MonkeyPatch) -> None:
     no_keys.setenv("ANTHROPIC_API_KEY", "k")
     no_keys.setattr(presets_module, "_installed", lambda module: module != "anthropic")
-    assert availability(get_preset("claude-sonnet-4")) == (False, 'pip install "atari-vlm[anthropic]"')
+    assert availability(get_preset("claude-sonnet-5")) == (False, 'pip install "atari-vlm[anthropic]"')
 
 
 def test_local_availability_looks_only_at_the_cache(hf_cache: Path, tmp_path: Path) -> None:
@@ -242,8 +249,8 @@ def test_recommendations(no_keys: pytest.MonkeyPatch, hf_cache: Path) -> None:
     no_keys.setenv("GEMINI_API_KEY", "g")
     no_keys.setenv("ANTHROPIC_API_KEY", "a")
     cheapest = recommend(availabilities(), gpu=False)
-    assert "--model gemini-2.0-flash" in cheapest  # the cheapest non-legacy usable preset
-    assert "gemini-1.5-flash" not in cheapest  # legacy presets are never recommended
+    assert "--model gemini-3.5-flash-lite" in cheapest  # the cheapest non-legacy usable preset
+    assert "gemini-1.5-flash" not in cheapest and "gemini-2.0-flash" not in cheapest  # legacy: never
     needs_torch_installed()
     cache_model(hf_cache, "HuggingFaceTB/SmolVLM-Instruct")
     assert "--model smolvlm --device cuda" in recommend(availabilities(), gpu=True)
@@ -279,8 +286,10 @@ def test_api_presets_load_their_backend_with_prices(no_keys: pytest.MonkeyPatch)
     assert load_model("openai:some-new-model").prices is None
     served = load_model(ModelSpec(model="openai:qwen", base_url="http://127.0.0.1:8000/v1"))
     assert served.prices is None  # a custom server's price is unknown, not zero
-    with pytest.raises(ConfigError, match="openai:<served model name>"):
-        load_model(ModelSpec(model="gpt-4o", base_url="http://127.0.0.1:8000/v1"))
+    assert served.vlm.capability.pattern == "*" and served.vlm.capability.token_limit == "max_tokens"
+    proxied = load_model(ModelSpec(model="gpt-4o", base_url="http://127.0.0.1:8000/v1"))  # a proxy of gpt-4o
+    assert proxied.prices == get_preset("gpt-4o").prices and proxied.base_url == "http://127.0.0.1:8000/v1"
+    assert proxied.vlm.capability.pattern == "gpt-4o"  # its model's rules, whatever the host
 
 
 def test_anthropic_and_gemini_prefixes_and_preset_options(no_keys: pytest.MonkeyPatch) -> None:
@@ -291,11 +300,12 @@ def test_anthropic_and_gemini_prefixes_and_preset_options(no_keys: pytest.Monkey
     claude = load_model("anthropic:claude-x")
     assert claude.provider == "anthropic" and claude.vlm.model == "claude-x" and claude.prices is None
     assert not claude.vlm.send_temperature
-    assert load_model("claude-sonnet-4").vlm.send_temperature  # from the preset's backend_options
+    assert load_model("claude-sonnet-4").vlm.send_temperature  # the capability table: it took temperature
+    assert not load_model("claude-sonnet-5").vlm.send_temperature  # Sonnet 5 answers 400 to it
     legacy = load_model("claude-3.5-sonnet")
-    assert legacy.warning and "legacy" in legacy.warning
+    assert legacy.warning and "retired by anthropic on 2025-10-22" in legacy.warning
     gemini = load_model("gemini-2.5-flash")
-    assert gemini.spec == "gemini:gemini-2.5-flash" and gemini.vlm.thinking_budget == 0
+    assert gemini.spec == "gemini:gemini-2.5-flash" and gemini.vlm.reasoning_value == 0  # thinking_budget 0
     assert load_model("gemini:gemini-2.5-flash").prices == get_preset("gemini-2.5-flash").prices
     claude4 = "anthropic:claude-sonnet-4-20250514"
     assert load_model(claude4).prices == get_preset("claude-sonnet-4").prices
@@ -477,3 +487,191 @@ def test_with_cost_fills_the_field_once_completion_has_it() -> None:
         assert priced.cost_usd == 0.5  # type: ignore[attr-defined]
     else:
         assert priced is completion
+
+
+# -- prices that are true now, the capability table, endpoints ---------------------------------------
+
+
+# (input, output, cache read, cache write) per million tokens, as read 2026-12-03 (see presets.json)
+PRICES_READ = {
+    "gpt-4o": (2.5, 10.0, 1.25, None),
+    "gpt-4o-mini": (0.15, 0.6, 0.075, None),
+    "claude-sonnet-5": (3.0, 15.0, 0.3, 3.75),
+    "claude-sonnet-4": (3.0, 15.0, 0.3, 3.75),
+    "gemini-3.5-flash-lite": (0.3, 2.5, None, None),
+}
+
+
+def test_the_prices_are_the_ones_read_with_their_page_and_date() -> None:
+    for name, (inp, out, read, write) in PRICES_READ.items():
+        prices = get_preset(name).prices
+        assert (prices.input_per_mtok, prices.output_per_mtok) == (inp, out), name
+        assert (prices.cached_input_per_mtok, prices.cache_write_per_mtok) == (read, write), name
+        assert prices.source and prices.source.startswith("https://") and prices.date, name
+    assert get_preset("claude-sonnet-5").prices.date == "2026-12-03"
+    assert "introductory" in (get_preset("claude-sonnet-5").prices.note or "")  # why not $3/$15
+
+
+def test_every_api_preset_has_its_own_capability_entry_and_retired_ones_are_legacy() -> None:
+    for preset in list_presets():
+        if not preset.is_api:
+            assert preset.capability is None
+            continue
+        capability = preset.capability
+        assert capability is not None and capability.pattern != "*", preset.name  # not the defaults
+        assert capability.lifecycle.status in ("active", "legacy", "deprecated", "retired", "unknown")
+        if capability.lifecycle.retired:
+            assert preset.legacy, f"{preset.name} is retired but not marked legacy"
+    current = [p for p in list_presets() if p.is_api and not p.legacy]
+    assert {p.provider for p in current} == {"openai", "anthropic", "gemini"}  # one usable per provider
+
+
+@pytest.mark.parametrize(
+    ("provider", "model", "pattern", "off"),
+    [
+        ("anthropic", "claude-sonnet-5", "claude-sonnet-5", {"type": "disabled"}),
+        ("anthropic", "claude-sonnet-5-5", "*", None),  # not Sonnet 5's rules: unknown, so safe defaults
+        ("openai", "gpt-5-mini-2025-08-07", "gpt-5-mini-*", "minimal"),
+        ("openai", "gpt-5.1", "gpt-5.1", "none"),
+        ("gemini", "gemini-3.5-flash-lite", "gemini-3.5-flash-lite", "minimal"),
+        ("gemini", "gemini-2.5-flash", "gemini-2.5-flash", 0),
+    ],
+)
+def test_capability_lookup_picks_the_most_specific_pattern(
+    provider: str, model: str, pattern: str, off: object
+) -> None:
+    capability = capability_for(provider, model)
+    assert capability.pattern == pattern and capability.reasoning_off == off
+
+
+def test_a_server_of_ones_own_never_gets_openais_rules() -> None:
+    assert capability_for("openai", "gpt-5-mini", official=False).pattern == "*"
+    assert capability_for("openai", "gpt-5-mini", official=False).token_limit == "max_tokens"
+
+
+def write_capabilities(tmp_path: Path, mutate: Any) -> Path:
+    data = json.loads(capabilities_module.CAPABILITIES_PATH.read_text())
+    mutate(data)
+    path = tmp_path / "capabilities.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("mutate", "expect"),
+    [
+        (lambda d: d["models"][0]["reasoning"].update(control="telepathy"), "reasoning.control"),
+        (lambda d: d["models"][0].update(sampling="hot"), "sampling must be one of"),
+        (lambda d: d["models"][0].update(match=[]), "'match' must be a non-empty list"),
+        (lambda d: d["defaults"].pop("gemini"), "'defaults' must hold exactly"),
+        (lambda d: d["models"][0]["lifecycle"].update(status="sunset"), "lifecycle.status"),
+        (lambda d: d["reasoning_allowance"].update(high=0), "reasoning_allowance"),
+    ],
+)
+def test_a_malformed_capability_table_names_the_entry_and_field(
+    tmp_path: Path, mutate: Any, expect: str
+) -> None:
+    path = write_capabilities(tmp_path, mutate)
+    with pytest.raises(ConfigError) as info:
+        load_capabilities(path)
+    assert expect in str(info.value) and str(path) in str(info.value)
+
+
+def test_cost_breakdown_and_savings() -> None:
+    usage = Usage(1_000, 10, None, cached_input_tokens=800, cache_write_tokens=0)
+    parts = cost_breakdown(usage, get_preset("claude-sonnet-5"))
+    assert parts["uncached_input_usd"] == pytest.approx(200 * 3 / 1e6)
+    assert parts["cache_read_usd"] == pytest.approx(800 * 0.3 / 1e6)
+    assert parts["output_usd"] == pytest.approx(10 * 15 / 1e6)
+    assert parts["total_usd"] == pytest.approx(cost_usd(usage, get_preset("claude-sonnet-5")))
+    assert parts["cache_saving_usd"] == pytest.approx(800 * (3 - 0.3) / 1e6)
+    write = cost_breakdown(Usage(1_000, 0, None, cache_write_tokens=800), get_preset("claude-sonnet-5"))
+    assert write["cache_saving_usd"] == pytest.approx(-800 * 0.75 / 1e6)  # a write costs 1.25x the input
+    unknown = cost_breakdown(usage, get_preset("gemini-3.5-flash-lite"))  # cache price unknown: full price
+    assert unknown["cache_read_usd"] == pytest.approx(800 * 0.3 / 1e6) and unknown["cache_saving_usd"] == 0
+
+
+def test_usage_adds_and_round_trips_through_records() -> None:
+    a = Usage(10, 2, 5, cached_input_tokens=4, cache_write_tokens=1, reasoning_tokens=1)
+    total = a + Usage(20, 3, None, cached_input_tokens=6)
+    assert total == Usage(30, 5, 5, cached_input_tokens=10, cache_write_tokens=1, reasoning_tokens=1)
+    assert Usage.from_record(total.to_record()) == total
+    assert Usage.from_record({"input_tokens": 7, "output_tokens": 1, "image_tokens": None}) == Usage(7, 1)
+    assert Usage.from_record({"input_tokens": "7", "cached_input_tokens": -3}) == Usage()  # untrusted
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["notaurl", "ftp://host/v1", "http://", "http://host:99999/v1", "http://ho st/v1", "", "http://:80"],
+)
+def test_bad_base_urls_are_refused_before_play(url: str) -> None:
+    with pytest.raises(ConfigError, match="--base-url"):
+        check_base_url(url)
+    with pytest.raises(ConfigError):
+        ModelSpec(base_url=url)
+
+
+def test_urls_are_shown_without_credentials() -> None:
+    assert validate_base_url("http://127.0.0.1:8000/v1/") == "http://127.0.0.1:8000/v1"
+    assert (
+        safe_url("https://bob:s3cret@gw.example.test:8443/v1?key=abc#x") == "https://gw.example.test:8443/v1"
+    )
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "expect"),
+    [
+        ("reasoning", "max", "reasoning must be one of off, low, medium, high"),
+        ("timeout_s", 0, "timeout_s must be between"),
+        ("server_kind", "tgi", "server_kind must be one of auto, openai, vllm"),
+    ],
+)
+def test_model_options_are_validated(field: str, value: Any, expect: str) -> None:
+    with pytest.raises(ConfigError, match=expect):
+        ModelSpec(**{field: value})
+
+
+def test_presets_follow_the_sdk_base_url_variables_with_their_price(no_keys: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("openai")
+    pytest.importorskip("anthropic")
+    no_keys.setenv("OPENAI_API_KEY", "sk-test-1234")
+    no_keys.setenv("ANTHROPIC_API_KEY", "sk-ant-1234")
+    no_keys.setenv("OPENAI_BASE_URL", "http://carol:pw123456@litellm.example.test:4000/v1")
+    no_keys.setenv("ANTHROPIC_BASE_URL", "https://gateway.example.test/anthropic")
+    gpt = load_model("gpt-4o-mini")
+    assert gpt.vlm.base_url == "http://carol:pw123456@litellm.example.test:4000/v1"  # what the SDK gets
+    assert gpt.base_url == "http://litellm.example.test:4000/v1" and "pw123456" not in json.dumps(
+        gpt.describe()
+    )
+    assert gpt.prices == get_preset("gpt-4o-mini").prices
+    claude = load_model(ModelSpec(model="claude-sonnet-5", reasoning="low", timeout_s=5.0))
+    assert (
+        claude.base_url == "https://gateway.example.test/anthropic"
+        and claude.prices == get_preset("claude-sonnet-5").prices
+    )
+    assert claude.vlm.reasoning == "low" and claude.vlm.timeout_s == 5.0
+    no_keys.setenv("OPENAI_BASE_URL", "not a url")
+    with pytest.raises(ConfigError, match="OPENAI_BASE_URL"):
+        load_model("demo")  # refused before anything is loaded, whatever the model
+
+
+def test_asking_more_reasoning_than_a_model_has_is_a_config_error(no_keys: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("openai")
+    no_keys.setenv("OPENAI_API_KEY", "sk-test-1234")
+    with pytest.raises(ConfigError, match="--reasoning off"):
+        load_model(ModelSpec(model="gpt-4o-mini", reasoning="high"))
+
+
+def test_probe_names_what_a_server_is_and_why_it_cannot_be_reached() -> None:
+    with serve_in_thread(model="served-1") as srv:
+        info = probe_server(srv.base_url)
+        assert info.models == ("served-1",) and info.kind == "generic"
+        with pytest.raises(ConfigError, match="HTTP 404"):
+            probe_server(f"http://127.0.0.1:{srv.port}/nope")
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        closed = sock.getsockname()[1]
+    with pytest.raises(ConfigError, match=f"connection refused by 127.0.0.1:{closed}"):
+        probe_server(f"http://127.0.0.1:{closed}/v1", timeout_s=2)

@@ -116,7 +116,6 @@ ALTERNATIVES = {
     "resize_shape": (84, 84),
     "prompt": "cot",
     "model": "openai:gpt-4o-mini",
-    "base_url": "http://127.0.0.1:1/v1",
     "device": "cuda",
     "quantize": "4bit",
     "protocol": "machado",
@@ -125,6 +124,8 @@ ALTERNATIVES = {
     "demos": ("demos/Pong",),
     "ray_address": {"ray_address": "auto", "executor": "ray"},  # it needs the ray executor
     "api_key": "sk-another-key",
+    "prompt_cache_key": "run-7",
+    "base_url": "http://127.0.0.1:1/v1",
     "max_cost_usd": 1.0,
     "finetune_lr": 0.01,
 }

@@ -192,21 +192,22 @@ class GPT4VAgent(ModelAgent):
 class ClaudeAgent(ModelAgent):
     """Anthropic's Claude; key from ``ANTHROPIC_API_KEY``.
 
-    The seed's Claude 3.5 Sonnet is retired by Anthropic, so the default is the ``claude-sonnet-4``
-    preset; ``ClaudeAgent(model="claude-3.5-sonnet")`` still names the seed's model.
+    The seed's Claude 3.5 Sonnet is retired by Anthropic, so the default is the ``claude-sonnet-5``
+    preset (thinking off for play); ``ClaudeAgent(model="claude-3.5-sonnet")`` still names the seed's
+    model.
     """
 
-    default_model = "claude-sonnet-4"
+    default_model = "claude-sonnet-5"
 
 
 class GeminiAgent(ModelAgent):
     """Google's Gemini; key from ``GEMINI_API_KEY``/``GOOGLE_API_KEY``.
 
-    The seed's Gemini 1.5 Pro is retired by Google, so the default is the ``gemini-2.5-flash`` preset;
-    ``GeminiAgent(model="gemini-1.5-pro")`` still names the seed's model.
+    The seed's Gemini 1.5 Pro is retired by Google, so the default is the ``gemini-3.5-flash-lite``
+    preset; ``GeminiAgent(model="gemini-1.5-pro")`` still names the seed's model.
     """
 
-    default_model = "gemini-2.5-flash"
+    default_model = "gemini-3.5-flash-lite"
 
 
 class QwenVLAgent(ModelAgent):

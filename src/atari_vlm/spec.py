@@ -40,6 +40,7 @@ from typing import Any, ClassVar, Literal
 
 from atari_vlm.errors import ConfigError
 from atari_vlm.games import resolve_game
+from atari_vlm.urls import safe_url, validate_base_url
 
 __all__ = [
     "AGENTS",
@@ -69,6 +70,20 @@ V5_MAX_EPISODE_FRAMES = 108_000
 AGENTS: tuple[str, ...] = ("vlm", "random", "expert")
 PROMPT_STYLES: tuple[str, ...] = ("basic", "cot", "expert")
 DECODE_CHOICES: tuple[str, ...] = ("auto", "free", "constrained", "score")
+REASONING_LEVELS: tuple[str, ...] = ("off", "low", "medium", "high")
+"""How much a model may think before it answers: off asks for the least each model allows."""
+SERVER_KINDS: tuple[str, ...] = (
+    "auto",
+    "openai",
+    "vllm",
+    "sglang",
+    "llamacpp",
+    "ollama",
+    "transformers",
+    "generic",
+)
+"""What an OpenAI-compatible endpoint is; it decides which documented field asks for constrained
+decoding. ``auto``: ask the server; ``generic``: an unknown server, sent OpenAI's own json_schema."""
 MAX_PROMPT_FILE_BYTES = 256 * 1024
 
 Role = Literal["play", "sample", "output", "runtime", "secret"]
@@ -211,10 +226,7 @@ def _game(name: str, value: Any) -> str:
 def _url(name: str, value: Any) -> str | None:
     if value is None:
         return None
-    url = text(max_length=2048)(name, value)
-    if not re.match(r"^https?://[^/\s]+", url):
-        raise ConfigError(f"{name} must be an http(s) URL such as http://127.0.0.1:8000/v1, got {url!r}")
-    return url.rstrip("/")
+    return validate_base_url(text(max_length=2048)(name, value), what=name)
 
 
 def parse_seeds(text_value: str) -> tuple[int, ...]:
@@ -283,6 +295,7 @@ class Setting:
     metavar: str | None = None
     on_off: bool = False
     cli: bool = True
+    record: Callable[[Any], Any] | None = None  # how the value is written down (a URL without credentials)
 
     def __post_init__(self) -> None:
         if self.role not in ROLES:
@@ -337,6 +350,8 @@ class _Section:
             if spec.role == "secret" or (roles is not None and spec.role not in roles):
                 continue
             value = getattr(self, name)
+            if spec.record is not None and value is not None:
+                value = spec.record(value)
             out[name] = list(value) if isinstance(value, tuple) else value
         return out
 
@@ -550,7 +565,12 @@ class ModelSpec(_Section):
         metavar="MODEL",
     )
     base_url: str | None = setting(
-        None, help="an OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1", check=_url, metavar="URL"
+        None,
+        help="the model's endpoint: an OpenAI-compatible server (e.g. http://127.0.0.1:8000/v1) or a "
+        "proxy for a preset; default: the SDK's own variable (OPENAI_BASE_URL, ...), else the provider's API",
+        check=_url,
+        metavar="URL",
+        record=safe_url,  # credentials in a URL stay in memory, never in a file
     )
     api_key: str | None = setting(
         None,
@@ -582,6 +602,33 @@ class ModelSpec(_Section):
         help="local models: requests batched into one forward pass at most",
         check=integer(1, 1024),
         role="runtime",
+    )
+    reasoning: str = setting(
+        "off",
+        help="how much the model may think before it answers (off: the least it allows; more raises the "
+        "token limit to fit)",
+        check=choice(*REASONING_LEVELS),
+    )
+    server_kind: str = setting(
+        "auto",
+        help="which kind of OpenAI-compatible server --base-url is (it decides the constrained-decoding "
+        "field); auto asks the server",
+        check=choice(*SERVER_KINDS),
+    )
+    timeout_s: float = setting(
+        60.0,
+        help="seconds one API call may take in all before it fails (and is retried)",
+        check=number(0.1, 3600.0),
+        role="runtime",
+        flag="--timeout",
+        metavar="SECONDS",
+    )
+    prompt_cache_key: str | None = setting(
+        None,
+        help="OpenAI's prompt_cache_key (default: derived from the model and the stable prefix)",
+        check=text(optional=True, max_length=64),
+        role="runtime",
+        cli=False,
     )
 
 

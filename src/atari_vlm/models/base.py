@@ -13,9 +13,11 @@ from typing import Literal, Protocol, runtime_checkable
 import numpy as np
 
 from atari_vlm.errors import ConfigError, ModelError
+from atari_vlm.spec import REASONING_LEVELS
 
 __all__ = [
     "DECODE_MODES",
+    "REASONING_LEVELS",
     "VLM",
     "Completion",
     "ConfigError",
@@ -25,6 +27,7 @@ __all__ = [
     "ModelError",
     "Obtained",
     "Part",
+    "ReasoningLevel",
     "Request",
     "Role",
     "TextPart",
@@ -44,6 +47,11 @@ DECODE_MODES: tuple[str, ...] = ("free", "constrained", "score")
 """
 Obtained = Literal["scored", "constrained", "free"]
 """How a completion's answer was produced (``Completion.obtained``)."""
+ReasoningLevel = Literal["off", "low", "medium", "high"]
+"""How much a model may think before it answers (``ModelSpec.reasoning``, one of
+:data:`atari_vlm.spec.REASONING_LEVELS`). ``off``: as little as the model allows (thinking off where it
+can be turned off, its minimal level where it cannot): a decision must be fast. The others ask for
+more, and the backend raises the answer-length limit to fit."""
 
 
 @dataclass(frozen=True)
@@ -95,7 +103,16 @@ class Message:
 
 @dataclass(frozen=True)
 class Request:
-    """What an agent asks a model: the conversation and the sampling settings."""
+    """What an agent asks a model: the conversation and the sampling settings.
+
+    ``stable_prefix`` says where the part of the conversation that is the same in every decision of a
+    run ends (system prompt, action list, in-context exemplars), so that backends can let the provider
+    cache it: Anthropic gets ``cache_control`` breakpoints there, OpenAI a prompt cache key derived from
+    it. It counts *parts*, through the messages in order (a system message made with
+    :meth:`Message.text` is one part). ``None`` (the default): not said, and the system messages are
+    taken as the stable prefix (every agent here renders its system prompt once per run); ``0``:
+    nothing is stable, send no caching hints.
+    """
 
     messages: tuple[Message, ...]
     max_tokens: int = 128
@@ -104,29 +121,64 @@ class Request:
     choices: tuple[str, ...] = ()  # the legal answers (action names), for constrained or scored decoding
     decode: DecodeMode = "free"  # see DECODE_MODES; "constrained" and "score" need ``choices``
     reasoning: bool = False  # the answer reasons before its choice (cot, expert styles)
+    stable_prefix: int | None = None  # parts identical in every decision of the run (see above)
 
     def __post_init__(self) -> None:
         if self.decode not in DECODE_MODES:
             raise ValueError(f"decode must be one of {DECODE_MODES}, got {self.decode!r}")
         if self.decode != "free" and not self.choices:
             raise ValueError(f"decode={self.decode!r} needs the legal choices")
+        if self.stable_prefix is not None:
+            total = sum(len(m.parts) for m in self.messages)
+            if isinstance(self.stable_prefix, bool) or not 0 <= self.stable_prefix <= total:
+                raise ValueError(
+                    f"stable_prefix must be in [0, {total}] (the parts), got {self.stable_prefix!r}"
+                )
 
     @property
     def num_images(self) -> int:
         return sum(len(m.images) for m in self.messages)
 
+    def prefix_parts(self) -> list[tuple[int, int]]:
+        """``(message index, part index)`` of every part inside the stable prefix, in order."""
+        if self.stable_prefix is None:
+            return [
+                (i, j) for i, m in enumerate(self.messages) if m.role == "system" for j in range(len(m.parts))
+            ]
+        out: list[tuple[int, int]] = []
+        for i, message in enumerate(self.messages):
+            for j in range(len(message.parts)):
+                if len(out) == self.stable_prefix:
+                    return out
+                out.append((i, j))
+        return out
+
 
 @dataclass(frozen=True)
 class Usage:
-    """Token counts of one completion (image tokens where the provider or processor says)."""
+    """Token counts of one completion (image tokens where the provider or processor says).
+
+    ``input_tokens`` is every prompt token the provider billed, cached ones included;
+    ``cached_input_tokens`` of them were read from the provider's prompt cache (billed at its cache-read
+    rate) and ``cache_write_tokens`` were written to it (Anthropic bills writes above the input rate).
+    ``output_tokens`` includes ``reasoning_tokens`` (hidden thinking, billed as output).
+    """
 
     input_tokens: int = 0
     output_tokens: int = 0
     image_tokens: int | None = None
+    cached_input_tokens: int = 0
+    cache_write_tokens: int = 0
+    reasoning_tokens: int = 0
 
     @property
     def total_tokens(self) -> int:
         return self.input_tokens + self.output_tokens
+
+    @property
+    def uncached_input_tokens(self) -> int:
+        """Input tokens billed at the plain input rate."""
+        return max(self.input_tokens - self.cached_input_tokens - self.cache_write_tokens, 0)
 
     def __add__(self, other: Usage) -> Usage:
         images = None
@@ -136,6 +188,38 @@ class Usage:
             self.input_tokens + other.input_tokens,
             self.output_tokens + other.output_tokens,
             images,
+            self.cached_input_tokens + other.cached_input_tokens,
+            self.cache_write_tokens + other.cache_write_tokens,
+            self.reasoning_tokens + other.reasoning_tokens,
+        )
+
+    def to_record(self) -> dict[str, int | None]:
+        """The counts as a run-directory record (``steps.jsonl``, ``episodes.jsonl``) stores them."""
+        return {
+            "input_tokens": self.input_tokens,
+            "output_tokens": self.output_tokens,
+            "image_tokens": self.image_tokens,
+            "cached_input_tokens": self.cached_input_tokens,
+            "cache_write_tokens": self.cache_write_tokens,
+            "reasoning_tokens": self.reasoning_tokens,
+        }
+
+    @classmethod
+    def from_record(cls, record: dict[str, object]) -> Usage:
+        """Back from :meth:`to_record` (records written before the cache fields read as 0)."""
+
+        def count(key: str) -> int:
+            value = record.get(key)
+            return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
+
+        images = record.get("image_tokens")
+        return cls(
+            count("input_tokens"),
+            count("output_tokens"),
+            images if isinstance(images, int) and not isinstance(images, bool) else None,
+            count("cached_input_tokens"),
+            count("cache_write_tokens"),
+            count("reasoning_tokens"),
         )
 
 

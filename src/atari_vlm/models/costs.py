@@ -1,7 +1,9 @@
 """Dollar costs of completions, a spending limit for a run, and the estimate behind ``--dry-run``.
 
 Costs come from the provider's token counts (``Completion.usage``) and a preset's prices. Image
-tokens are part of the input tokens every provider reports, so they are not billed twice.
+tokens are part of the input tokens every provider reports, so they are not billed twice. Prompt
+tokens read from the provider's cache are billed at its cache-read price and tokens written to it at
+its cache-write price, where the preset knows them (else at the input price: never under-stated).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from atari_vlm.models.presets import Preset, Prices
 __all__ = [
     "BudgetExceeded",
     "BudgetedVLM",
+    "cost_breakdown",
     "cost_usd",
     "estimate_request_usage",
     "estimate_run_cost",
@@ -36,8 +39,32 @@ def _prices(preset_or_prices: Preset | Prices) -> Prices:
 
 
 def cost_usd(usage: Usage, preset_or_prices: Preset | Prices) -> float:
-    """What ``usage`` costs at the given prices, in USD."""
-    return _prices(preset_or_prices).cost_usd(usage.input_tokens, usage.output_tokens)
+    """What ``usage`` costs at the given prices, in USD (cached and written prompt tokens at their rates)."""
+    return _prices(preset_or_prices).cost_usd(
+        usage.input_tokens, usage.output_tokens, usage.cached_input_tokens, usage.cache_write_tokens
+    )
+
+
+def cost_breakdown(usage: Usage, preset_or_prices: Preset | Prices) -> dict[str, float]:
+    """USD of each kind of token: uncached input, cache reads, cache writes, output, and the total.
+
+    ``cache_saving`` is what the cache reads saved against paying the plain input price for them,
+    less what the writes cost above it (negative when a write was not repaid by reads).
+    """
+    prices = _prices(preset_or_prices)
+    read_rate, write_rate = prices.cache_read_rate, prices.cache_write_rate
+    parts = {
+        "uncached_input_usd": usage.uncached_input_tokens * prices.input_per_mtok / 1e6,
+        "cache_read_usd": usage.cached_input_tokens * read_rate / 1e6,
+        "cache_write_usd": usage.cache_write_tokens * write_rate / 1e6,
+        "output_usd": usage.output_tokens * prices.output_per_mtok / 1e6,
+    }
+    parts["total_usd"] = sum(parts.values())
+    parts["cache_saving_usd"] = (
+        usage.cached_input_tokens * (prices.input_per_mtok - read_rate)
+        - usage.cache_write_tokens * (write_rate - prices.input_per_mtok)
+    ) / 1e6
+    return parts
 
 
 def estimate_request_usage(request: Request) -> Usage:

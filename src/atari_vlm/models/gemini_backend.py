@@ -14,6 +14,7 @@ from typing import Any
 
 from atari_vlm.errors import ModelError, require
 from atari_vlm.models.base import ImagePart, Message, Request, TextPart, Usage
+from atari_vlm.models.constrain import choice_probs_from_logprobs, read_choice
 from atari_vlm.models.remote import MalformedResponse, Parsed, RemoteVLM
 from atari_vlm.models.retry import Transient, classify_status, clip, parse_retry_after
 
@@ -23,6 +24,9 @@ DEFAULT_BASE_URL = "https://generativelanguage.googleapis.com"
 GEMINI_KEY_ENV_VARS: tuple[str, ...] = ("GEMINI_API_KEY", "GOOGLE_API_KEY")
 
 _FINISH = {"STOP": "stop", "MAX_TOKENS": "length"}
+LOGPROBS = 5
+"""Alternatives asked for at each token of a constrained answer: only the pick's first token matters,
+and Atari games have at most 18 actions whose first tokens are few."""
 _ROLES = {"user": "user", "assistant": "model"}
 _DELAY = re.compile(r"^\s*(\d+(?:\.\d+)?)s\s*$")
 
@@ -38,11 +42,14 @@ def _httpx() -> Any:
 class GeminiVLM(RemoteVLM):
     """A :class:`~atari_vlm.models.base.VLM` on the Gemini API (see :class:`RemoteVLM`).
 
-    ``thinking_budget``: thinking tokens allowed to 2.5-series models (0 turns thinking off where
-    the model allows it); None leaves the model's default. Thinking tokens are billed as output.
+    Thinking follows the model's control in the capability table at the backend's reasoning level:
+    ``thinking_budget`` for 2.5-series models (0 turns it off), ``thinking_level`` for Gemini 3
+    (``minimal`` is the least); the two may not be combined. ``thinking_budget`` given here overrides
+    the table. Thinking tokens are billed as output.
     """
 
     provider = "Gemini"
+    provider_id = "gemini"
     key_env_vars = GEMINI_KEY_ENV_VARS
     default_base_url = DEFAULT_BASE_URL
 
@@ -78,21 +85,54 @@ class GeminiVLM(RemoteVLM):
 
     # -- wire format ---------------------------------------------------------------------------------
 
-    def request_body(self, request: Request) -> dict[str, Any]:
-        """The keyword arguments of ``aio.models.generate_content``, as plain dicts."""
-        config: dict[str, Any] = {
-            "max_output_tokens": request.max_tokens,
-            "temperature": request.temperature,
-        }
+    def request_body(self, request: Request, *, constrained: bool | None = None) -> dict[str, Any]:
+        """The keyword arguments of ``aio.models.generate_content``, as plain dicts.
+
+        A constrained request answers with ``response_mime_type`` ``text/x.enum`` and an enum schema of
+        the legal actions, or (reasoning first) a JSON object schema whose ``action`` is that enum."""
+        config: dict[str, Any] = {"max_output_tokens": self.answer_limit(request)}
+        if self.sends_temperature:
+            config["temperature"] = request.temperature
         system = self._system_text(request.messages)
         if system:
             config["system_instruction"] = system
-        if request.json_mode:
+        if self._wants_constraint(request, constrained):
+            choices = list(request.choices)
+            if request.reasoning:
+                config["response_mime_type"] = "application/json"
+                config["response_schema"] = {
+                    "type": "OBJECT",
+                    "properties": {
+                        "reasoning": {"type": "STRING"},
+                        "action": {"type": "STRING", "enum": choices},
+                    },
+                    "required": ["reasoning", "action"],
+                    "property_ordering": ["reasoning", "action"],
+                }
+            else:
+                config["response_mime_type"] = "text/x.enum"
+                config["response_schema"] = {"type": "STRING", "enum": choices}
+            if self.capability.logprobs:
+                config["response_logprobs"] = True
+                config["logprobs"] = LOGPROBS
+        elif request.json_mode:
             config["response_mime_type"] = "application/json"
-        if self.thinking_budget is not None:
-            config["thinking_config"] = {"thinking_budget": self.thinking_budget}
+        if thinking := self._thinking_config():
+            config["thinking_config"] = thinking
         contents = [self._content(m) for m in request.messages if m.role != "system"]
         return {"model": self.model, "contents": contents, "config": config}
+
+    def _thinking_config(self) -> dict[str, Any] | None:
+        if self.thinking_budget is not None:
+            return {"thinking_budget": self.thinking_budget}
+        control, value = self.capability.reasoning_control, self.reasoning_value
+        if value is None:
+            return None
+        if control == "gemini_budget":
+            return {"thinking_budget": int(value)}
+        if control == "gemini_level":
+            return {"thinking_level": str(value).upper()}
+        return None
 
     def _content(self, message: Message) -> dict[str, Any]:
         if message.role == "assistant" and message.images:
@@ -105,10 +145,18 @@ class GeminiVLM(RemoteVLM):
         data, mime = self._image_bytes(part)
         return {"inline_data": {"data": data, "mime_type": mime}}
 
+    def _constraint_kind(self) -> str | None:
+        return "enum" if self.capability.enum_mime else None
+
+    def _status(self, exc: Exception) -> int | None:
+        if isinstance(exc, self._genai_errors.APIError):
+            return int(exc.code or 0)
+        return None
+
     async def _send(self, body: dict[str, Any]) -> Any:
         return await self._client.aio.models.generate_content(**body)
 
-    def _parse(self, response: Any) -> Parsed:
+    def _parse(self, response: Any, request: Request | None = None) -> Parsed:
         usage = _usage(getattr(response, "usage_metadata", None))
         model = getattr(response, "model_version", None) or ""
         candidates = getattr(response, "candidates", None)
@@ -123,16 +171,21 @@ class GeminiVLM(RemoteVLM):
         parts = getattr(candidate.content, "parts", None) or []
         text = "".join(p.text for p in parts if getattr(p, "text", None) and not getattr(p, "thought", None))
         reason = _enum_name(candidate.finish_reason) if candidate.finish_reason is not None else "STOP"
-        return Parsed(text, usage, model, _FINISH.get(reason, reason.lower()))
+        pick = probs = None
+        if request is not None:
+            pick = read_choice(text, as_json=request.reasoning)
+            if pick is not None and not request.reasoning:
+                probs = _choice_probs(candidate, text, pick, request.choices)
+        return Parsed(
+            text, usage, model, _FINISH.get(reason, reason.lower()), choice=pick, choice_probs=probs
+        )
 
     # -- failures ------------------------------------------------------------------------------------
 
     def _verdict(self, exc: Exception) -> Transient | ModelError | None:
         http = self._http
-        if isinstance(exc, http.TimeoutException):
-            return Transient(f"no answer within timeout_s={self.timeout_s}")
-        if isinstance(exc, http.TransportError):
-            return Transient(f"connection error: {type(exc).__name__}: {clip(str(exc))}")
+        if isinstance(exc, http.TransportError):  # timeouts included, named from their root cause
+            return self._transport(exc)
         if isinstance(exc, self._genai_errors.APIError):
             status = int(exc.code or 0)
             message = str(exc.message or exc.status or exc)
@@ -153,7 +206,8 @@ class GeminiVLM(RemoteVLM):
 
 
 def _usage(meta: Any) -> Usage:
-    """Prompt tokens (cached ones included) in; candidates plus thinking tokens out (both billed)."""
+    """Prompt tokens (``cached_content_token_count`` of them from the implicit cache) in; candidates plus
+    thinking tokens out (both billed)."""
     if meta is None:
         return Usage()
     images = [
@@ -161,11 +215,35 @@ def _usage(meta: Any) -> Usage:
         for d in (meta.prompt_tokens_details or [])
         if _enum_name(getattr(d, "modality", None)) == "IMAGE"
     ]
+    prompt = meta.prompt_token_count or 0
+    thoughts = meta.thoughts_token_count or 0
     return Usage(
-        input_tokens=meta.prompt_token_count or 0,
-        output_tokens=(meta.candidates_token_count or 0) + (meta.thoughts_token_count or 0),
+        input_tokens=prompt,
+        output_tokens=(meta.candidates_token_count or 0) + thoughts,
         image_tokens=sum(images) if images else None,
+        cached_input_tokens=min(meta.cached_content_token_count or 0, prompt),
+        reasoning_tokens=thoughts,
     )
+
+
+def _choice_probs(candidate: Any, text: str, pick: str, choices: tuple[str, ...]) -> dict[str, float] | None:
+    """Each legal choice's probability from ``logprobs_result.top_candidates`` (an enum answer)."""
+    result = getattr(candidate, "logprobs_result", None)
+    chosen = getattr(result, "chosen_candidates", None) or []
+    top = getattr(result, "top_candidates", None) or []
+    start = text.find(pick)
+    if not chosen or len(top) != len(chosen) or start < 0:
+        return None
+    tokens = []
+    for step, alternatives in zip(chosen[:4096], top, strict=False):
+        token = getattr(step, "token", None)
+        if not isinstance(token, str):
+            return None
+        options = getattr(alternatives, "candidates", None) or []
+        tokens.append(
+            (token, [(getattr(c, "token", None), getattr(c, "log_probability", None)) for c in options[:64]])
+        )
+    return choice_probs_from_logprobs(tokens, text, start, choices)
 
 
 def _enum_name(value: Any) -> str:

@@ -8,14 +8,27 @@ module says how a request goes on the wire, how an answer is read and how the SD
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import importlib.util
 import itertools
+import json
 import os
+import re
 from typing import Any, Literal
 
 from atari_vlm import imaging
 from atari_vlm.errors import ConfigError, DependencyNotInstalled, ModelError, require
-from atari_vlm.models.base import ImagePart, Message, Request, TextPart, Usage
+from atari_vlm.models.base import Completion, ImagePart, Message, Request, TextPart, Usage
+from atari_vlm.models.constrain import (
+    TOOL_NAME,
+    choice_gbnf,
+    choice_probs_from_logprobs,
+    choice_regex,
+    choice_schema,
+    read_choice,
+)
+from atari_vlm.models.endpoints import SERVER_KINDS, probe_server
 from atari_vlm.models.remote import MalformedResponse, Parsed, RemoteVLM
 from atari_vlm.models.retry import Transient, clip, parse_retry_after
 
@@ -33,6 +46,20 @@ POOL_CONNECTIONS = 16
 """Requests in flight per SDK client on httpx: its pool scans every connection on each request."""
 HttpBackend = Literal["auto", "aiohttp", "httpx"]
 HTTP_BACKENDS: tuple[str, ...] = ("auto", "aiohttp", "httpx")
+TOP_LOGPROBS = 20
+"""Alternatives asked for at each token of a constrained answer (OpenAI's and vLLM's default cap)."""
+CONSTRAINT_FIELDS: dict[str, tuple[str, str]] = {
+    # server kind: (field without reasoning, field with a reasoning string first), as each documents it
+    "openai": ("response_format", "response_format"),  # json_schema, strict
+    "generic": ("response_format", "response_format"),
+    "ollama": ("response_format", "response_format"),  # /v1 takes json_schema (grammar-constrained)
+    "vllm": ("structured_outputs.choice", "structured_outputs.json"),  # guided_* is ignored since v0.12
+    "sglang": ("regex", "response_format"),
+    "llamacpp": ("grammar", "json_schema"),
+}
+"""How each kind of server is asked for an answer among the legal actions. ``transformers serve``
+has no such field (it ignores ``response_format``): not constrained."""
+_ACTION_VALUE = re.compile(r'"action"\s*:\s*"')
 
 
 class OpenAICompatVLM(RemoteVLM):
@@ -45,6 +72,7 @@ class OpenAICompatVLM(RemoteVLM):
     """
 
     provider = "OpenAI"
+    provider_id = "openai"
     key_env_vars = ("OPENAI_API_KEY",)
     default_base_url = DEFAULT_BASE_URL
 
@@ -54,14 +82,29 @@ class OpenAICompatVLM(RemoteVLM):
         model: str,
         image_detail: ImageDetail = "auto",
         http_backend: HttpBackend = "auto",
+        prompt_cache_key: str | None = None,
+        server_kind: str = "auto",
         **settings: Any,
     ) -> None:
+        """``prompt_cache_key``: sent to models that take one (OpenAI's, by the capability table) so that
+        a run's requests, which share their stable prefix, reach the same cache; None derives one from
+        the model and the prefix itself (the same for every decision of a run, and across a resume).
+        ``server_kind``: which documented field constrains an answer (see ``CONSTRAINT_FIELDS``);
+        ``auto``: OpenAI's own for OpenAI and its proxies, else asked of the server on the first
+        constrained request (``endpoints.probe_server``)."""
+        if server_kind not in SERVER_KINDS:
+            raise ConfigError(f"server_kind must be one of {SERVER_KINDS}, got {server_kind!r}")
         if image_detail not in IMAGE_DETAILS:
             raise ConfigError(f"image_detail must be one of {IMAGE_DETAILS}, got {image_detail!r}")
         if http_backend not in HTTP_BACKENDS:
             raise ConfigError(f"http_backend must be one of {HTTP_BACKENDS}, got {http_backend!r}")
         self.image_detail = image_detail
+        if prompt_cache_key is not None and (not prompt_cache_key or len(prompt_cache_key) > 64):
+            raise ConfigError(f"prompt_cache_key must be 1-64 characters, got {len(prompt_cache_key)}")
+        self.prompt_cache_key = prompt_cache_key
         super().__init__(model=model, **settings)
+        official = not self.custom_endpoint or self.capability.pattern != "*"
+        self.server_kind = "openai" if server_kind == "auto" and official else server_kind
         self._openai = require("openai", extra="openai")
         self._completion = require("openai.types.chat", extra="openai").ChatCompletion
         self.http_backend = self._pick_backend(http_backend)
@@ -120,24 +163,95 @@ class OpenAICompatVLM(RemoteVLM):
 
     # -- wire format ---------------------------------------------------------------------------------
 
-    def request_body(self, request: Request) -> dict[str, Any]:
+    def request_body(self, request: Request, *, constrained: bool | None = None) -> dict[str, Any]:
         """The keyword arguments of ``chat.completions.create`` (the JSON body) for ``request``.
 
         The answer-length limit is always sent: servers running random or small models may never
-        emit a stop token on their own. OpenAI's own API gets it as ``max_completion_tokens``, the
-        only name its reasoning models (o-series, GPT-5) accept and one every chat model takes;
-        compatible servers get the classic ``max_tokens``, which all of them read.
+        emit a stop token on their own. OpenAI's models get it as ``max_completion_tokens`` (the only
+        name reasoning models accept, and one every chat model takes), raised to fit a reasoning
+        level; compatible servers get the classic ``max_tokens``, which all of them read. Temperature
+        goes only to models that take one; ``reasoning_effort`` and ``prompt_cache_key`` only to those
+        the capability table says take them.
         """
-        limit = "max_completion_tokens" if self.base_url == DEFAULT_BASE_URL else "max_tokens"
+        capability = self.capability
+        messages = [self._message(m) for m in request.messages]
         body: dict[str, Any] = {
             "model": self.model,
-            "messages": [self._message(m) for m in request.messages],
-            limit: request.max_tokens,
-            "temperature": request.temperature,
+            "messages": messages,
+            capability.token_limit: self.answer_limit(request),
         }
-        if request.json_mode:
+        if self.sends_temperature:
+            body["temperature"] = request.temperature
+        if capability.reasoning_control == "openai_effort" and self.reasoning_value is not None:
+            body["reasoning_effort"] = self.reasoning_value
+        if capability.cache_key:
+            body["prompt_cache_key"] = self.prompt_cache_key or self._derived_cache_key(request, messages)
+        if self._wants_constraint(request, constrained):
+            self._constrain(body, request)
+        elif request.json_mode:
             body["response_format"] = {"type": "json_object"}
         return body
+
+    # -- constrained decisions -------------------------------------------------------------------
+
+    def _constraint_kind(self) -> str | None:
+        kind = "generic" if self.server_kind == "auto" else self.server_kind
+        field = CONSTRAINT_FIELDS.get(kind)
+        if field is None or (kind == "openai" and not self.capability.json_schema):
+            return None
+        return kind
+
+    def _constraint_field(self, request: Request) -> str:
+        kind = self._constraint_kind() or "generic"
+        return CONSTRAINT_FIELDS[kind][1 if request.reasoning else 0]
+
+    def _constrain(self, body: dict[str, Any], request: Request) -> None:
+        """The answer restricted to ``request.choices``, in the field this kind of server documents."""
+        choices, field = list(request.choices), self._constraint_field(request)
+        schema = choice_schema(choices, request.reasoning)
+        if field == "response_format":
+            body["response_format"] = {
+                "type": "json_schema",
+                "json_schema": {"name": TOOL_NAME, "strict": True, "schema": schema},
+            }
+        elif field == "structured_outputs.choice":
+            body["structured_outputs"] = {"choice": choices}
+        elif field == "structured_outputs.json":
+            body["structured_outputs"] = {"json": schema}
+        elif field == "regex":
+            body["regex"] = choice_regex(choices)
+        elif field == "grammar":
+            body["grammar"] = choice_gbnf(choices)
+        elif field == "json_schema":
+            body["json_schema"] = schema
+        if self.capability.logprobs:
+            body["logprobs"] = True
+            body["top_logprobs"] = TOP_LOGPROBS
+
+    async def generate(self, request: Request) -> Completion:
+        if request.decode == "constrained" and self.server_kind == "auto":
+            await self._detect_kind()
+        return await super().generate(request)
+
+    async def _detect_kind(self) -> None:
+        """Ask the server what it is, once (``auto``); a probe that fails leaves it ``generic``."""
+        try:
+            key = None if self._key == PLACEHOLDER_API_KEY else self._key
+            info = await asyncio.to_thread(
+                probe_server, self.base_url, api_key=key, timeout_s=min(self.timeout_s, 10)
+            )
+            self.server_kind = info.kind
+        except ConfigError:
+            self.server_kind = "generic"
+
+    def _derived_cache_key(self, request: Request, messages: list[dict[str, Any]]) -> str:
+        """A key that names the stable prefix: the same for every decision of a run (and a resume of it)."""
+        digest = hashlib.sha256(self.model.encode())
+        for i, j in request.prefix_parts():
+            content = messages[i]["content"]
+            piece = content if isinstance(content, str) else content[j]
+            digest.update(json.dumps(piece, sort_keys=True).encode())
+        return "atari-vlm-" + digest.hexdigest()[:32]
 
     def _message(self, message: Message) -> dict[str, Any]:
         if message.role != "user":
@@ -160,22 +274,61 @@ class OpenAICompatVLM(RemoteVLM):
         client = self._clients[next(self._turn) % len(self._clients)]
         return await client.post("/chat/completions", body=body, cast_to=self._completion)
 
-    def _parse(self, response: Any) -> Parsed:
+    def _parse(self, response: Any, request: Request | None = None) -> Parsed:
         # The SDK hands back the body as a str when the content type is not JSON.
         if isinstance(response, str) or not getattr(response, "choices", None):
             raise MalformedResponse(f"no chat completion in the response body: {clip(str(response))!r}")
         choice = response.choices[0]
+        text = choice.message.content or ""
+        pick = probs = None
+        if request is not None:
+            as_json = self._constraint_field(request) in (
+                "response_format",
+                "structured_outputs.json",
+                "json_schema",
+            )
+            pick = read_choice(text, as_json=as_json)
+            if pick is not None:
+                probs = self._choice_probs(choice, text, pick, request.choices, as_json)
         return Parsed(
-            text=choice.message.content or "",
+            text=text,
             usage=_usage(response.usage),
             model=response.model or "",
             finish_reason=choice.finish_reason or "stop",
+            choice=pick,
+            choice_probs=probs,
         )
+
+    @staticmethod
+    def _choice_probs(
+        choice: Any, text: str, pick: str, choices: tuple[str, ...], as_json: bool
+    ) -> dict[str, float] | None:
+        """Each legal choice's probability, from the top log-probabilities where the pick begins."""
+        content = getattr(getattr(choice, "logprobs", None), "content", None)
+        if not isinstance(content, list) or not content:
+            return None
+        if as_json:
+            match = _ACTION_VALUE.search(text)
+            start = match.end() if match else -1
+        else:
+            start = text.find(pick)
+        if start < 0 or not text[start:].startswith(pick):
+            return None
+        tokens = []
+        for item in content[:4096]:
+            token = getattr(item, "token", None)
+            alternatives = getattr(item, "top_logprobs", None) or []
+            if not isinstance(token, str):
+                return None
+            tokens.append(
+                (token, [(getattr(a, "token", None), getattr(a, "logprob", None)) for a in alternatives[:64]])
+            )
+        return choice_probs_from_logprobs(tokens, text, start, choices)
 
     # -- failures ------------------------------------------------------------------------------------
 
     def _what(self) -> str:
-        return f"chat completion with model {self.model!r} at {self.base_url}"
+        return f"chat completion with model {self.model!r} at {self.public_url}"
 
     def _verdict(self, exc: Exception) -> Transient | ModelError | None:
         if isinstance(exc, self._openai.APIStatusError):
@@ -186,7 +339,7 @@ class OpenAICompatVLM(RemoteVLM):
         status: int = exc.status_code
         server_says = clip(_server_message(exc))
         if status == 429 and exc.code == "insufficient_quota":
-            return ModelError(f"{self.base_url} says the account is out of quota (HTTP 429): {server_says}")
+            return ModelError(f"{self.public_url} says the account is out of quota (HTTP 429): {server_says}")
         if status in RETRY_STATUSES:
             return Transient(
                 f"HTTP {status}: {server_says}",
@@ -196,32 +349,42 @@ class OpenAICompatVLM(RemoteVLM):
         if status in (401, 403):
             # The server's text is left out on purpose: some servers echo the (masked) key.
             return ModelError(
-                f"{self.base_url} rejected the API key (HTTP {status}); check the key passed with "
+                f"{self.public_url} rejected the API key (HTTP {status}); check the key passed with "
                 "--api-key or set in OPENAI_API_KEY, and that it may use this model"
             )
         if status == 404:
             return ModelError(
-                f"model {self.model!r} or its endpoint was not found at {self.base_url} (HTTP 404: "
+                f"model {self.model!r} or its endpoint was not found at {self.public_url} (HTTP 404: "
                 f"{server_says}); check the model name (for a local server it must be the name the "
-                f"server serves, see GET {self.base_url}/models) and that base_url ends in /v1"
+                f"server serves, see GET {self.public_url}/models) and that base_url ends in /v1"
             )
         if status in (400, 413, 422):
-            return ModelError(f"{self.base_url} refused the request as bad (HTTP {status}): {server_says}")
-        return ModelError(f"{self.base_url} answered HTTP {status}: {server_says}")
+            return ModelError(f"{self.public_url} refused the request as bad (HTTP {status}): {server_says}")
+        return ModelError(f"{self.public_url} answered HTTP {status}: {server_says}")
 
     def _redact(self, text: str) -> str:
         return text if self._key == PLACEHOLDER_API_KEY else super()._redact(text)
 
 
+def _count(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
+
 def _usage(usage: Any) -> Usage:
+    """OpenAI's usage: ``prompt_tokens`` includes ``prompt_tokens_details.cached_tokens`` (billed at the
+    cache rate); ``completion_tokens`` includes ``completion_tokens_details.reasoning_tokens``."""
     if usage is None:
         return Usage()
     details = getattr(usage, "prompt_tokens_details", None)
     image_tokens = getattr(details, "image_tokens", None) if details is not None else None
+    completion_details = getattr(usage, "completion_tokens_details", None)
+    prompt = _count(usage.prompt_tokens)
     return Usage(
-        input_tokens=usage.prompt_tokens or 0,
-        output_tokens=usage.completion_tokens or 0,
+        input_tokens=prompt,
+        output_tokens=_count(usage.completion_tokens),
         image_tokens=image_tokens if isinstance(image_tokens, int) else None,
+        cached_input_tokens=min(_count(getattr(details, "cached_tokens", None)), prompt),
+        reasoning_tokens=_count(getattr(completion_details, "reasoning_tokens", None)),
     )
 
 

@@ -22,6 +22,7 @@ from typing import Any
 
 from atari_vlm.errors import ConfigError
 from atari_vlm.models.anthropic_backend import ANTHROPIC_KEY_ENV_VARS
+from atari_vlm.models.capabilities import Capability, capability_for
 from atari_vlm.models.gemini_backend import GEMINI_KEY_ENV_VARS
 
 __all__ = [
@@ -60,28 +61,64 @@ class Provider:
     key_env_vars: tuple[str, ...] = ()
     api_host: str | None = None
     """Host of the provider's own API: only calls to it are billed at the presets' prices."""
+    base_url_env_var: str | None = None
+    """The SDK's own variable for another endpoint (a company gateway, a LiteLLM proxy)."""
 
 
 PROVIDERS: dict[str, Provider] = {
-    "openai": Provider("openai", "openai", ("OPENAI_API_KEY",), "api.openai.com"),
-    "anthropic": Provider("anthropic", "anthropic", ANTHROPIC_KEY_ENV_VARS, "api.anthropic.com"),
-    "gemini": Provider("google.genai", "gemini", GEMINI_KEY_ENV_VARS, "generativelanguage.googleapis.com"),
+    "openai": Provider("openai", "openai", ("OPENAI_API_KEY",), "api.openai.com", "OPENAI_BASE_URL"),
+    "anthropic": Provider(
+        "anthropic", "anthropic", ANTHROPIC_KEY_ENV_VARS, "api.anthropic.com", "ANTHROPIC_BASE_URL"
+    ),
+    "gemini": Provider(
+        "google.genai",
+        "gemini",
+        GEMINI_KEY_ENV_VARS,
+        "generativelanguage.googleapis.com",
+        "GOOGLE_GEMINI_BASE_URL",
+    ),
     "local": Provider("transformers", "local"),
 }
 
 
 @dataclass(frozen=True)
 class Prices:
-    """USD per million input and output tokens, and where and when that was read."""
+    """USD per million tokens, and where and when that was read.
+
+    ``cached_input_per_mtok``: what a prompt token read from the provider's cache costs;
+    ``cache_write_per_mtok``: what a token written to it costs (Anthropic's 5-minute writes). ``None``:
+    unknown, and such tokens are billed at the plain input price, so a cost is never under-stated.
+    """
 
     input_per_mtok: float
     output_per_mtok: float
     date: str | None = None
     source: str | None = None
     note: str | None = None
+    cached_input_per_mtok: float | None = None
+    cache_write_per_mtok: float | None = None
 
-    def cost_usd(self, input_tokens: int, output_tokens: int) -> float:
-        return (input_tokens * self.input_per_mtok + output_tokens * self.output_per_mtok) / 1e6
+    @property
+    def cache_read_rate(self) -> float:
+        """USD per million cached prompt tokens (the input price where the cache price is unknown)."""
+        return self.input_per_mtok if self.cached_input_per_mtok is None else self.cached_input_per_mtok
+
+    @property
+    def cache_write_rate(self) -> float:
+        """USD per million prompt tokens written to the cache (the input price where unknown)."""
+        return self.input_per_mtok if self.cache_write_per_mtok is None else self.cache_write_per_mtok
+
+    def cost_usd(
+        self, input_tokens: int, output_tokens: int, cached_input_tokens: int = 0, cache_write_tokens: int = 0
+    ) -> float:
+        """Cost of a call; ``input_tokens`` includes the cached and written ones."""
+        plain = max(input_tokens - cached_input_tokens - cache_write_tokens, 0)
+        return (
+            plain * self.input_per_mtok
+            + cached_input_tokens * self.cache_read_rate
+            + cache_write_tokens * self.cache_write_rate
+            + output_tokens * self.output_per_mtok
+        ) / 1e6
 
 
 FREE = Prices(0.0, 0.0, note="runs on your own hardware")
@@ -106,6 +143,11 @@ class Preset:
     @property
     def is_api(self) -> bool:
         return self.provider != "local"
+
+    @property
+    def capability(self) -> Capability | None:
+        """What the model accepts and whether it is still served (API presets; None for local ones)."""
+        return capability_for(self.provider, self.model_id) if self.is_api else None
 
 
 Availability = tuple[Preset, bool, str]
@@ -199,14 +241,38 @@ def _parse_prices(price: Any, note: str | None, provider: str, where: str) -> Pr
         value = price.get(key)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
             raise ConfigError(f"{where}: price.{key} must be a number >= 0 (USD per million tokens)")
+    for key in ("cached_input_per_mtok", "cache_write_per_mtok"):
+        value = price.get(key)
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0
+        ):
+            raise ConfigError(f"{where}: price.{key} must be a number >= 0 or null (unknown)")
     if not isinstance(price.get("date"), str) or not _DATE.match(price["date"]):
         raise ConfigError(f"{where}: price.date must be the date the price was read, YYYY-MM or YYYY-MM-DD")
     if not isinstance(price.get("source"), str) or not price["source"].startswith("https://"):
         raise ConfigError(f"{where}: price.source must be the https:// URL the price was read from")
-    if unknown := sorted(set(price) - {"input_per_mtok", "output_per_mtok", "date", "source"}):
+    known = {
+        "input_per_mtok",
+        "output_per_mtok",
+        "cached_input_per_mtok",
+        "cache_write_per_mtok",
+        "date",
+        "source",
+    }
+    if unknown := sorted(set(price) - known):
         raise ConfigError(f"{where}: price has unknown fields {unknown}")
+
+    def optional(key: str) -> float | None:
+        return None if price.get(key) is None else float(price[key])
+
     return Prices(
-        float(price["input_per_mtok"]), float(price["output_per_mtok"]), price["date"], price["source"], note
+        float(price["input_per_mtok"]),
+        float(price["output_per_mtok"]),
+        price["date"],
+        price["source"],
+        note,
+        optional("cached_input_per_mtok"),
+        optional("cache_write_per_mtok"),
     )
 
 
@@ -291,6 +357,10 @@ def local_snapshot(model_id: str) -> Path | None:
 def availability(preset: Preset, *, api_key: str | None = None) -> tuple[bool, str]:
     """Whether ``preset`` can run here now, and why (or what to do). No network access."""
     provider = PROVIDERS[preset.provider]
+    capability = preset.capability
+    if capability is not None and capability.lifecycle.retired:
+        when = f" on {capability.lifecycle.date}" if capability.lifecycle.date else ""
+        return False, f"retired by {preset.provider}{when}"
     if not _installed(provider.module):
         return False, f'pip install "atari-vlm[{provider.extra}]"'
     if preset.is_api:

@@ -14,6 +14,12 @@ Accepted forms:
   ``ATARI_VLM_OPENAI_MODEL`` names one); else the OpenAI API when ``OPENAI_API_KEY`` is set
   (``$ATARI_VLM_OPENAI_MODEL``, default gpt-4o-mini); otherwise ``demo``, with a warning.
 
+Endpoints follow the SDKs' own conventions: without ``--base-url``, the API backends use
+``OPENAI_BASE_URL`` / ``ANTHROPIC_BASE_URL`` / ``GOOGLE_GEMINI_BASE_URL`` when set (a company
+gateway, a LiteLLM proxy). A preset behind any base URL is taken to be a proxy for the same model:
+its price and model rules still apply. A base URL is checked before anything is loaded, and is
+recorded (``LoadedModel.base_url``) without credentials.
+
 Each provider is a lazily imported module: nothing here imports an SDK until that provider is used.
 """
 
@@ -30,6 +36,12 @@ from urllib.parse import urlparse
 
 from atari_vlm.errors import ConfigError
 from atari_vlm.models.base import VLM
+from atari_vlm.models.endpoints import (
+    base_url_from_env,
+    probe_server,
+    safe_url,
+    validate_base_url,
+)
 from atari_vlm.models.presets import (
     FREE,
     PROVIDERS,
@@ -59,6 +71,11 @@ MODEL_FORMS = (
 )
 
 
+def check_base_url(url: str) -> str:
+    """``--base-url`` checked before play (the CLI calls this): the URL, or a ConfigError saying why not."""
+    return validate_base_url(url)
+
+
 @dataclass
 class LoadedModel:
     """A backend plus what the user should be told about it."""
@@ -71,11 +88,18 @@ class LoadedModel:
     prices: Prices | None = None  # USD per million tokens; None: unknown (a custom server, an unlisted model)
     preset: str | None = None  # the preset name, when one was used
 
+    @property
+    def base_url(self) -> str | None:
+        """The endpoint the backend talks to, without credentials (None for local models)."""
+        url = getattr(self.vlm, "public_url", None)
+        return url if isinstance(url, str) and url else None
+
     def describe(self) -> dict[str, Any]:
+        """What a run records about its model (never a secret). The endpoint is :attr:`base_url`."""
         return {"spec": self.spec, "provider": self.provider, "random_weights": self.random_weights}
 
 
-def _load_openai(model: str, options: ModelSpec) -> LoadedModel:
+def _load_openai(model: str, options: ModelSpec, **backend_options: Any) -> LoadedModel:
     from atari_vlm.models.openai_compat import OpenAICompatVLM
 
     if not model:
@@ -86,6 +110,11 @@ def _load_openai(model: str, options: ModelSpec) -> LoadedModel:
         api_key=options.api_key,
         concurrency=options.concurrency or DEFAULT_CONCURRENCY,
         image_detail=options.image_detail,
+        reasoning=options.reasoning,
+        timeout_s=options.timeout_s,
+        prompt_cache_key=options.prompt_cache_key,
+        server_kind=options.server_kind,
+        **backend_options,
     )
     return LoadedModel(vlm, f"openai:{model}", "openai")
 
@@ -118,28 +147,22 @@ def _load_demo(options: ModelSpec) -> LoadedModel:
 
 def _served_model(base_url: str, api_key: str | None) -> str:
     """The first model a server lists at ``/models`` (vLLM, Ollama and friends serve one or a few)."""
-    import json
-    import urllib.request
-
-    url = base_url.rstrip("/") + "/models"
-    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {api_key or 'not-needed'}"})
     try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            models = [m["id"] for m in json.loads(response.read())["data"]]
-    except Exception as exc:  # any failure means the same to the user: no usable server there
+        info = probe_server(base_url, api_key=api_key, timeout_s=10)
+    except ConfigError as exc:
         raise ConfigError(
-            f"'auto' found the server {base_url} but could not list its models at {url} "
-            f"({type(exc).__name__}); name the model with --model openai:<served name>"
+            f"'auto' found the server {safe_url(base_url)} but {exc}; name the model with "
+            "--model openai:<served name>"
         ) from None
-    if not models:
+    if not info.models:
         raise ConfigError(
-            f"the server {base_url} lists no models; name one with --model openai:<served name>"
+            f"the server {info.base_url} lists no models; name one with --model openai:<served name>"
         )
-    return models[0]
+    return info.models[0]
 
 
 def _load_auto(options: ModelSpec) -> LoadedModel:
-    base_url = options.base_url or os.environ.get("OPENAI_BASE_URL")
+    base_url = options.base_url or base_url_from_env("openai")
     if options.api_key or os.environ.get("OPENAI_API_KEY") or base_url:
         model = os.environ.get("ATARI_VLM_OPENAI_MODEL")
         if not model:
@@ -162,6 +185,8 @@ def _sdk_loader(provider: str, module: str, class_name: str, example: str):
             api_key=options.api_key,
             base_url=options.base_url,
             concurrency=options.concurrency or DEFAULT_CONCURRENCY,
+            reasoning=options.reasoning,
+            timeout_s=options.timeout_s,
             **backend_options,
         )
         return LoadedModel(vlm, f"{provider}:{model}", provider)
@@ -170,9 +195,9 @@ def _sdk_loader(provider: str, module: str, class_name: str, example: str):
 
 
 _load_anthropic = _sdk_loader(
-    "anthropic", "atari_vlm.models.anthropic_backend", "AnthropicVLM", "claude-sonnet-4-20250514"
+    "anthropic", "atari_vlm.models.anthropic_backend", "AnthropicVLM", "claude-sonnet-5"
 )
-_load_gemini = _sdk_loader("gemini", "atari_vlm.models.gemini_backend", "GeminiVLM", "gemini-2.5-flash")
+_load_gemini = _sdk_loader("gemini", "atari_vlm.models.gemini_backend", "GeminiVLM", "gemini-3.5-flash-lite")
 
 
 def _load_local_id(model_id: str, options: ModelSpec) -> LoadedModel:
@@ -205,16 +230,23 @@ def _load_preset(preset: Preset, options: ModelSpec) -> LoadedModel:
             "pass --trust-remote-code if you trust that repository"
         )
     api_preset = preset.provider != "local"
-    if api_preset and options.base_url:
-        raise ConfigError(
-            f"preset {preset.name!r} is the {preset.provider} API itself; for a model behind --base-url use "
-            "'openai:<served model name>'"
-        )
-    loaded = _PREFIXES[preset.provider](preset.model_id, options, **preset.backend_options)
+    backend_options = dict(preset.backend_options)
+    if api_preset:
+        # A preset behind --base-url or the SDK's variable is a proxy for the same model: its rules
+        # (and, below, its price) still apply, whatever the host.
+        backend_options.setdefault("capability", preset.capability)
+    loaded = _PREFIXES[preset.provider](preset.model_id, options, **backend_options)
     loaded.spec = loaded.spec if api_preset else preset.name
     loaded.prices = preset.prices
     loaded.preset = preset.name
-    if preset.legacy:
+    capability = preset.capability
+    if capability is not None and capability.lifecycle.retired:
+        when = f" on {capability.lifecycle.date}" if capability.lifecycle.date else ""
+        loaded.warning = (
+            f"preset {preset.name!r} ({preset.model_id}) was retired by {preset.provider}{when}: expect an "
+            f"error answer. {preset.prices.note or ''}".strip()
+        )
+    elif preset.legacy:
         loaded.warning = f"preset {preset.name!r} is a legacy model: {preset.prices.note}"
     return loaded
 
@@ -246,6 +278,8 @@ def load_model(model: str | ModelSpec) -> LoadedModel:
         model = ModelSpec(model=model)
     options = model
     spec = model.model
+    for provider in ("openai", "anthropic", "gemini"):
+        base_url_from_env(provider)  # a malformed OPENAI_BASE_URL & co. is refused before anything loads
     if not isinstance(spec, str) or not spec.strip():
         raise ConfigError(f"--model must be one of {MODEL_FORMS}; got {spec!r}")
     spec = spec.strip()

@@ -3,14 +3,16 @@
 A provider backend (:mod:`~atari_vlm.models.anthropic_backend`, :mod:`~atari_vlm.models.gemini_backend`)
 only says how a :class:`~atari_vlm.models.base.Request` becomes its SDK call, how the SDK's answer
 becomes text and usage, and how the SDK's exceptions read (status, message, Retry-After). The retry
-loop, the wall-clock latency, the concurrency bound and keeping the key out of every message live
-here once.
+loop, the wall-clock latency, the concurrency bound, keeping the key out of every message, the base
+URL (explicit, else the SDK's own variable, else the provider's API), the model's capability entry
+(:mod:`~atari_vlm.models.capabilities`) and the reasoning level live here once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import random
 import time
@@ -20,10 +22,34 @@ from typing import Any, ClassVar
 
 from atari_vlm import imaging
 from atari_vlm.errors import ConfigError, ModelError
-from atari_vlm.models.base import Completion, ImagePart, Message, Request, Usage
-from atari_vlm.models.retry import RetryPolicy, SharedBackoff, Sleep, Transient, clip, redact, with_retries
+from atari_vlm.models.base import (
+    REASONING_LEVELS,
+    Completion,
+    ImagePart,
+    Message,
+    ReasoningLevel,
+    Request,
+    Usage,
+)
+from atari_vlm.models.capabilities import Capability, capability_for, reasoning_allowance
+from atari_vlm.models.constrain import ConstraintRejected
+from atari_vlm.models.endpoints import BASE_URL_ENV_VARS, safe_url, validate_base_url
+from atari_vlm.models.retry import (
+    RetryPolicy,
+    SharedBackoff,
+    Sleep,
+    Transient,
+    clip,
+    describe_transport_error,
+    redact,
+    with_retries,
+)
 
 __all__ = ["MalformedResponse", "Parsed", "RemoteVLM", "resolve_key"]
+
+log = logging.getLogger(__name__)
+REJECTION_STATUSES = frozenset({400, 422})
+"""What a server answers a field it does not take (FastAPI-based servers: 422)."""
 
 
 class MalformedResponse(Exception):
@@ -38,6 +64,8 @@ class Parsed:
     usage: Usage
     model: str
     finish_reason: str
+    choice: str | None = None  # the constrained pick, read from the answer
+    choice_probs: dict[str, float] | None = None  # each legal choice's probability, where returned
 
 
 def resolve_key(api_key: str | None, env_vars: tuple[str, ...], provider: str) -> str:
@@ -62,6 +90,8 @@ class RemoteVLM(ABC):
 
     provider: ClassVar[str]
     """Human name of the provider, for messages ("Anthropic")."""
+    provider_id: ClassVar[str]
+    """The provider's key in the capability table and the SDK's base-URL variable ("anthropic")."""
     key_env_vars: ClassVar[tuple[str, ...]]
     """Environment variables the key is read from, in order."""
     default_base_url: ClassVar[str]
@@ -81,7 +111,12 @@ class RemoteVLM(ABC):
         backoff_max_s: float = 30.0,
         seed: int | None = None,
         sleep: Sleep | None = None,
+        reasoning: ReasoningLevel = "off",
+        capability: Capability | None = None,
     ) -> None:
+        """``base_url`` None: the SDK's own variable (``OPENAI_BASE_URL`` ...) if set, else the provider's
+        API. ``reasoning``: see :data:`~atari_vlm.models.base.REASONING_LEVELS`. ``capability``: the
+        model's rules; None looks them up by model id (on the provider's own API, or a proxy of it)."""
         if not model:
             raise ConfigError("model must be a non-empty model name")
         if image_format not in imaging.IMAGE_FORMATS:
@@ -92,19 +127,34 @@ class RemoteVLM(ABC):
             raise ConfigError(f"timeout_s must be > 0, got {timeout_s}")
         if concurrency < 1:
             raise ConfigError(f"concurrency must be >= 1, got {concurrency}")
+        if reasoning not in REASONING_LEVELS:
+            raise ConfigError(f"reasoning must be one of {REASONING_LEVELS}, got {reasoning!r}")
         self._policy = RetryPolicy(max_retries, backoff_base_s, backoff_max_s)
         self.backoff = SharedBackoff()  # every game using this model pauses together on a 429
         self.name = model
         self.model = model
+        env_var = BASE_URL_ENV_VARS.get(self.provider_id)
+        if base_url is None and env_var and os.environ.get(env_var):
+            base_url = validate_base_url(os.environ[env_var], what=env_var)
+        elif base_url is not None:
+            base_url = validate_base_url(base_url)
         self.base_url = (base_url or self.default_base_url).rstrip("/")
+        self.public_url = safe_url(self.base_url)  # what messages, repr and run files show
+        self.custom_endpoint = self.base_url != self.default_base_url.rstrip("/")
+        self.capability = capability or capability_for(
+            self.provider_id, model, official=not self.custom_endpoint
+        )
+        self.reasoning = reasoning
+        self.reasoning_value = self.capability.reasoning_value(reasoning)  # ConfigError if not supported
         self.image_format = image_format
         self.jpeg_quality = jpeg_quality
         self.timeout_s = timeout_s
         self.concurrency = concurrency
-        self._key = self._resolve_key(api_key, base_url)
+        self._key = self._resolve_key(api_key, base_url if self.custom_endpoint else None)
         self._rng = random.Random(seed)
         self._sleep: Sleep = sleep or asyncio.sleep
         self._semaphore = asyncio.Semaphore(concurrency)
+        self._constraint_refused: str | None = None
 
     def _resolve_key(self, api_key: str | None, base_url: str | None) -> str:
         """The key to send; ``base_url`` is the caller's (None: the default endpoint)."""
@@ -114,7 +164,8 @@ class RemoteVLM(ABC):
         """What ``repr`` shows, in order; never the key."""
         return {
             "model": self.model,
-            "base_url": self.base_url,
+            "base_url": self.public_url,
+            "reasoning": self.reasoning,
             "image_format": self.image_format,
             "timeout_s": self.timeout_s,
             "max_retries": self._policy.max_retries,
@@ -129,7 +180,16 @@ class RemoteVLM(ABC):
 
     @property
     def where(self) -> str:
-        return f"the {self.provider} API at {self.base_url}"
+        return f"the {self.provider} API at {self.public_url}"
+
+    def answer_limit(self, request: Request) -> int:
+        """The answer-length limit to send: the request's, plus room to think at a reasoning level."""
+        return request.max_tokens + reasoning_allowance(self.reasoning)
+
+    @property
+    def sends_temperature(self) -> bool:
+        """Whether this model takes a sampling temperature (current reasoning models refuse any)."""
+        return self.capability.sampling == "any"
 
     @property
     def key_hint(self) -> str:
@@ -137,19 +197,44 @@ class RemoteVLM(ABC):
 
     # -- VLM protocol --------------------------------------------------------------------------------
 
+    @property
+    def supports_constrained(self) -> bool:
+        """Whether a ``decode="constrained"`` request is answered with a constraint (the agent asks
+        this before choosing the decode mode). False once the server has refused the constraint."""
+        return self._constraint_kind() is not None and self._constraint_refused is None
+
+    def _constraint_kind(self) -> str | None:
+        """How this backend constrains an answer (a provider names its field), or None if it cannot."""
+        return None
+
     async def generate(self, request: Request) -> Completion:
-        """Send one request, retrying transient failures (see the class docstring)."""
-        body = self.request_body(request)
+        """Send one request, retrying transient failures (see the class docstring).
+
+        A constrained request gets the provider's constraint field where the backend has one; if the
+        server answers that request with a 400/422, it is sent again without the field, the backend
+        stays free from then on (one warning), and the completion says so in ``constraint_note``.
+        """
+        wanted = request.decode == "constrained"
+        constrained = wanted and self.supports_constrained
+        note = None
+        if wanted and not constrained:
+            note = self._constraint_refused or (
+                f"the {self.provider} backend for {self.model!r} cannot constrain an answer; answered free"
+            )
+        elif request.decode == "score":
+            note = "scoring needs the choices' likelihoods, which a hosted API does not give; answered free"
         start = time.perf_counter()
-        parsed, retries = await with_retries(
-            lambda: self._attempt(body),
-            classify=self._classify,
-            policy=self._policy,
-            rng=self._rng,
-            sleep=self._sleep,
-            what=self._what(),
-            gate=self.backoff,
-        )
+        try:
+            parsed, retries = await self._run(request, constrained)
+        except ConstraintRejected as exc:
+            self._constraint_refused = (
+                f"{self.public_url} refused the constraint field for model {self.model!r} ({exc}); "
+                "answering free from now on"
+            )
+            log.warning("%s", self._constraint_refused)
+            note, constrained = self._constraint_refused, False
+            parsed, retries = await self._run(request, False)
+            retries += 1  # the refused try
         latency = time.perf_counter() - start
         return Completion(
             text=parsed.text,
@@ -158,6 +243,22 @@ class RemoteVLM(ABC):
             model=parsed.model or self.model,
             finish_reason=parsed.finish_reason,
             retries=retries,
+            obtained="constrained" if constrained else "free",
+            choice=parsed.choice if constrained else None,
+            choice_probs=parsed.choice_probs if constrained else None,
+            constraint_note=note,
+        )
+
+    async def _run(self, request: Request, constrained: bool) -> tuple[Parsed, int]:
+        body = self.request_body(request, constrained=constrained)
+        return await with_retries(
+            lambda: self._attempt(body, request if constrained else None),
+            classify=lambda exc: self._classify(exc, constrained),
+            policy=self._policy,
+            rng=self._rng,
+            sleep=self._sleep,
+            what=self._what(),
+            gate=self.backoff,
         )
 
     @abstractmethod
@@ -166,36 +267,50 @@ class RemoteVLM(ABC):
     # -- what a provider fills in --------------------------------------------------------------------
 
     @abstractmethod
-    def request_body(self, request: Request) -> dict[str, Any]:
-        """The keyword arguments of the SDK call for ``request`` (what goes on the wire)."""
+    def request_body(self, request: Request, *, constrained: bool | None = None) -> dict[str, Any]:
+        """The keyword arguments of the SDK call for ``request`` (what goes on the wire).
+
+        ``constrained``: add the constraint field (None: when the request asks for it and this backend
+        supports it)."""
 
     @abstractmethod
     async def _send(self, body: dict[str, Any]) -> Any:
         """One SDK call; raises the SDK's exceptions or :class:`MalformedResponse`."""
 
     @abstractmethod
-    def _parse(self, response: Any) -> Parsed:
-        """Text, usage and finish reason of a response; :class:`MalformedResponse` if it has none."""
+    def _parse(self, response: Any, request: Request | None = None) -> Parsed:
+        """Text, usage and finish reason of a response; :class:`MalformedResponse` if it has none.
+        ``request``: the constrained request it answers (None for a free one): read its pick too."""
 
     @abstractmethod
     def _verdict(self, exc: Exception) -> Transient | ModelError | None:
         """Transient (retry), fatal (a ModelError saying what to fix) or not ours (None: re-raise)."""
 
+    def _status(self, exc: Exception) -> int | None:
+        """The HTTP status of an SDK error, if it is one."""
+        status = getattr(exc, "status_code", None)
+        return status if isinstance(status, int) else None
+
+    def _wants_constraint(self, request: Request, constrained: bool | None) -> bool:
+        if constrained is None:
+            return request.decode == "constrained" and self.supports_constrained
+        return constrained
+
     # -- shared helpers ------------------------------------------------------------------------------
 
     def _what(self) -> str:
         """How a request is named in the error raised once its retries are spent."""
-        return f"request to model {self.model!r} at {self.base_url}"
+        return f"request to model {self.model!r} at {self.public_url}"
 
     def _sdk_transport_verdict(self, sdk: Any, exc: Exception) -> Transient | None:
-        """Timeouts and connection errors of the ``openai`` / ``anthropic`` SDKs (same exception names)."""
-        if isinstance(exc, sdk.APITimeoutError):
-            return Transient(f"no answer within timeout_s={self.timeout_s}")
+        """Timeouts and connection errors of the ``openai`` / ``anthropic`` SDKs (same exception names),
+        named from their root cause (APITimeoutError subclasses APIConnectionError)."""
         if isinstance(exc, sdk.APIConnectionError):
-            cause = exc.__cause__ or exc.__context__
-            detail = f"{type(cause).__name__}: {cause}" if cause else str(exc)
-            return Transient(f"connection error: {clip(detail)}")
+            return self._transport(exc)
         return None
+
+    def _transport(self, exc: BaseException) -> Transient:
+        return Transient(describe_transport_error(exc, base_url=self.base_url, timeout_s=self.timeout_s))
 
     def _image_bytes(self, part: ImagePart) -> tuple[bytes, str]:
         """The encoded image and its MIME type."""
@@ -210,15 +325,18 @@ class RemoteVLM(ABC):
             raise ValueError("images are not allowed in system messages")
         return "\n\n".join(texts) if texts else None
 
-    async def _attempt(self, body: dict[str, Any]) -> Parsed:
+    async def _attempt(self, body: dict[str, Any], request: Request | None = None) -> Parsed:
         async with self._semaphore:
             response = await self._send(body)
-        return self._parse(response)  # inside the retry loop: a malformed body is retried
+        return self._parse(response, request)  # inside the retry loop: a malformed body is retried
 
-    def _classify(self, exc: Exception) -> Transient | ModelError | None:
+    def _classify(self, exc: Exception, constrained: bool = False) -> Transient | ModelError | None:
+        if constrained and self._status(exc) in REJECTION_STATUSES:
+            verdict = self._verdict(exc)
+            return ConstraintRejected(self._redact(str(verdict) if verdict else f"HTTP {self._status(exc)}"))
         if isinstance(exc, (MalformedResponse, json.JSONDecodeError)):
             verdict: Transient | ModelError | None = Transient(
-                f"malformed response ({clip(str(exc))}); is base_url {self.base_url} right?"
+                f"malformed response ({clip(str(exc))}); is base_url {self.public_url} right?"
             )
         else:
             verdict = self._verdict(exc)

@@ -12,10 +12,13 @@ import asyncio
 import email.utils
 import math
 import random
+import socket
+import ssl
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TypeVar
+from urllib.parse import urlparse
 
 from atari_vlm.errors import ConfigError, ModelError
 
@@ -27,6 +30,7 @@ __all__ = [
     "Transient",
     "classify_status",
     "clip",
+    "describe_transport_error",
     "parse_retry_after",
     "redact",
     "with_retries",
@@ -222,3 +226,54 @@ def classify_status(
     if status in (400, 413, 422):
         return ModelError(f"{where} refused the request as bad ({shown}): {clip(server_says)}")
     return ModelError(f"{where} answered {shown}: {clip(server_says)}")
+
+
+# -- transport failures, named ------------------------------------------------------------------------
+# The SDKs wrap what went wrong in their own exceptions (the openai SDK on aiohttp reports a refused
+# connection as a *timeout*), so the cause chain is read down to the operating system's own error.
+
+
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen and len(seen) < 32:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__
+
+
+def _endpoint(base_url: str) -> str:
+    parsed = urlparse(base_url)
+    host = parsed.hostname or base_url
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    return f"{host}:{port}"
+
+
+def describe_transport_error(exc: BaseException, *, base_url: str, timeout_s: float) -> str:
+    """What happened to a request that got no HTTP answer: connection refused, DNS failure, TLS
+    failure, a dropped connection, or a timeout; named from the root cause, not the SDK's wrapper."""
+    chain = list(_chain(exc))
+    where = _endpoint(base_url)
+    host = where.rsplit(":", 1)[0]
+    names = [type(e).__name__ for e in chain]
+    if any(isinstance(e, socket.gaierror) for e in chain) or any("DNS" in n for n in names):
+        return f"DNS lookup failed for {host} (is the host name in the base URL right?)"
+    tls = next((e for e in chain if isinstance(e, ssl.SSLError)), None)
+    if tls is not None or any("SSL" in n or "Certificate" in n for n in names):
+        reason = getattr(tls, "reason", None) or (str(tls) if tls else names[0])
+        return (
+            f"TLS failure talking to {where} ({clip(str(reason), 120)}); an http:// server behind an "
+            "https:// base URL, or a certificate this machine does not trust"
+        )
+    if any(isinstance(e, ConnectionRefusedError) for e in chain):
+        return f"connection refused by {where} (is the server running and listening there?)"
+    if any(
+        isinstance(e, (ConnectionResetError, BrokenPipeError, ConnectionAbortedError)) for e in chain
+    ) or any(n in ("RemoteProtocolError", "ServerDisconnectedError", "ClientPayloadError") for n in names):
+        return f"connection to {where} dropped before a whole answer came back"
+    if any(
+        isinstance(e, (TimeoutError, asyncio.TimeoutError)) or "Timeout" in type(e).__name__ for e in chain
+    ):
+        return f"no answer from {where} within timeout_s={timeout_s}"
+    root = chain[-1]
+    return f"connection error talking to {where}: {type(root).__name__}: {clip(str(root), 200)}"

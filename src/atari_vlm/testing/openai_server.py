@@ -22,11 +22,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import io
 import itertools
 import json
 import logging
 import random
+import re
 import signal
 import socket
 import struct
@@ -50,6 +52,32 @@ MAX_FAULTS = 10_000
 MAX_HANG_S = 300.0
 ROLES = ("system", "developer", "user", "assistant", "tool")
 DETAILS = ("auto", "low", "high")
+REASONING_EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh", "max")
+SERVER_KINDS = ("generic", "vllm", "sglang", "llamacpp", "ollama", "transformers")
+"""Kinds of server this one can pass for: what it says of itself (``owned_by``, Ollama's
+``/api/version``) and which constraint field it takes, each as that server documents it."""
+CONSTRAINT_MODES = ("honour", "ignore", "reject")
+OWNED_BY = {
+    "generic": "atari-vlm",
+    "vllm": "vllm",
+    "sglang": "sglang",
+    "llamacpp": "llamacpp",
+    "ollama": "library",
+}
+KIND_FIELDS = {
+    # the constraint fields each kind takes (vLLM also takes response_format; its old guided_* fields
+    # are ignored since v0.12; transformers serve ignores response_format and refuses the others)
+    "generic": ("response_format",),
+    "ollama": ("response_format",),
+    "vllm": ("structured_outputs", "response_format"),
+    "sglang": ("regex", "response_format"),
+    "llamacpp": ("grammar", "json_schema", "response_format"),
+    "transformers": (),
+}
+CONSTRAINT_FIELD_NAMES = ("response_format", "structured_outputs", "regex", "grammar", "json_schema")
+_GBNF_ROOT = re.compile(r"^root\s*::=\s*(.+)$")
+"""``reasoning_effort`` values the openai SDK documents (which ones a model takes is its own rule)."""
+MAX_PREFIXES = 4096
 
 Reply = str | Callable[[dict[str, Any]], str]
 
@@ -142,9 +170,25 @@ def _validate_chat(body: Any) -> None:
             raise _BadRequest(f"{where}.content must be a string or a non-empty list of parts", where)
         for j, part in enumerate(content):
             _validate_part(part, f"{where}.content[{j}]")
-    max_tokens = body.get("max_tokens")
-    if max_tokens is not None and (not isinstance(max_tokens, int) or max_tokens < 1):
-        raise _BadRequest("'max_tokens' must be a positive integer", "max_tokens")
+    for name in ("max_tokens", "max_completion_tokens"):
+        limit = body.get(name)
+        if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
+            raise _BadRequest(f"'{name}' must be a positive integer", name)
+    if "max_tokens" in body and "max_completion_tokens" in body:
+        raise _BadRequest("send 'max_tokens' or 'max_completion_tokens', not both", "max_tokens")
+    effort = body.get("reasoning_effort")
+    if effort is not None and effort not in REASONING_EFFORTS:
+        raise _BadRequest(f"'reasoning_effort' must be one of {REASONING_EFFORTS}", "reasoning_effort")
+    key = body.get("prompt_cache_key")
+    if key is not None and (not isinstance(key, str) or not key):
+        raise _BadRequest("'prompt_cache_key' must be a non-empty string", "prompt_cache_key")
+    if "logprobs" in body and not isinstance(body["logprobs"], bool):
+        raise _BadRequest("'logprobs' must be a boolean", "logprobs")
+    top = body.get("top_logprobs")
+    if top is not None and (not isinstance(top, int) or isinstance(top, bool) or not 0 <= top <= 20):
+        raise _BadRequest("'top_logprobs' must be an integer in [0, 20]", "top_logprobs")
+    if top is not None and body.get("logprobs") is not True:
+        raise _BadRequest("'top_logprobs' needs 'logprobs': true", "top_logprobs")
     temperature = body.get("temperature")
     if temperature is not None and (
         not isinstance(temperature, (int, float))
@@ -186,10 +230,102 @@ def _count_prompt(body: dict[str, Any]) -> tuple[int, int]:
     return words, images
 
 
+def _prompt_pieces(body: dict[str, Any], image_tokens: int, overhead: int) -> list[tuple[str, int]]:
+    """The prompt as (canonical JSON of a piece, its tokens), in order: what a prefix cache keys on."""
+    pieces: list[tuple[str, int]] = []
+    for message in body["messages"]:
+        content = message["content"]
+        parts = [{"type": "text", "text": content}] if isinstance(content, str) else content
+        pieces.append((json.dumps({"role": message["role"]}), overhead))
+        for part in parts:
+            tokens = len(part["text"].split()) if part["type"] == "text" else image_tokens
+            pieces.append((json.dumps(part, sort_keys=True), tokens))
+    return pieces
+
+
 def _error_body(
     message: str, *, type_: str = "invalid_request_error", param: str | None = None, code: str | None = None
 ) -> dict[str, Any]:
     return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+def _schema_choices(schema: Any, where: str) -> tuple[list[str], bool]:
+    """(the enum of ``action``, whether a ``reasoning`` string comes first) of a choice schema."""
+    if not isinstance(schema, dict) or schema.get("type") != "object":
+        raise _BadRequest(f"{where} must be an object schema", where)
+    properties = schema.get("properties")
+    action = properties.get("action") if isinstance(properties, dict) else None
+    enum = action.get("enum") if isinstance(action, dict) else None
+    if not isinstance(enum, list) or not enum or not all(isinstance(c, str) for c in enum):
+        raise _BadRequest(f"{where}.properties.action.enum must be a non-empty list of strings", where)
+    return enum, "reasoning" in properties
+
+
+def _response_format(value: Any) -> tuple[list[str], bool] | None:
+    """OpenAI's ``response_format``: the choices of a strict ``json_schema``, or None (json_object)."""
+    if not isinstance(value, dict) or value.get("type") not in ("json_schema", "json_object", "text"):
+        raise _BadRequest(
+            "'response_format.type' must be json_schema, json_object or text", "response_format"
+        )
+    if value["type"] != "json_schema":
+        return None
+    spec = value.get("json_schema")
+    if not isinstance(spec, dict) or not isinstance(spec.get("name"), str) or "schema" not in spec:
+        raise _BadRequest("'response_format.json_schema' needs a name and a schema", "response_format")
+    if "strict" in spec and not isinstance(spec["strict"], bool):
+        raise _BadRequest("'response_format.json_schema.strict' must be a boolean", "response_format")
+    if spec.get("strict") and spec["schema"].get("additionalProperties") is not False:
+        raise _BadRequest("strict schemas need additionalProperties: false", "response_format")
+    return _schema_choices(spec["schema"], "response_format.json_schema.schema")
+
+
+def _constraint(body: dict[str, Any], kind: str) -> tuple[str, list[str], bool] | None:
+    """(field, choices, JSON answer with reasoning?) of the constraint this kind of server honours."""
+    for key in KIND_FIELDS[kind]:
+        if key not in body:
+            continue
+        value = body[key]
+        if key == "response_format":
+            found = _response_format(value)
+            if found is not None:
+                return key, found[0], found[1]
+        elif key == "structured_outputs":
+            if not isinstance(value, dict) or len(value) != 1:
+                raise _BadRequest(
+                    "'structured_outputs' needs exactly one of choice, json, regex, grammar", key
+                )
+            ((name, spec),) = value.items()
+            if name == "choice":
+                if not isinstance(spec, list) or not spec or not all(isinstance(c, str) for c in spec):
+                    raise _BadRequest("'structured_outputs.choice' must be a list of strings", key)
+                return "structured_outputs.choice", spec, False
+            if name == "json":
+                choices, reasoning = _schema_choices(spec, "structured_outputs.json")
+                return "structured_outputs.json", choices, reasoning
+            raise _BadRequest(f"structured_outputs.{name} is not emulated here", key)
+        elif key == "regex":
+            if not isinstance(value, str):
+                raise _BadRequest("'regex' must be a string", key)
+            inner = value[1:-1] if value.startswith("(") and value.endswith(")") else value
+            choices = [re.sub(r"\\(.)", r"\1", c) for c in inner.split("|")]
+            if not all(re.fullmatch(value, c) for c in choices):
+                raise _BadRequest("'regex' must be an alternation of literal choices here", key)
+            return key, choices, False
+        elif key == "grammar":
+            match = _GBNF_ROOT.match(value) if isinstance(value, str) else None
+            if match is None:
+                raise _BadRequest("'grammar' must be a GBNF root rule", key)
+            try:
+                choices = [json.loads(alt.strip()) for alt in match.group(1).split(" | ")]
+            except ValueError:
+                raise _BadRequest("'grammar' alternatives must be quoted strings", key) from None
+            return key, choices, False
+        elif key == "json_schema":
+            if "grammar" in body:
+                raise _BadRequest('Either "json_schema" or "grammar" can be specified, but not both', key)
+            choices, reasoning = _schema_choices(value, "json_schema")
+            return key, choices, reasoning
+    return None
 
 
 class FakeOpenAIServer(ThreadingHTTPServer):
@@ -227,7 +363,23 @@ class FakeOpenAIServer(ThreadingHTTPServer):
         max_connections: int = 1024,
         idle_timeout_s: float = 30.0,
         hold_until: int = 0,
+        cache_min_tokens: int | None = None,
+        kind: str = "generic",
+        constraints: str = "honour",
+        choice_logprobs: Mapping[str, float] | None = None,
     ) -> None:
+        """``cache_min_tokens``: answer like OpenAI's prompt cache: a request whose leading messages and
+        parts repeat ones already seen reports those tokens as ``cached_tokens``, once they reach this
+        many (OpenAI's own minimum is 1024); None: no cache. ``kind``: which server to pass for (see
+        :data:`SERVER_KINDS`). ``constraints``: ``honour`` the constraint field the kind takes (answer
+        with a legal choice: the first one the reply names, else the first), ``ignore`` it (answer the
+        reply as it is), or ``reject`` it with a 400. ``choice_logprobs``: the log-probability each
+        choice gets in ``top_logprobs`` when a constrained request asks for ``logprobs``."""
+        if kind not in SERVER_KINDS or constraints not in CONSTRAINT_MODES:
+            raise ValueError(f"kind must be one of {SERVER_KINDS} and constraints one of {CONSTRAINT_MODES}")
+        self.kind = kind
+        self.constraints = constraints
+        self.choice_logprobs = dict(choice_logprobs or {})
         if latency_s < 0 or not 0 <= hang_s <= MAX_HANG_S:
             raise ValueError(f"need latency_s >= 0 and 0 <= hang_s <= {MAX_HANG_S}")
         self.model = model
@@ -250,6 +402,8 @@ class FakeOpenAIServer(ThreadingHTTPServer):
         self._fault_rng = random.Random(fault_seed)
         self.random_faults = 0
         self._requests: deque[RecordedRequest] = deque(maxlen=max_recorded)
+        self.cache_min_tokens = cache_min_tokens
+        self._prefixes: set[str] = set()  # digests of prompt prefixes seen (bounded)
         self._connections = threading.BoundedSemaphore(max_connections)
         self._ids = itertools.count(1)
         self._in_flight = 0
@@ -352,6 +506,28 @@ class FakeOpenAIServer(ThreadingHTTPServer):
         with self._lock:
             self._in_flight -= 1
 
+    def _cached_tokens(self, pieces: list[tuple[str, int]]) -> int:
+        """Tokens of the longest prefix of ``pieces`` seen before (0 below ``cache_min_tokens``); the
+        prefixes of this prompt are remembered for the next request."""
+        if self.cache_min_tokens is None:
+            return 0
+        digest = hashlib.sha256()
+        digests, sums, total = [], [], 0
+        for piece, tokens in pieces:
+            digest.update(piece.encode())
+            digests.append(digest.hexdigest())
+            total += tokens
+            sums.append(total)
+        with self._lock:
+            hit = 0
+            for d, tokens in zip(digests, sums, strict=True):
+                if d in self._prefixes:
+                    hit = tokens
+            if len(self._prefixes) + len(digests) > MAX_PREFIXES:
+                self._prefixes.clear()
+            self._prefixes.update(digests)
+        return hit if hit >= self.cache_min_tokens else 0
+
     def _wait(self, seconds: float) -> None:
         """Sleep that ends early when the server stops, so no handler outlives it by long."""
         if seconds > 0:
@@ -398,8 +574,11 @@ class _Handler(BaseHTTPRequestHandler):
         path = self.path.split("?", 1)[0].rstrip("/")
         if path == "/v1/models":
             ids = [self.server.model or "fake-model"]
-            data = [{"id": i, "object": "model", "created": 0, "owned_by": "atari-vlm"} for i in ids]
+            owner = OWNED_BY.get(self.server.kind, "atari-vlm")
+            data = [{"id": i, "object": "model", "created": 0, "owned_by": owner} for i in ids]
             self._send_json(200, {"object": "list", "data": data})
+        elif path == "/api/version" and self.server.kind == "ollama":
+            self._send_json(200, {"version": "0.40.12"})
         elif path == "/control/stats":
             self._send_json(200, self.server.stats())
         else:
@@ -470,8 +649,21 @@ class _Handler(BaseHTTPRequestHandler):
             return
         try:
             _validate_chat(body)
+            if server.kind == "transformers":
+                # transformers serve refuses fields it does not know (422) and ignores response_format
+                unknown = sorted(set(body) & (set(CONSTRAINT_FIELD_NAMES) - {"response_format"}))
+                if unknown:
+                    self._send_json(422, {"detail": f"Unexpected fields in the request: {set(unknown)}"})
+                    return
+            constraint = _constraint(body, server.kind)
         except _BadRequest as exc:
             self._send_json(400, _error_body(str(exc), param=exc.param))
+            return
+        if constraint is not None and server.constraints == "reject":
+            message = (
+                f"Unsupported parameter: '{constraint[0].split('.')[0]}' is not supported by this server."
+            )
+            self._send_json(400, _error_body(message, param=constraint[0].split(".")[0]))
             return
         if server.model is not None and body["model"] != server.model:
             message = f"The model `{body['model']}` does not exist or you do not have access to it."
@@ -482,19 +674,38 @@ class _Handler(BaseHTTPRequestHandler):
         except Exception as exc:  # a broken reply callable is the test's bug: say so loudly
             self._send_json(500, _error_body(f"reply callable failed: {exc!r}", type_="server_error"))
             return
+        tokens: list[tuple[str, str | None]] | None = None  # (token, choice it is the pick of)
+        if constraint is not None and server.constraints == "honour":
+            _, choices, as_json = constraint
+            named = [c for c in choices if re.search(rf"\b{re.escape(c)}\b", text)]
+            pick = named[-1] if named else choices[0]
+            if constraint[0] in ("structured_outputs.choice", "regex", "grammar"):
+                tokens = [(pick, pick)]
+            elif as_json:
+                tokens = [('{"reasoning": "it is the move", "action": "', None), (pick, pick), ('"}', None)]
+            else:
+                tokens = [('{"action": "', None), (pick, pick), ('"}', None)]
+            text = "".join(t for t, _ in tokens)
         words = text.split()
         finish_reason = "stop"
-        max_tokens = body.get("max_tokens")
+        max_tokens = body.get("max_tokens", body.get("max_completion_tokens"))
         if max_tokens is not None and len(words) > max_tokens:
             words, finish_reason = words[:max_tokens], "length"
             text = " ".join(words)
         prompt_words, images = _count_prompt(body)
         image_tokens = images * server.image_tokens
         prompt_tokens = prompt_words + image_tokens + server.prompt_overhead_tokens * len(body["messages"])
+        cached_tokens = 0
+        if server.cache_min_tokens is not None:  # only then: it costs the server CPU per request
+            pieces = _prompt_pieces(body, server.image_tokens, server.prompt_overhead_tokens)
+            cached_tokens = server._cached_tokens(pieces)
         content: str | None = text
         if fault is not None:
             content = "" if fault.kind == "empty" else None
             words = []
+        logprobs = None
+        if tokens is not None and body.get("logprobs") and server.kind != "transformers":
+            logprobs = {"content": [self._token_logprobs(t, pick_of, constraint[1]) for t, pick_of in tokens]}
         self._send_json(
             200,
             {
@@ -506,6 +717,7 @@ class _Handler(BaseHTTPRequestHandler):
                     {
                         "index": 0,
                         "message": {"role": "assistant", "content": content},
+                        "logprobs": logprobs,
                         "finish_reason": finish_reason,
                     }
                 ],
@@ -513,10 +725,20 @@ class _Handler(BaseHTTPRequestHandler):
                     "prompt_tokens": prompt_tokens,
                     "completion_tokens": len(words),
                     "total_tokens": prompt_tokens + len(words),
-                    "prompt_tokens_details": {"image_tokens": image_tokens},
+                    "prompt_tokens_details": {"image_tokens": image_tokens, "cached_tokens": cached_tokens},
                 },
             },
         )
+
+    def _token_logprobs(self, token: str, pick_of: str | None, choices: list[str]) -> dict[str, Any]:
+        """One token's entry of ``logprobs.content``; the pick's token lists every choice's logprob."""
+        top: list[dict[str, Any]] = []
+        if pick_of is not None:
+            known = self.server.choice_logprobs
+            top = [{"token": c, "logprob": known[c], "bytes": None} for c in choices if c in known]
+            top.sort(key=lambda t: -t["logprob"])
+        logprob = self.server.choice_logprobs.get(pick_of, 0.0) if pick_of is not None else 0.0
+        return {"token": token, "logprob": logprob, "bytes": None, "top_logprobs": top}
 
     def _fault(self, fault: Fault) -> None:
         if fault.kind == "status":
@@ -616,6 +838,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--image-tokens", type=int, default=85, help="prompt tokens counted per image")
     parser.add_argument("--hang", type=float, default=10.0, help="seconds a 'hang' fault waits")
     parser.add_argument("--faults", default="[]", help="JSON list of fault specs to start with")
+    parser.add_argument(
+        "--cache-min-tokens", type=int, default=None, help="report repeated prompt prefixes as cached_tokens"
+    )
+    parser.add_argument("--kind", default="generic", choices=SERVER_KINDS, help="the server to pass for")
+    parser.add_argument("--constraints", default="honour", choices=CONSTRAINT_MODES, help="constraint fields")
     args = parser.parse_args(argv)
     server = FakeOpenAIServer(
         args.port,
@@ -625,6 +852,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         api_key=args.api_key,
         image_tokens=args.image_tokens,
         hang_s=args.hang,
+        cache_min_tokens=args.cache_min_tokens,
+        kind=args.kind,
+        constraints=args.constraints,
     )
     server.add_faults(*json.loads(args.faults))
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
