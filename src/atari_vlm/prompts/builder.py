@@ -135,7 +135,7 @@ class PromptBuilder:
         parts.append(TextPart(turn))
         return Request(
             messages=(self._system, Message("user", tuple(parts))),
-            stable_prefix=1 + len(exemplars),  # the system prompt and the exemplars: a provider may cache them
+            stable_prefix=1 + len(exemplars),  # the system prompt and exemplars: a provider may cache them
             max_tokens=self.max_tokens,
             temperature=self.decoding.temperature,
             json_mode=self.prompt.answer_format == "json",
