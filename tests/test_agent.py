@@ -89,7 +89,7 @@ def test_a_custom_prompt_file_is_used_and_a_missing_one_is_a_clear_error(tmp_pat
     bad.write_text("Play ${nonsense}")
     with pytest.raises(ConfigError, match="unknown or malformed variable"):
         make_agent([], prompt=str(bad))
-    with pytest.raises(ConfigError, match=r"prompt must be one of basic, cot, expert or a \.txt template"):
+    with pytest.raises(ConfigError, match=r"prompt must be one of basic, cot, expert, atari-gpt or a \.txt"):
         make_agent([], prompt="fancy")
 
 

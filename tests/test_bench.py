@@ -34,13 +34,17 @@ def test_plan_puts_the_random_baseline_beside_every_game(tmp_path):
     )
     assert [(c.game, c.model, c.prompt) for c in combos] == [
         ("Pong", "random", "-"),
+        ("Pong", "expert", "-"),  # a RAM expert exists for Pong and Breakout: the ceiling beside the floor
         ("Pong", "demo", "basic"),
         ("Pong", "demo", "cot"),
         ("Breakout", "random", "-"),
+        ("Breakout", "expert", "-"),
         ("Breakout", "demo", "basic"),
         ("Breakout", "demo", "cot"),
     ]
-    assert protocol.name == "atari-gpt" and len(seeds) == protocol.runs
+    assert protocol.name == "atari-gpt" and protocol.runs == 4 and seeds == (0, 1, 2, 3, 4)  # at least 5
+    assert all(c.spec.env.stuck_decisions == 100 for c in combos)  # on by default in benchmarks
+    assert {c.spec.observation.label for c in combos} == {"screen"}  # Atari-GPT's models saw no state text
     with pytest.raises(ConfigError, match="unknown game"):
         plan(BenchSpec(out=tmp_path, sweep=SweepSpec(games=("Pongg",), models=("demo",))))
 
@@ -76,7 +80,9 @@ def test_bench_sweep_end_to_end_and_resumable(tmp_path, capsys):
         assert spec["env"]["decision_interval"] == 2 and spec["env"]["total_env_steps"] == 1000
         assert [e["seed"] for e in read_jsonl(run / "episodes.jsonl")] == [3, 4]
     demo_config = json.loads((tmp_path / "Pong" / "demo" / "basic" / "config.json").read_text())
-    assert demo_config["spec"]["prompt"]["history_images"] == 4  # the protocol's context of 4 pairs
+    assert demo_config["spec"]["prompt"]["history_images"] == 1  # the previous frame and answer
+    assert demo_config["spec"]["observation"]["state_text"] is False
+    assert demo_config["spec"]["decoding"]["reprompts"] == 3
     assert main(args) == 0  # a second call finds everything done
-    assert capsys.readouterr().err.count("done already") == 2
+    assert capsys.readouterr().err.count("done already") == 3  # random, expert, demo
     assert {p.name for p in (tmp_path / "results").iterdir()} == {"results.md", "results.csv", "results.json"}

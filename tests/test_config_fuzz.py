@@ -52,7 +52,8 @@ def test_protocol_loader_accepts_or_explains(data):
     except ConfigError as exc:
         assert str(exc)
     else:
-        assert protocol.frame_skip >= 1 and 0.0 <= protocol.repeat_action_probability <= 1.0
+        assert protocol.setting("frame_skip") >= 1
+        assert 0.0 <= protocol.setting("repeat_action_probability") <= 1.0
 
 
 @settings(max_examples=40, deadline=None)

@@ -300,7 +300,7 @@ def test_bench_on_ray_matches_a_local_bench(
     on_ray = bench(tmp_path / "ray", "ray")
     assert ray_instance.is_initialized()  # the sweep joined the running instance and left it running
     runs = sorted(p.parent.relative_to(tmp_path / "local") for p in (tmp_path / "local").rglob("config.json"))
-    assert len(runs) == 4  # 2 games x (the model, the random baseline)
+    assert len(runs) == 6  # 2 games x (the model, the random baseline, the RAM expert)
     for run in runs:
         assert_same_games(tmp_path / "local" / run, tmp_path / "ray" / run)
     untimed_rows = [

@@ -156,13 +156,18 @@ def test_bootstrap_options_are_checked():
 
 def test_builtin_protocols():
     gpt = load_protocol("atari-gpt")
-    assert (gpt.total_env_steps, gpt.frame_skip, gpt.decision_interval, gpt.context_pairs) == (1000, 4, 2, 4)
-    assert gpt.reset_on_game_over and gpt.filler_action == "NOOP" and gpt.decisions_per_run == 500
+    settings = ("total_env_steps", "frame_skip", "decision_interval", "history_images")
+    assert [gpt.setting(k) for k in settings] == [1000, 4, 2, 1]
+    assert gpt.setting("state_text") is False and gpt.setting("resize_shape") == (512, 512)
+    assert len(gpt.checks) >= 10 and all(" " in c for c in gpt.checks)
+    assert gpt.setting("reset_on_game_over") and gpt.setting("filler_action") == "NOOP"
+    assert gpt.decisions_per_run == 500
     assert "Pong" in gpt.games and len(gpt.games) == 7
     machado = PROTOCOLS["machado"]
-    assert machado.repeat_action_probability == 0.25 and machado.noop_max == 30
-    assert machado.max_episode_frames == 108_000
-    assert gpt.fixed_settings()["history_images"] == 4 and machado.fixed_settings()["frame_skip"] == 4
+    # Machado et al. replaced no-op starts by sticky actions: the protocol has none.
+    assert machado.setting("repeat_action_probability") == 0.25 and machado.setting("noop_max") == 0
+    assert machado.setting("max_episode_frames") == 108_000
+    assert gpt.fixed_settings()["history_images"] == 1 and machado.fixed_settings()["frame_skip"] == 4
     for p in PROTOCOLS.values():
         assert p.description and p.source
         assert Protocol.from_dict(p.to_dict()) == p  # round trip through plain data
@@ -174,12 +179,18 @@ def test_protocol_from_json_and_toml(tmp_path):
         json.dumps({"name": "quick", "base": "atari-gpt", "total_env_steps": 200, "games": ["pong"]})
     )
     p = load_protocol(path)
-    assert (p.name, p.total_env_steps, p.decision_interval, p.games) == ("quick", 200, 2, ("Pong",))
+    assert (p.name, p.setting("total_env_steps"), p.setting("decision_interval"), p.games) == (
+        "quick",
+        200,
+        2,
+        ("Pong",),
+    )
     assert "atari-gpt" in p.source
     toml = tmp_path / "mine.toml"
     toml.write_text('name = "sticky-off"\nrepeat_action_probability = 0\nfiller_action = "noop"\n')
     p = load_protocol(str(toml))
-    assert p.repeat_action_probability == 0.0 and p.filler_action == "NOOP" and p.total_env_steps is None
+    assert p.setting("repeat_action_probability") == 0.0 and p.setting("filler_action") == "NOOP"
+    assert p.setting("total_env_steps") is None and "total_env_steps" not in p.settings
 
 
 @pytest.mark.parametrize(
@@ -190,22 +201,25 @@ def test_protocol_from_json_and_toml(tmp_path):
         ({"name": 3}, "field 'name' must be a string"),
         ({"description": 5}, "field 'description' must be a string"),
         ({"source": None}, "field 'source' must be a string"),
-        ({"frame_skip": 0}, "field 'frame_skip' must be >= 1"),
-        ({"frame_skip": 2.5}, "field 'frame_skip' must be an integer"),
-        ({"frame_skip": True}, "field 'frame_skip' must be an integer"),
-        ({"repeat_action_probability": 1.5}, "field 'repeat_action_probability' must be between 0 and 1"),
-        ({"repeat_action_probability": "high"}, "field 'repeat_action_probability' must be a number"),
-        ({"full_action_space": "yes"}, "field 'full_action_space' must be true or false"),
-        ({"noop_max": -1}, "field 'noop_max' must be >= 0"),
-        ({"max_episode_frames": 0}, "field 'max_episode_frames' must be >= 1"),
-        ({"max_episode_frames": "many"}, "field 'max_episode_frames' must be an integer or null"),
-        ({"total_env_steps": -5}, "field 'total_env_steps' must be >= 1"),
-        ({"reset_on_game_over": 1}, "field 'reset_on_game_over' must be true or false"),
+        ({"frame_skip": 0}, "field frame_skip must be between 1 and 64, got 0"),
+        ({"frame_skip": 2.5}, "field frame_skip must be an integer"),
+        ({"frame_skip": True}, "field frame_skip must be an integer"),
+        ({"repeat_action_probability": 1.5}, "field repeat_action_probability must be between 0 and 1"),
+        ({"repeat_action_probability": "high"}, "field repeat_action_probability must be a number"),
+        ({"full_action_space": "yes"}, "field full_action_space must be true or false"),
+        ({"noop_max": -1}, "field noop_max must be between 0 and 1000"),
+        ({"max_episode_frames": 0}, "field max_episode_frames must be between 1 and"),
+        ({"max_episode_frames": "many"}, "field max_episode_frames must be an integer"),
+        ({"total_env_steps": -5}, "field total_env_steps must be between 1 and"),
+        ({"reset_on_game_over": 1}, "field reset_on_game_over must be true or false"),
         ({"reset_on_game_over": True}, "'reset_on_game_over' needs a 'total_env_steps' budget"),
-        ({"decision_interval": 0}, "field 'decision_interval' must be >= 1"),
-        ({"filler_action": " "}, "field 'filler_action' must not be empty"),
-        ({"context_pairs": -1}, "field 'context_pairs' must be >= 0"),
-        ({"runs": 0}, "field 'runs' must be >= 1"),
+        ({"decision_interval": 0}, "field decision_interval must be between 1 and 100"),
+        ({"filler_action": " "}, "field filler_action must be a non-empty string"),
+        ({"context_pairs": -1}, "field history_steps must be between 0 and 64"),
+        ({"state_text": "no"}, "field state_text must be true or false"),
+        ({"settings": {"model": "gpt-4o"}}, "'model' is not a setting a protocol may fix"),
+        ({"settings": {"seed": 3}}, "'seed' is not a setting a protocol may fix"),
+        ({"runs": 0}, "field 'runs' must be an integer >= 1"),
         ({"games": "Pong"}, "field 'games' must be a list of game names"),
         ({"games": ["Pong", "Pongg"]}, r"field 'games\[1\]': unknown game 'Pongg'"),
         ({"table": "mine"}, "field 'table' must be one of"),
@@ -217,7 +231,7 @@ def test_every_protocol_field_is_validated(fields, message):
 
 
 def test_protocol_file_errors(tmp_path):
-    with pytest.raises(ConfigError, match=r"unknown protocol field\(s\) \['frameskip'\]"):
+    with pytest.raises(ConfigError, match=r"unknown protocol field\(s\) \['frameskip'\]; known"):
         Protocol.from_dict({"name": "p", "frameskip": 4})
     with pytest.raises(ConfigError, match="field 'name' is missing"):
         Protocol.from_dict({"frame_skip": 4})
@@ -243,9 +257,21 @@ def test_protocol_file_errors(tmp_path):
     wrong = tmp_path / "wrong.json"
     wrong.write_text(json.dumps({"name": "w", "decision_interval": "2"}))
     with pytest.raises(
-        ConfigError, match=r"wrong\.json: protocol 'w': field 'decision_interval' must be an integer"
+        ConfigError, match=r"wrong\.json: protocol 'w': field decision_interval must be an integer"
     ):
         load_protocol(wrong)
+    huge = tmp_path / "huge.json"
+    huge.write_text('{"name": "h", "frame_skip": ' + "9" * 5000 + "}")
+    with pytest.raises(ConfigError, match="not valid JSON"):
+        load_protocol(huge)
+    deep = tmp_path / "deep.json"
+    deep.write_text('{"name": "d", "games": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    with pytest.raises(ConfigError, match="larger than 64 KiB"):
+        load_protocol(deep)
+    nested = tmp_path / "nested.json"
+    nested.write_text('{"name": "d", "games": ' + "[" * 30_000 + "]" * 30_000 + "}")
+    with pytest.raises(ConfigError, match="nested too deeply"):
+        load_protocol(nested)
     assert protocols_module.PROTOCOLS["atari-gpt"] is load_protocol("atari-gpt")
 
 

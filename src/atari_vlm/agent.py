@@ -9,6 +9,7 @@ spec by :func:`atari_vlm.workers.build_agent`.
 
 from __future__ import annotations
 
+import dataclasses
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ import numpy as np
 
 from atari_vlm.memory import Exemplar
 from atari_vlm.models.base import VLM, Completion, Part, Request, Usage
-from atari_vlm.prompts import invalid_answer_feedback, parse_action
+from atari_vlm.prompts import invalid_answer_feedback, parse_action, reprompt_feedback
 from atari_vlm.prompts.builder import PromptBuilder, Recall
 
 FALLBACK_ACTION = "NOOP"
@@ -37,6 +38,7 @@ class Decision:
     latency_s: float = 0.0
     retries: int = 0
     cost_usd: float | None = None  # None: no price known (a custom server), or no model
+    reprompts: int = 0  # times the model was asked again after an answer with no legal action
 
 
 class Agent(Protocol):
@@ -144,7 +146,27 @@ class VLMAgent:
             self._history_images.append((self._step, obs["image"]))
 
     async def act(self, obs: dict[str, Any]) -> Decision:
-        completion = await self.model.generate(self.build_request(obs))
-        decision = self.decide(completion)
+        """One decision; an unusable answer is asked again (with the feedback) up to
+        ``DecodingSpec.reprompts`` times, every call's tokens, cost and time counted in the decision."""
+        decision = self.decide(await self.model.generate(self.build_request(obs)))
+        for again in range(1, self.builder.decoding.reprompts + 1):
+            if decision.parsed:
+                break
+            self._feedback = reprompt_feedback()  # nothing was played yet: ask again
+            retry = self.decide(await self.model.generate(self.build_request(obs)))
+            decision = _combined(decision, retry, reprompts=again)
         self._remember(obs, decision)
         return decision
+
+
+def _combined(first: Decision, then: Decision, *, reprompts: int) -> Decision:
+    """``then``'s answer with what both calls cost."""
+    costs = [c for c in (first.cost_usd, then.cost_usd) if c is not None]
+    return dataclasses.replace(
+        then,
+        usage=first.usage + then.usage,
+        latency_s=first.latency_s + then.latency_s,
+        retries=first.retries + then.retries,
+        cost_usd=sum(costs) if costs else None,
+        reprompts=reprompts,
+    )

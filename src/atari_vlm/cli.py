@@ -151,6 +151,8 @@ PLAY_SECTIONS: dict[str | None, Sequence[str] | str] = {
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from atari_vlm.spec import BENCH_STUCK_DECISIONS
+
     parser = _Parser(prog="atari-vlm", description="Vision-language models play Atari 2600 games.")
     parser.add_argument("--version", action="version", version=f"atari-vlm {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -194,7 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
             "model": ALL,
         },
         exclude=("model", "prompt"),
-        defaults={"video": False},  # sweeps are many runs: videos only when asked for
+        # Sweeps are many runs: videos only when asked for; a stuck episode ends (spec.BENCH_STUCK_DECISIONS).
+        defaults={"video": False, "stuck_decisions": BENCH_STUCK_DECISIONS},
     )
 
     train = sub.add_parser("train", help="play, remember, evaluate on held-out seeds, checkpoint; resumable")

@@ -12,6 +12,7 @@ actions 0.25, the 108,000-frame episode cap) unless the spec says otherwise. Fro
     ResizeFrame, GrayscaleFrame         what one frame looks like to the model
     FrameStackObservation               the last frame_stack frames
     VLMObservation                      image (grid or current frame), frames, state text
+    StuckEnd                            stuck_decisions: end when the screen stops changing
     TimeLimit                           max_steps decisions
     AtariVLMEnv                         the spec, action names, the native frame for videos
 
@@ -49,6 +50,7 @@ from atari_vlm.wrappers import (
     MaxPoolSkip,
     NoopStart,
     ResizeFrame,
+    StuckEnd,
     VLMObservation,
 )
 
@@ -65,6 +67,7 @@ class StepInfo(TypedDict, total=False):
     game_overs: int  # games restarted within this episode (reset_on_game_over)
     episode_frame_number: int
     episode_return: float
+    stuck: bool  # the episode ended because the screen had stopped changing (stuck_decisions)
 
 
 def ale_env(env: EnvSpec, *, render_mode: str | None = "rgb_array", obs_type: str = "rgb") -> gym.Env:
@@ -121,6 +124,8 @@ class AtariVLMEnv(gym.Wrapper):
         stack = VLMObservation(
             stack, env.game, layout=observation.frame_layout, state_text=observation.state_text
         )
+        if env.stuck_decisions is not None:
+            stack = StuckEnd(stack, env.stuck_decisions)
         if env.max_steps is not None:
             stack = TimeLimit(stack, env.max_steps)
         super().__init__(stack)
@@ -174,9 +179,10 @@ class AtariVLMEnv(gym.Wrapper):
 
     @staticmethod
     def _info(info: dict[str, Any]) -> StepInfo:
-        keep = ("lives", "step", "env_steps", "game_overs", "episode_frame_number", "episode_return")
+        keep = ("lives", "step", "env_steps", "game_overs", "episode_frame_number", "episode_return", "stuck")
         out = {k: info[k] for k in keep if k in info}
         out.setdefault("game_overs", 0)
+        out.setdefault("stuck", False)
         return out  # type: ignore[return-value]
 
 

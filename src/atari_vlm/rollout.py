@@ -56,6 +56,7 @@ class EpisodeResult:
     wall_s: float = 0.0
     terminated: bool = False
     truncated: bool = False
+    stuck: bool = False  # ended because the screen stopped changing (EnvSpec.stuck_decisions)
     video: str | None = None
 
     @classmethod
@@ -76,6 +77,7 @@ class EpisodeResult:
             wall_s=float(record.get("wall_s") or 0.0),
             terminated=bool(record.get("terminated")),
             truncated=bool(record.get("truncated")),
+            stuck=record.get("stuck") is True,
             video=record.get("video"),
         )
 
@@ -95,6 +97,7 @@ class EpisodeResult:
             "wall_s": round(self.wall_s, 3),
             "terminated": self.terminated,
             "truncated": self.truncated,
+            "stuck": self.stuck,
             "video": self.video,
         }
 
@@ -183,6 +186,7 @@ async def play_episode(
                         **decision.usage.to_record(),
                         "latency_s": round(decision.latency_s, 4),
                         "retries": decision.retries,
+                        "reprompts": decision.reprompts,
                         "cost_usd": decision.cost_usd,
                     }
                 )
@@ -190,6 +194,7 @@ async def play_episode(
                 on_step(1)
             if terminated or truncated:
                 result.terminated, result.truncated = terminated, truncated
+                result.stuck = bool(info.get("stuck"))
                 break
         finished = True
     finally:

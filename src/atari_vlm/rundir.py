@@ -88,6 +88,8 @@ def read_run_spec(config: Any, where: str | Path) -> RunSpec:
 
 def resume_refusal(old: dict[str, Any], new: dict[str, Any], spec: RunSpec, where: Path) -> str | None:
     """Why the run recorded as ``old`` cannot go on as ``new`` (None when it can)."""
+    if not isinstance(old, dict):
+        raise ConfigError(f"cannot resume: {where} does not hold a JSON object")
     if old.get("kind", "play") != new.get("kind"):
         return f"it holds a {old.get('kind', 'play')} run, not a {new.get('kind')} run"
     recorded = read_run_spec(old, where)

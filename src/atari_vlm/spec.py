@@ -66,9 +66,12 @@ __all__ = [
 FORMAT_VERSION = 2
 """Version of the spec as stored in config.json (1: the flat, hand-written config of atari-vlm 0.1)."""
 V5_MAX_EPISODE_FRAMES = 108_000
+BENCH_STUCK_DECISIONS = 100
+"""Benchmarks end an episode whose screen has not changed for this many decisions (400 frames, 6.7 s of
+game time at frame skip 4): a model that never presses FIRE neither plays on to the frame cap nor bills."""
 """The episode cap ALE registers for every ``ALE/*-v5`` id: 30 minutes of game time."""
 AGENTS: tuple[str, ...] = ("vlm", "random", "expert")
-PROMPT_STYLES: tuple[str, ...] = ("basic", "cot", "expert")
+PROMPT_STYLES: tuple[str, ...] = ("basic", "cot", "expert", "atari-gpt")
 DECODE_CHOICES: tuple[str, ...] = ("auto", "free", "constrained", "score")
 REASONING_LEVELS: tuple[str, ...] = ("off", "low", "medium", "high")
 """How much a model may think before it answers: off asks for the least each model allows."""
@@ -445,6 +448,14 @@ class EnvSpec(_Section):
         help="with --total-env-steps: a game over restarts the game and rewards keep adding up",
         check=boolean,
     )
+    stuck_decisions: int | None = setting(
+        None,
+        help="end an episode (as stuck) once the screen the model sees has not changed for N decisions, "
+        "e.g. Breakout waiting for FIRE (benchmarks: 100; none: never)",
+        check=integer(2, 1_000_000, optional=True),
+        parse=_parse_optional_int,
+        metavar="N",
+    )
 
     def _check_together(self) -> None:
         if self.reset_on_game_over and self.total_env_steps is None:
@@ -480,9 +491,19 @@ class ObservationSpec(_Section):
         "skip (flickering sprites stay visible)",
         check=boolean,
     )
+    screen: bool = setting(True, help="show the model the screen(s)", check=boolean, on_off=True)
     state_text: bool = setting(
         True, help="add a text description of the game state read from RAM", check=boolean, on_off=True
     )
+
+    def _check_together(self) -> None:
+        if not (self.screen or self.state_text):
+            raise ConfigError("the model must observe something: --screen on, --state-text on, or both")
+
+    @property
+    def label(self) -> str:
+        """What the model observes, as sweeps name it: screen, text or screen+text."""
+        return "+".join(name for name, on in (("screen", self.screen), ("text", self.state_text)) if on)
 
 
 @dataclass(frozen=True)
@@ -493,7 +514,7 @@ class PromptSpec(_Section):
 
     prompt: str = setting(
         "basic",
-        help="basic | cot | expert | a template .txt file",
+        help="basic | cot | expert | atari-gpt (the paper's wording) | a template .txt file",
         check=_prompt_style,
         aliases=("--prompt-file",),
         metavar="STYLE",
@@ -548,6 +569,13 @@ class DecodingSpec(_Section):
         "constrained (the backend can only answer a legal action), free (text, parsed), auto (the "
         "strongest the backend offers)",
         check=choice(*DECODE_CHOICES),
+    )
+    reprompts: int = setting(
+        0,
+        help="after an answer that names no legal action, ask again (saying why) up to N times before "
+        "playing the fallback",
+        check=integer(0, 10),
+        metavar="N",
     )
 
 
@@ -684,6 +712,22 @@ def _names(name: str, value: Any) -> tuple[str, ...]:
     return tuple(text(max_length=4096)(name, v) for v in value)
 
 
+OBSERVATIONS: dict[str, dict[str, bool]] = {
+    "screen": {"screen": True, "state_text": False},
+    "text": {"screen": False, "state_text": True},
+    "screen+text": {"screen": True, "state_text": True},
+}
+"""What a sweep's observation factor means, in ObservationSpec settings."""
+
+
+def _observations(name: str, value: Any) -> tuple[str, ...]:
+    kinds = _names(name, value)
+    bad = [k for k in kinds if k not in OBSERVATIONS]
+    if bad or len(set(kinds)) != len(kinds):
+        raise ConfigError(f"{name} must be distinct kinds among {', '.join(OBSERVATIONS)}; got {list(kinds)}")
+    return kinds
+
+
 def _parse_names(value: str) -> tuple[str, ...]:
     return tuple(v.strip() for v in value.split(",") if v.strip())
 
@@ -712,9 +756,17 @@ class SweepSpec(_Section):
         parse=_parse_names,
         metavar="STYLES",
     )
+    observations: tuple[str, ...] = setting(
+        (),
+        help="comma-separated: what the model observes, each a factor of the sweep: screen, text, "
+        "screen+text (none: what --screen and --state-text say)",
+        check=_observations,
+        parse=_parse_names,
+        metavar="KINDS",
+    )
     seeds: tuple[int, ...] | None = setting(
         None,
-        help="env seeds, e.g. 0-4 or 1,5,9 (default: the protocol's runs, else 0-4)",
+        help="env seeds, e.g. 0-4 or 1,5,9 (default: the protocol's runs, at least 5)",
         check=_seed_list,
         parse=parse_seeds,
         metavar="SEEDS",

@@ -42,6 +42,7 @@ __all__ = [
     "MaxPoolSkip",
     "NoopStart",
     "ResizeFrame",
+    "StuckEnd",
     "VLMObservation",
 ]
 
@@ -224,6 +225,35 @@ class GrayscaleFrame(gym.ObservationWrapper, gym.utils.RecordConstructorArgs):
 
     def observation(self, observation: np.ndarray) -> np.ndarray:
         return imaging.to_grayscale(observation)
+
+
+class StuckEnd(gym.Wrapper, gym.utils.RecordConstructorArgs):
+    """End an episode once the screen has not changed for ``decisions`` steps in a row (Breakout
+    waiting for FIRE, a paused game), so that a stuck agent neither plays on to the frame cap nor
+    bills for it. The step that ends it is truncated with ``info["stuck"] = True``.
+
+    It compares the newest frame of a :class:`VLMObservation` (what the model sees).
+    """
+
+    def __init__(self, env: gym.Env, decisions: int):
+        gym.utils.RecordConstructorArgs.__init__(self, decisions=decisions)
+        super().__init__(env)
+        self.decisions = _check_positive("stuck_decisions", decisions, 2)
+        self._last: bytes | None = None
+        self._same = 0
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[Any, dict]:
+        obs, info = self.env.reset(seed=seed, options=options)
+        self._last, self._same = obs["frames"][-1].tobytes(), 0
+        return obs, {**info, "stuck": False}
+
+    def step(self, action: Any) -> StepResult:
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        frame = obs["frames"][-1].tobytes()
+        self._same = self._same + 1 if frame == self._last else 0
+        self._last = frame
+        stuck = self._same >= self.decisions and not terminated
+        return obs, reward, terminated, truncated or stuck, {**info, "stuck": stuck}
 
 
 _OUTSIDE_CHARSET = re.compile(f"[^{re.escape(string.printable)}]")

@@ -1,85 +1,78 @@
 """Evaluation protocols as data: what "a score on game X" was measured under.
 
-Two results are comparable only under the same protocol (sticky actions, episode cap, no-op starts,
-how often the model decides, how much it remembers). A :class:`Protocol` writes those choices down;
-the runner applies them. Built-in protocols are in :data:`PROTOCOLS`; users add their own in a JSON or
-TOML file, optionally starting from a built-in one with ``base``::
+Two results are comparable only under the same protocol (sticky actions, episode cap, what the model
+is shown, how often it decides, how much it remembers, how it answers). A :class:`Protocol` names
+the run-spec settings it fixes (any setting of the env, observation, prompt and decoding sections of
+:mod:`atari_vlm.spec`, by its flat name), plus the games and runs it asks for and the table it is
+scored against. Built-in protocols are in :data:`PROTOCOLS`; users add their own in a JSON or TOML
+file, optionally starting from a built-in one with ``base``::
 
     # my_protocol.toml
     name = "atari-gpt-sticky"
     base = "atari-gpt"
     repeat_action_probability = 0.25
+
+A protocol's settings are applied by :func:`with_protocol`: they replace defaults, and a setting the
+user gives that the protocol fixes otherwise is refused.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
 from atari_vlm.errors import ConfigError
-from atari_vlm.spec import V5_MAX_EPISODE_FRAMES
+from atari_vlm.spec import V5_MAX_EPISODE_FRAMES, RunSpec
+
+MAX_PROTOCOL_FILE_BYTES = 64 * 1024
+PROTOCOL_FIELDS = ("name", "description", "source", "runs", "games", "table", "checks", "settings")
+FIXABLE_SECTIONS = ("env", "observation", "prompt", "decoding")
+"""The spec sections a protocol may fix: what is played and how it is asked, never which model plays,
+the seeds, or where and how fast the run goes."""
+LEGACY_FIELDS = {"context_pairs": ("history_steps", "history_images")}
+"""Fields of atari-vlm 0.1's protocol files and the settings they set (``context_pairs`` = N: the last N
+frame/answer pairs shown again, as images and text)."""
+
+
+def fixable_settings() -> dict[str, tuple[str, Any, Any]]:
+    """Flat name -> (section, setting, default) of every setting a protocol may fix."""
+    return {
+        name: (section, setting, default)
+        for name, (section, setting, default) in RunSpec.flat_settings().items()
+        if section in FIXABLE_SECTIONS and setting.cli and name != "game"
+    }
 
 
 @dataclass(frozen=True)
 class Protocol:
     """One evaluation protocol. Every field is checked on construction (ConfigError names the field).
 
-    Units: an *env step* is one call of ``env.step`` (``frame_skip`` emulator frames); a *frame* is one
-    emulator frame (60 per second of game time).
-
     Fields:
         name: identifier, e.g. "atari-gpt" (letters, digits, ``-``, ``_``, ``.``).
         description: one or two sentences for tables and reports.
         source: the paper or page the protocol comes from ("" for a user's own).
-        frame_skip: emulator frames per env step; the chosen action repeats over them (ALE v5: 4).
-        repeat_action_probability: sticky actions: at every emulator frame the previous action is
-            kept with this probability instead of the chosen one (Machado et al. 2018: 0.25; 0 off).
-        full_action_space: all 18 ALE actions instead of the game's minimal set.
-        noop_max: at each reset, play a uniformly random number of NOOP env steps in
-            ``[0, noop_max]`` before the agent's first decision (DQN Nature: up to 30; 0 off). They count
-            towards ``max_episode_frames`` but are not decisions.
-        max_episode_frames: truncate an episode after this many emulator frames (``None``: no cap).
-            108,000 frames (ALE v5's own cap, the default) is 30 minutes of play.
-        total_env_steps: the evaluation budget in env steps for one *run* on one game (``None``: play
-            whole episodes instead). With a budget, the run lasts exactly this many env steps.
-        reset_on_game_over: with a budget: when the game ends before the budget is spent, reset and
-            keep playing; the run's score is the sum of rewards over all its episodes. Without it, the
-            run stops at the first game over.
-        decision_interval: the model decides at every ``decision_interval``-th env step (1: every
-            step); the env steps in between play ``filler_action`` and are not model calls.
-        filler_action: the action played on env steps without a decision (an action name of the
-            game, normally "NOOP").
-        context_pairs: how many of the most recent (frame the model saw, the model's answer) pairs are
-            shown again with each new request, oldest first (a rolling window; 0: no history).
-            Cleared at every reset.
+        settings: the run-spec settings it fixes, by flat name (``frame_skip``, ``state_text``,
+            ``total_env_steps``, ``answer_format``, ...); the others keep the spec's defaults.
         runs: independent runs (seeds) per game that the protocol asks for.
         games: the games the protocol is defined on (canonical ALE names; empty: any game).
         table: reference table for human-normalized scores (a key of
             :data:`atari_vlm.bench.scores.TABLES`).
+        checks: for a protocol that follows a paper, each point of it and where the paper says so.
     """
 
     name: str
     description: str = ""
     source: str = ""
-    frame_skip: int = 4
-    repeat_action_probability: float = 0.25
-    full_action_space: bool = False
-    noop_max: int = 0
-    max_episode_frames: int | None = V5_MAX_EPISODE_FRAMES
-    total_env_steps: int | None = None
-    reset_on_game_over: bool = False
-    decision_interval: int = 1
-    filler_action: str = "NOOP"
-    context_pairs: int = 0
+    settings: Mapping[str, Any] = field(default_factory=dict)
     runs: int = 1
     games: tuple[str, ...] = ()
     table: str = "dqn_nature"
+    checks: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         _check_str(self, "name", allow_empty=False)
@@ -89,33 +82,41 @@ class Protocol:
             )
         _check_str(self, "description")
         _check_str(self, "source")
-        _check_int(self, "frame_skip", low=1)
-        _check_bool(self, "full_action_space")
-        _check_int(self, "noop_max", low=0)
-        _check_int(self, "max_episode_frames", low=1, optional=True)
-        _check_int(self, "total_env_steps", low=1, optional=True)
-        _check_bool(self, "reset_on_game_over")
-        _check_int(self, "decision_interval", low=1)
-        _check_str(self, "filler_action", allow_empty=False)
-        _check_int(self, "context_pairs", low=0)
-        _check_int(self, "runs", low=1)
-        p = self.repeat_action_probability
-        if isinstance(p, bool) or not isinstance(p, (int, float)) or not math.isfinite(p):
-            raise ConfigError(_msg(self, "repeat_action_probability", "must be a number", p))
-        if not 0.0 <= p <= 1.0:
-            raise ConfigError(_msg(self, "repeat_action_probability", "must be between 0 and 1", p))
-        object.__setattr__(self, "repeat_action_probability", float(p))
-        object.__setattr__(self, "filler_action", self.filler_action.strip().upper())
+        if isinstance(self.runs, bool) or not isinstance(self.runs, int) or self.runs < 1:
+            raise ConfigError(_msg(self, "runs", "must be an integer >= 1", self.runs))
+        if not isinstance(self.checks, (list, tuple)) or not all(isinstance(c, str) for c in self.checks):
+            raise ConfigError(_msg(self, "checks", "must be a list of strings", self.checks))
+        object.__setattr__(self, "checks", tuple(self.checks))
+        object.__setattr__(self, "settings", MappingProxyType(self._checked_settings()))
         self._check_games()
         from atari_vlm.bench.scores import TABLES
 
         if self.table not in TABLES:
             raise ConfigError(_msg(self, "table", f"must be one of {sorted(TABLES)}", self.table))
-        if self.reset_on_game_over and self.total_env_steps is None:
+
+    def _checked_settings(self) -> dict[str, Any]:
+        if not isinstance(self.settings, Mapping):
+            raise ConfigError(_msg(self, "settings", "must be a mapping of run-spec settings", self.settings))
+        allowed = fixable_settings()
+        out: dict[str, Any] = {}
+        for name, value in self.settings.items():
+            if name not in allowed:
+                raise ConfigError(
+                    f"protocol {self.name!r}: {name!r} is not a setting a protocol may fix; it may fix: "
+                    f"{', '.join(sorted(allowed))}"
+                )
+            _, setting, _ = allowed[name]
+            value = tuple(value) if isinstance(value, list) else value
+            try:
+                out[name] = setting.check(name, value)
+            except ConfigError as exc:
+                raise ConfigError(f"protocol {self.name!r}: field {exc}") from None
+        if out.get("reset_on_game_over") and out.get("total_env_steps") is None:
             raise ConfigError(
                 f"protocol {self.name!r}: 'reset_on_game_over' needs a 'total_env_steps' budget "
                 "(without one, every episode is already played to its end)"
             )
+        return out
 
     def _check_games(self) -> None:
         from atari_vlm.games import resolve_game
@@ -131,37 +132,39 @@ class Protocol:
                 raise ConfigError(f"protocol {self.name!r}: field 'games[{i}]': {exc}") from exc
         object.__setattr__(self, "games", tuple(resolved))
 
+    def setting(self, name: str) -> Any:
+        """The value this protocol fixes for setting ``name``, else the spec's default."""
+        if name in self.settings:
+            return self.settings[name]
+        return RunSpec.flat_settings()[name][2]
+
     @property
     def decisions_per_run(self) -> int | None:
         """Model calls in one budgeted run (``None`` without a budget)."""
-        if self.total_env_steps is None:
-            return None
-        return math.ceil(self.total_env_steps / self.decision_interval)
+        budget = self.setting("total_env_steps")
+        return None if budget is None else math.ceil(budget / self.setting("decision_interval"))
 
     def fixed_settings(self) -> dict[str, Any]:
-        """The run-spec settings this protocol fixes, by their flat names (see :mod:`atari_vlm.spec`)."""
-        return {
-            "frame_skip": self.frame_skip,
-            "repeat_action_probability": self.repeat_action_probability,
-            "full_action_space": self.full_action_space,
-            "noop_max": self.noop_max,
-            "max_episode_frames": self.max_episode_frames,
-            "total_env_steps": self.total_env_steps,
-            "reset_on_game_over": self.reset_on_game_over,
-            "decision_interval": self.decision_interval,
-            "filler_action": self.filler_action,
-            "history_steps": self.context_pairs,
-            "history_images": self.context_pairs,
-        }
+        """The run-spec settings this protocol fixes, by their flat names."""
+        return dict(self.settings)
 
     def to_dict(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
-        data["games"] = list(self.games)
-        return data
+        return {
+            "name": self.name,
+            "description": self.description,
+            "source": self.source,
+            "settings": {k: list(v) if isinstance(v, tuple) else v for k, v in self.settings.items()},
+            "runs": self.runs,
+            "games": list(self.games),
+            "table": self.table,
+            "checks": list(self.checks),
+        }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, origin: str = "protocol") -> Protocol:
         """Build a protocol from plain data (a parsed JSON/TOML file), with ``base`` inheritance.
+
+        Settings may be given under ``settings`` or at the top level (``frame_skip = 4``).
 
         Raises:
             ConfigError: not a mapping, unknown or missing field, unknown base, or a bad value.
@@ -170,10 +173,21 @@ class Protocol:
             raise ConfigError(f"{origin}: a protocol must be a mapping of fields, got {type(data).__name__}")
         data = dict(data)
         base_name = data.pop("base", None)
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
+        allowed = fixable_settings()
+        settings = data.pop("settings", {})
+        if not isinstance(settings, Mapping):
+            raise ConfigError(f"{origin}: protocol field 'settings' must be a mapping, got {settings!r}")
+        settings = dict(settings)
+        for key in [k for k in data if k in allowed or k in LEGACY_FIELDS]:
+            value = data.pop(key)
+            for name in LEGACY_FIELDS.get(key, (key,)):
+                settings[name] = value
+        unknown = sorted(str(k) for k in data if k not in PROTOCOL_FIELDS)
         if unknown:
-            raise ConfigError(f"{origin}: unknown protocol field(s) {unknown}; known fields: {sorted(known)}")
+            raise ConfigError(
+                f"{origin}: unknown protocol field(s) {unknown}; known fields: {list(PROTOCOL_FIELDS)} and "
+                f"the run-spec settings a protocol may fix: {sorted(allowed)}"
+            )
         if "name" not in data:
             raise ConfigError(f"{origin}: protocol field 'name' is missing")
         fields: dict[str, Any] = {}
@@ -182,45 +196,62 @@ class Protocol:
                 raise ConfigError(
                     f"{origin}: protocol field 'base' must be one of {sorted(PROTOCOLS)}, got {base_name!r}"
                 )
-            fields = dataclasses.asdict(PROTOCOLS[base_name])
-            fields["source"] = f"based on {base_name!r}"
+            base = PROTOCOLS[base_name]
+            fields = {"description": base.description, "runs": base.runs, "games": base.games}
+            fields.update(table=base.table, source=f"based on {base_name!r}")
+            settings = {**base.settings, **settings}
         fields.update(data)
-        if isinstance(fields.get("games"), list):
-            fields["games"] = tuple(fields["games"])
+        fields["settings"] = settings
+        for key in ("games", "checks"):
+            if isinstance(fields.get(key), list):
+                fields[key] = tuple(fields[key])
         try:
             return cls(**fields)
         except ConfigError as exc:
             raise ConfigError(f"{origin}: {exc}") from exc
 
 
-def _msg(p: Protocol, field: str, what: str, value: Any) -> str:
-    return f"protocol {p.name!r}: field {field!r} {what}, got {value!r}"
+def _msg(p: Protocol, name: str, what: str, value: Any) -> str:
+    return f"protocol {p.name!r}: field {name!r} {what}, got {value!r}"
 
 
-def _check_int(p: Protocol, field: str, *, low: int, optional: bool = False) -> None:
-    value = getattr(p, field)
-    if value is None and optional:
-        return
-    if isinstance(value, bool) or not isinstance(value, int):
-        kind = "an integer or null" if optional else "an integer"
-        raise ConfigError(_msg(p, field, f"must be {kind}", value))
-    if value < low:
-        raise ConfigError(_msg(p, field, f"must be >= {low}", value))
-
-
-def _check_bool(p: Protocol, field: str) -> None:
-    value = getattr(p, field)
-    if not isinstance(value, bool):
-        raise ConfigError(_msg(p, field, "must be true or false", value))
-
-
-def _check_str(p: Protocol, field: str, *, allow_empty: bool = True) -> None:
-    value = getattr(p, field)
+def _check_str(p: Protocol, name: str, *, allow_empty: bool = True) -> None:
+    value = getattr(p, name)
     if not isinstance(value, str):
-        raise ConfigError(_msg(p, field, "must be a string", value))
+        raise ConfigError(_msg(p, name, "must be a string", value))
     if not allow_empty and not value.strip():
-        raise ConfigError(_msg(p, field, "must not be empty", value))
+        raise ConfigError(_msg(p, name, "must not be empty", value))
 
+
+ATARI_GPT_SOURCE = (
+    "Waytowich et al. 2024, 'Atari-GPT: Benchmarking Multimodal Large Language Models as Low-Level "
+    "Policies in Atari Games', arXiv:2408.15950"
+)
+
+ATARI_GPT_CHECKS = (
+    "observation: screen only - the models 'directly engage with game environments' from frames "
+    "(arXiv:2408.15950v2 abstract); each request is frames and a fixed instruction, no state text "
+    "(the authors' code)",
+    "frames: 'the model was presented with two frames (the previous and the current frame)' (v1); v2 "
+    "summaries speak of two previous frames and responses, the authors' code keeps three: here the "
+    "previous frame and answer (history 1), as v1 states; a protocol file based on this one may keep more",
+    "frame skip: 'a frame skipping interval of 8 frames' (v1): frame skip 4 and a decision every other "
+    "env step, NOOP between, as the authors' code plays it",
+    "budget: 'cumulative reward over 1000 steps' (v1), env steps with NOOPs counted; the code resets on "
+    "game over and keeps summing rewards",
+    "image size: 'resized to be 512x512x3 for all tested models' (v1); JPEG as in the code",
+    "answer: JSON with keys reasoning and action (v1 and v2); the paper asks for the action's number, "
+    "here its name or number is accepted (the parser reads both)",
+    "invalid answers: 'The model was re-prompted when these edge cases occurred' (v1); the code re-asks "
+    "at most 3 times, then plays action 0 (NOOP here)",
+    "sticky actions: not stated; the code ran 5 of the 7 games as Deterministic-v4 (none) and Alien and "
+    "Frogger as v5 (0.25): here 0 for all (the majority), a deliberate choice",
+    "action space: 'the default action space available for each game' (v1): the minimal set",
+    "sampling: temperature 1 in the authors' code for every model (the paper names none)",
+    "runs: 'four rollouts of each model and each environment' (v1); benches play at least 5 seeds",
+    "not reproduced: the code's 15 NOOP steps at the start of each run, and its per-game system prompt "
+    "text beyond the opening sentences quoted in the atari-gpt prompt style",
+)
 
 PROTOCOLS: Mapping[str, Protocol] = MappingProxyType(
     {
@@ -229,36 +260,55 @@ PROTOCOLS: Mapping[str, Protocol] = MappingProxyType(
             Protocol(
                 name="atari-gpt",
                 description=(
-                    "1000 env steps at frame skip 4; the model decides every other step (NOOP between) "
-                    "with its last 4 frame/answer pairs as context; game over resets and rewards add up. "
-                    "ALE v5 defaults otherwise."
+                    "As Atari-GPT ran it: the screen only (no state text), the previous frame and answer "
+                    "beside the current frame, 512x512 frames, the model deciding every other env step "
+                    "(NOOP between: 8 frames apart) for 1000 env steps with game overs reset and rewards "
+                    "summed, reasoning then action as JSON, re-asked up to 3 times on an invalid action."
                 ),
-                source=(
-                    "Waytowich et al. 2024, 'Atari-GPT: Benchmarking Multimodal Large Language Models as "
-                    "Low-Level Policies in Atari Games', arXiv:2408.15950"
-                ),
-                frame_skip=4,
-                total_env_steps=1000,
-                reset_on_game_over=True,
-                decision_interval=2,
-                filler_action="NOOP",
-                context_pairs=4,
+                source=ATARI_GPT_SOURCE,
+                settings={
+                    "frame_skip": 4,
+                    "decision_interval": 2,
+                    "filler_action": "NOOP",
+                    "total_env_steps": 1000,
+                    "reset_on_game_over": True,
+                    "repeat_action_probability": 0.0,
+                    "full_action_space": False,
+                    "max_pool": False,
+                    "screen": True,
+                    "state_text": False,
+                    "resize_shape": (512, 512),
+                    "frame_stack": 1,
+                    "history_steps": 1,
+                    "history_images": 1,
+                    "prompt": "atari-gpt",
+                    "answer_format": "json",
+                    "decode": "free",
+                    "reprompts": 3,
+                    "temperature": 1.0,
+                },
+                runs=4,
                 games=("Alien", "Breakout", "Frogger", "MsPacman", "Pong", "Seaquest", "SpaceInvaders"),
+                checks=ATARI_GPT_CHECKS,
             ),
             Protocol(
                 name="machado",
                 description=(
-                    "Sticky actions (0.25), frame skip 4, episodes capped at 108,000 frames (30 minutes), "
-                    "up to 30 NOOP starts; whole episodes, no history."
+                    "ALE v5's evaluation settings as Machado et al. 2018 recommend them: sticky actions "
+                    "(0.25) for stochasticity in place of no-op starts, frame skip 4, episodes to game "
+                    "over within the 108,000-frame (30-minute) cap; whole episodes, no history."
                 ),
                 source=(
-                    "Machado et al. 2018, 'Revisiting the Arcade Learning Environment', JAIR 61 (sticky "
-                    "actions); 108,000-frame cap and 30 NOOP starts as in the DQN-family evaluations"
+                    "Machado et al. 2018, 'Revisiting the Arcade Learning Environment: Evaluation Protocols "
+                    "and Open Problems for General Agents', JAIR 61 (sticky actions replace no-op starts); "
+                    "the 108,000-frame cap is ALE v5's"
                 ),
-                frame_skip=4,
-                repeat_action_probability=0.25,
-                noop_max=30,
-                max_episode_frames=108_000,
+                settings={
+                    "frame_skip": 4,
+                    "repeat_action_probability": 0.25,
+                    "noop_max": 0,
+                    "max_episode_frames": V5_MAX_EPISODE_FRAMES,
+                },
             ),
         )
     }
@@ -266,39 +316,50 @@ PROTOCOLS: Mapping[str, Protocol] = MappingProxyType(
 
 
 def _read_file(path: Path) -> Any:
-    """Parse a protocol file by its suffix (.json, .toml)."""
+    """Parse a protocol file by its suffix (.json, .toml); bounded, so a hostile file fails cleanly."""
     try:
-        text = path.read_text(encoding="utf-8")
+        with open(path, "rb") as f:
+            raw = f.read(MAX_PROTOCOL_FILE_BYTES + 1)
     except OSError as exc:
         raise ConfigError(f"cannot read protocol file {path}: {exc.strerror or exc}") from exc
+    if len(raw) > MAX_PROTOCOL_FILE_BYTES:
+        raise ConfigError(
+            f"{path}: larger than {MAX_PROTOCOL_FILE_BYTES // 1024} KiB; a protocol is a short file"
+        )
+    try:
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
     suffix = path.suffix.lower()
-    if suffix == ".json":
-        try:
+    if suffix not in (".json", ".toml"):
+        raise ConfigError(f"protocol file {path} must end in .json or .toml")
+    try:
+        if suffix == ".json":
             return json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"{path}: not valid JSON ({exc})") from exc
-    if suffix == ".toml":
+        return _toml().loads(text)
+    except RecursionError:
+        raise ConfigError(f"{path}: nested too deeply to be a protocol") from None
+    except ValueError as exc:  # bad JSON or TOML, or an integer of thousands of digits
+        kind = "JSON" if suffix == ".json" else "TOML"
+        raise ConfigError(f"{path}: not valid {kind} ({str(exc)[:200]})") from None
+
+
+def _toml() -> Any:
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10: tomllib is new in 3.11
         try:
-            import tomllib
-        except ModuleNotFoundError:  # Python 3.10: tomllib is new in 3.11
-            try:
-                import tomli as tomllib
-            except ModuleNotFoundError as exc:
-                raise ConfigError(f"{path}: TOML needs Python 3.11+ or `pip install tomli`") from exc
-        try:
-            return tomllib.loads(text)
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{path}: not valid TOML ({exc})") from exc
-    raise ConfigError(f"protocol file {path} must end in .json or .toml")
+            import tomli as tomllib
+        except ModuleNotFoundError as exc:
+            raise ConfigError("TOML protocol files need Python 3.11+ or `pip install tomli`") from exc
+    return tomllib
 
 
 def load_protocol(name_or_path: str | Path) -> Protocol:
     """A built-in protocol by name, or a user's protocol from a .json/.toml file.
 
     Example:
-        >>> load_protocol("atari-gpt").decision_interval
+        >>> load_protocol("atari-gpt").setting("decision_interval")
         2
 
     Raises:
@@ -333,7 +394,7 @@ def with_protocol(settings: Mapping[str, Any], given: set[str] | frozenset[str])
     clashes = [
         f"{key}={settings[key]!r} (the protocol fixes {value!r})"
         for key, value in fixed.items()
-        if key in given and key in settings and settings[key] != value
+        if key in given and key in settings and _normal(settings[key]) != _normal(value)
     ]
     if clashes:
         raise ConfigError(
@@ -341,3 +402,7 @@ def with_protocol(settings: Mapping[str, Any], given: set[str] | frozenset[str])
             f'or write a protocol file based on it (base = "{protocol.name}")'
         )
     return {**settings, **fixed, "protocol": str(name)}
+
+
+def _normal(value: Any) -> Any:
+    return tuple(value) if isinstance(value, list) else value

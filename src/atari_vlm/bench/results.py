@@ -123,12 +123,18 @@ def _interval(values: Sequence[float], *, reps: int, seed: int, confidence: floa
     ).to_dict()
 
 
-def _random_baseline(group: list[RunRecord], randoms: list[RunRecord]) -> dict[str, Any] | None:
-    """Mean return of random-agent episodes that used the same env seeds and the same env settings."""
+REFERENCE_AGENTS = ("random", "expert")
+FEW_SEEDS = 5
+"""A row resting on fewer episodes than this says so: its interval says little (seed variance is large)."""
+
+
+def _reference(group: list[RunRecord], references: list[RunRecord]) -> dict[str, Any] | None:
+    """Mean return of a reference agent's episodes (random, expert) that used the same env seeds and
+    the same env settings as ``group``'s."""
     wanted = {(e.get("seed"), r.spec.env_fingerprint()) for r in group for e in r.episodes}
     matched = [
         float(e["return"])
-        for r in randoms
+        for r in references
         for e in r.episodes
         if (e.get("seed"), r.spec.env_fingerprint()) in wanted
     ]
@@ -214,19 +220,25 @@ def build_results(
             "mean_return": _interval(returns, **ci),
             "human_normalized": None,
             "random_same_seeds": None,
+            "expert_same_seeds": None,
             "decisions": decisions,
             "unparsed": sum(int(e.get("unparsed") or 0) for e in episodes),
-            # Reference scores are for whole games: a return cut short by a step cap is not comparable.
-            "truncated_episodes": sum(bool(e.get("truncated")) for e in episodes),
+            # Reference scores are for whole games: a return cut short by a step cap is not comparable
+            # (a stuck episode is: nothing would have happened until the cap).
+            "truncated_episodes": sum(
+                bool(e.get("truncated")) and e.get("stuck") is not True for e in episodes
+            ),
+            "stuck_episodes": sum(e.get("stuck") is True for e in episodes),
             "cost_usd": sum(costs) if costs else None,
         }
         if has_reference(game, table):
             hns = [float(human_normalized(game, x, table)) for x in returns]
             row["human_normalized"] = _interval(hns, **ci)
             normalized[(model, prompt, protocol, row["settings"])][game] = hns
-        if group[0].agent != "random":
-            randoms = [r for r in runs if r.agent == "random" and r.game == game]
-            row["random_same_seeds"] = _random_baseline(group, randoms)
+        for agent in REFERENCE_AGENTS:
+            if group[0].agent != agent:
+                references = [r for r in runs if r.agent == agent and r.game == game]
+                row[f"{agent}_same_seeds"] = _reference(group, references)
         rows.append(row)
     aggregates = []
     for (model, prompt, protocol, settings), per_game in sorted(normalized.items()):
@@ -292,6 +304,21 @@ def _ci_text(interval: dict[str, float] | None, *, percent: bool = False) -> str
     return f"{p:.{digits}f}{unit} [{lo:.{digits}f}, {hi:.{digits}f}]"
 
 
+FEW_MARK = " \u2020"
+_FEW_NOTE = (
+    f"\u2020 Fewer than {FEW_SEEDS} episodes: the interval rests on too few seeds to say much "
+    "(published seed variance is large: one model scored 0% on one seed and 5.6% on another)."
+)
+_STUCK_NOTE = (
+    "stuck: episodes ended because the screen had not changed for the run's stuck_decisions decisions "
+    "(e.g. Breakout waiting for FIRE); their returns count as they stood."
+)
+
+
+def _reference_text(reference: dict[str, Any] | None) -> str:
+    return f"{reference['mean_return']:.1f} (n={reference['episodes']})" if reference else NO_VALUE
+
+
 def _model_cell(row: dict[str, Any]) -> str:
     """The model, marked when its weights are random, with the settings that set its row apart."""
     text = row["model"] + (" (RANDOM WEIGHTS)" if row["random_weights"] else "")
@@ -320,28 +347,36 @@ def _markdown(results: dict[str, Any]) -> str:
         "",
     ]
     head = ["game", "model", "prompt", *(["protocol"] if show_protocol else [])]
-    head += ["episodes", f"mean return [{level} CI]", "random, same seeds", f"human-normalized [{level} CI]"]
-    head += ["unparsed", "cost $"]
+    show_expert = any(r["expert_same_seeds"] for r in results["rows"])
+    show_stuck = any(r["stuck_episodes"] for r in results["rows"])
+    head += ["episodes", f"mean return [{level} CI]", "random, same seeds"]
+    head += [*(["expert, same seeds"] if show_expert else []), f"human-normalized [{level} CI]"]
+    head += ["unparsed", *(["stuck"] if show_stuck else []), "cost $"]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in results["rows"]:
         model = _model_cell(r)
         hns = _ci_text(r["human_normalized"], percent=True)
         if r["human_normalized"] and r["truncated_episodes"]:
             hns += " *"
-        base = r["random_same_seeds"]
         cells = [r["game"], model, r["prompt"], *([r["protocol"]] if show_protocol else [])]
         cells += [
-            r["episodes"],
+            f"{r['episodes']}{FEW_MARK if r['episodes'] < FEW_SEEDS else ''}",
             _ci_text(r["mean_return"]),
-            f"{base['mean_return']:.1f} (n={base['episodes']})" if base else NO_VALUE,
+            _reference_text(r["random_same_seeds"]),
+            *([_reference_text(r["expert_same_seeds"])] if show_expert else []),
             hns,
             f"{r['unparsed']}/{r['decisions']}" if r["decisions"] else NO_VALUE,
+            *([r["stuck_episodes"] or NO_VALUE] if show_stuck else []),
             _num(r["cost_usd"], 4),
         ]
         lines.append("| " + " | ".join(_md(c) for c in cells) + " |")
     truncated = any(r["truncated_episodes"] and r["human_normalized"] for r in results["rows"])
     if truncated:
         lines += ["", _TRUNCATED_NOTE]
+    if any(r["episodes"] < FEW_SEEDS for r in results["rows"]):
+        lines += ["", _FEW_NOTE]
+    if show_stuck:
+        lines += ["", _STUCK_NOTE]
     lines += ["", "## Aggregates over games (human-normalized)", ""]
     if results["aggregates"]:
         head = ["model", "prompt", *(["protocol"] if show_protocol else []), "games", "mean", "median", "IQM"]
@@ -385,12 +420,14 @@ _CSV_COLUMNS = (
     "episodes",
     *("mean_return", "return_ci_low", "return_ci_high", "hns_mean", "hns_ci_low", "hns_ci_high"),
     *("random_same_seeds_mean_return", "random_same_seeds_episodes"),
-    *("decisions", "unparsed", "truncated_episodes", "cost_usd"),
+    *("expert_same_seeds_mean_return", "expert_same_seeds_episodes"),
+    *("decisions", "unparsed", "truncated_episodes", "stuck_episodes", "cost_usd"),
 )
 
 
 def _csv_row(r: dict[str, Any]) -> dict[str, Any]:
     ret, hns, base = r["mean_return"], r["human_normalized"] or {}, r["random_same_seeds"] or {}
+    expert = r["expert_same_seeds"] or {}
     return {
         **{
             k: r[k]
@@ -415,9 +452,12 @@ def _csv_row(r: dict[str, Any]) -> dict[str, Any]:
         "hns_ci_high": hns.get("high"),
         "random_same_seeds_mean_return": base.get("mean_return"),
         "random_same_seeds_episodes": base.get("episodes"),
+        "expert_same_seeds_mean_return": expert.get("mean_return"),
+        "expert_same_seeds_episodes": expert.get("episodes"),
         "decisions": r["decisions"],
         "unparsed": r["unparsed"],
         "truncated_episodes": r["truncated_episodes"],
+        "stuck_episodes": r["stuck_episodes"],
         "cost_usd": r["cost_usd"],
     }
 

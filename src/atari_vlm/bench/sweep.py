@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -21,14 +22,16 @@ from atari_vlm.bench.protocols import Protocol, load_protocol, with_protocol
 from atari_vlm.bench.results import write_results
 from atari_vlm.errors import ConfigError
 from atari_vlm.executors import RayExecutor, ray_session
+from atari_vlm.experts import EXPERT_GAMES
 from atari_vlm.models.registry import LoadedModel, load_model
-from atari_vlm.rundir import read_jsonl
+from atari_vlm.rundir import read_jsonl, resume_refusal
 from atari_vlm.runner import RunSummary, run_play
-from atari_vlm.spec import RunSpec, SweepSpec, parse_seeds
-from atari_vlm.workers import model_spec_for
+from atari_vlm.spec import BENCH_STUCK_DECISIONS, OBSERVATIONS, RunSpec, SweepSpec, parse_seeds
+from atari_vlm.workers import action_names, model_spec_for, prompt_builder
 
-DEFAULT_SEEDS = 3
-"""Seeds per combination when neither --seeds nor the protocol says."""
+DEFAULT_SEEDS = 5
+"""Seeds per combination when neither --seeds nor the protocol asks for more: published seed variance
+is large (a model can score 0% on one seed and 5.6% on another), so fewer make a CI that says little."""
 
 
 def _slug(text: str) -> str:
@@ -52,16 +55,25 @@ class BenchSpec:
 @dataclass
 class Combination:
     game: str
-    agent: str
+    agent: str  # "vlm", or a reference agent: "random", "expert"
     model: str
     prompt: str
     out: Path
     spec: RunSpec
 
+    @property
+    def label(self) -> str:
+        if self.agent != "vlm":
+            return f"{self.game} x {self.agent}"
+        observed = "" if self.spec.observation.label == "screen+text" else f" ({self.spec.observation.label})"
+        return f"{self.game} x {self.model} x {self.prompt}{observed}"
+
 
 def plan(bench: BenchSpec) -> tuple[list[Combination], Protocol | None, tuple[int, ...]]:
-    """Every run the sweep needs (reference agents first), each spec validated before anything runs."""
-    settings = with_protocol(bench.settings, bench.given)
+    """Every run the sweep needs (reference agents first: random, then the RAM expert where one
+    exists), each spec validated before anything runs."""
+    defaults = {"stuck_decisions": BENCH_STUCK_DECISIONS}
+    settings = with_protocol({**defaults, **bench.settings}, bench.given)
     protocol = load_protocol(settings["protocol"]) if settings.get("protocol") else None
     sweep = bench.sweep
     games = sweep.games or (protocol.games if protocol else ())
@@ -69,23 +81,106 @@ def plan(bench: BenchSpec) -> tuple[list[Combination], Protocol | None, tuple[in
         raise ConfigError("no games: pass --games (the protocol names none)")
     if not sweep.models:
         raise ConfigError("no models: pass --models (comma-separated --model values)")
-    seeds = (
-        sweep.seeds if sweep.seeds is not None else tuple(range(protocol.runs if protocol else DEFAULT_SEEDS))
-    )
+    observations = _observation_factor(sweep, protocol)
+    runs = max(DEFAULT_SEEDS, protocol.runs if protocol else 0)
+    seeds = sweep.seeds if sweep.seeds is not None else tuple(range(runs))
     common = {**settings, "env_seeds": seeds, "episodes": len(seeds)}
     combos: list[Combination] = []
     for game in games:
         spec = RunSpec.build(game=game, **{**common, "agent": "random"})
         combos.append(Combination(spec.game, "random", "random", "-", bench.out / spec.game / "random", spec))
+        if spec.game in EXPERT_GAMES:
+            spec = spec.replace(agent="expert")
+            combos.append(
+                Combination(spec.game, "expert", "expert", "-", bench.out / spec.game / "expert", spec)
+            )
         for model in sweep.models:
             for prompt in sweep.prompts:
-                spec = RunSpec.build(
-                    game=game, **{**common, "agent": "vlm", "model": model, "prompt": prompt}
-                )
-                label = Path(prompt).stem if prompt.endswith(".txt") else prompt
-                out = bench.out / spec.game / _slug(model) / _slug(label)
-                combos.append(Combination(spec.game, "vlm", model, prompt, out, spec))
+                for observed in observations:
+                    shown = OBSERVATIONS[observed] if observed else {}
+                    spec = RunSpec.build(
+                        game=game, **{**common, **shown, "agent": "vlm", "model": model, "prompt": prompt}
+                    )
+                    label = Path(prompt).stem if prompt.endswith(".txt") else prompt
+                    out = bench.out / spec.game / _slug(model) / _slug(label)
+                    if observed:
+                        out = out / f"observe-{_slug(observed)}"
+                    combos.append(Combination(spec.game, "vlm", model, prompt, out, spec))
     return combos, protocol, seeds
+
+
+def _observation_factor(sweep: SweepSpec, protocol: Protocol | None) -> tuple[str, ...]:
+    """The observation kinds the sweep compares ("": the settings' own, when it compares none)."""
+    if not sweep.observations:
+        return ("",)
+    fixed = sorted({"screen", "state_text"} & set(protocol.settings)) if protocol else []
+    if fixed:
+        raise ConfigError(
+            f"protocol {protocol.name!r} fixes what the model observes ({', '.join(fixed)}), "  # type: ignore[union-attr]
+            "so --observations cannot sweep it; drop one of them"
+        )
+    return sweep.observations
+
+
+def check_before_playing(
+    combos: list[Combination], pending: list[Combination], local_models: dict[str, LoadedModel]
+) -> None:
+    """Everything a sweep can refuse, found before its first step, so that a bad model, key, prompt or
+    a changed setting writes nothing: every run already on disk (finished ones too: a finished run under
+    other settings is not this sweep's result) may go on under its new spec, and, for the ``pending``
+    ones, each prompt renders for each game, each model loads (an API client checks its key; a local
+    model stays loaded for the sweep) and, with a spending cap, has a known price.
+
+    Raises:
+        ConfigError: every problem found, in one message.
+    """
+    problems: list[str] = []
+    names: dict[tuple[str, bool], list[str]] = {}
+    for combo in combos:
+        spec = combo.spec
+        key = (spec.game, spec.env.full_action_space)
+        try:
+            if combo.agent == "vlm" and combo in pending:
+                if key not in names:
+                    names[key] = action_names(spec)
+                prompt_builder(spec, names[key])
+            refusal = _resume_refusal(combo)
+            if refusal:
+                problems.append(f"{combo.label}: cannot go on with the run in {combo.out}: {refusal}")
+        except ConfigError as exc:
+            problems.append(f"{combo.label}: {exc}")
+    for combo in {c.model: c for c in pending if c.agent == "vlm"}.values():
+        try:
+            loaded = local_models.get(combo.model) or load_model(model_spec_for(combo.spec))
+        except ConfigError as exc:
+            problems.append(f"model {combo.model!r}: {exc}")
+            continue
+        if _is_local(combo.model):
+            local_models[combo.model] = loaded
+        else:
+            asyncio.run(loaded.vlm.aclose())
+        if combo.spec.max_cost_usd is not None and loaded.prices is None:
+            # Else the sweep would stop at this model with the earlier combinations paid for.
+            problems.append(
+                f"--max-cost needs a known price for every model of the sweep, and {combo.model!r} has none "
+                "(a model behind --base-url, or one no preset lists): drop the cap or that model"
+            )
+    if problems:
+        raise ConfigError("the sweep was not started: " + "; ".join(dict.fromkeys(problems)))
+
+
+def _resume_refusal(combo: Combination) -> str | None:
+    config_path = combo.out / "config.json"
+    if not config_path.is_file():
+        return None
+    try:
+        old = json.loads(config_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        return f"its config.json is unreadable ({exc})"
+    new = {"kind": "play", "model": None}
+    if isinstance(old, dict) and isinstance(old.get("model"), dict):
+        new["model"] = old["model"]  # what 'auto' resolves to is checked when the model loads
+    return resume_refusal(old, new, combo.spec, config_path)
 
 
 def _is_complete(out: Path, episodes: int) -> bool:
@@ -116,32 +211,15 @@ def run_bench(
         )
     pending = [c for c in combos if not _is_complete(c.out, len(seeds))]
     local_models: dict[str, LoadedModel] = {}  # local weights load once; API clients are cheap per run
-    with ray_session(first.ray_address) if on_ray and pending else contextlib.nullcontext():
-        try:
-            if first.max_cost_usd is not None:
-                _check_priced(pending, local_models)
+    try:
+        check_before_playing(combos, pending, local_models)
+        with ray_session(first.ray_address) if on_ray and pending else contextlib.nullcontext():
             _sweep(combos, seeds, on_combination, local_models, on_ray)
-        finally:
-            for model in local_models.values():
-                asyncio.run(model.vlm.aclose())
+    finally:
+        for model in local_models.values():
+            asyncio.run(model.vlm.aclose())
     table = protocol.table if protocol else "dqn_nature"
     return write_results([bench.out], bench.out / "results", table=table)
-
-
-def _check_priced(pending: list[Combination], local_models: dict[str, LoadedModel]) -> None:
-    """A capped sweep needs a price for every model it will call, known before it spends anything
-    (else it would stop at the first unpriced combination with the earlier ones paid for)."""
-    for combo in {c.model: c for c in pending if c.agent == "vlm"}.values():
-        loaded = local_models.get(combo.model) or load_model(model_spec_for(combo.spec))
-        if _is_local(combo.model):
-            local_models[combo.model] = loaded  # loaded once for the sweep anyway
-        else:
-            asyncio.run(loaded.vlm.aclose())
-        if loaded.prices is None:
-            raise ConfigError(
-                f"--max-cost needs a known price for every model of the sweep, and {combo.model!r} has none "
-                "(a model behind --base-url, or one no preset lists); drop the cap or that model"
-            )
 
 
 def _sweep(

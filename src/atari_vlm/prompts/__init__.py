@@ -29,12 +29,13 @@ __all__ = [
     "parse_action",
     "render_system_prompt",
     "render_turn_prompt",
+    "reprompt_feedback",
     "view_phrase",
 ]
 
 ANSWER_FORMATS: tuple[str, ...] = ("line", "json")
 # Tokens a style needs to finish its answer: reasoning styles need room to reason before the action.
-DEFAULT_MAX_TOKENS: dict[str, int] = {"basic": 32, "cot": 256, "expert": 160}
+DEFAULT_MAX_TOKENS: dict[str, int] = {"basic": 32, "cot": 256, "expert": 160, "atari-gpt": 512}
 SYSTEM_VARIABLES = "title, description, action_hints, expert_tips, view, actions, answer_instruction"
 
 
@@ -75,9 +76,11 @@ def answer_instruction(answer_format: str = "line") -> str:
     raise ConfigError(f"answer format must be one of {ANSWER_FORMATS}, got {answer_format!r}")
 
 
-def view_phrase(frame_stack: int, layout: str, state_text: bool = True) -> str:
+def view_phrase(frame_stack: int, layout: str, state_text: bool = True, screen: bool = True) -> str:
     """How the images (and the state text, when shown) are described to the model, so that it reads a
     grid or a sequence right."""
+    if not screen:
+        return "a short description of the game state (you do not see the screen)"
     if frame_stack == 1:
         images = "the current game screen"
     elif layout == "grid":
@@ -101,6 +104,7 @@ def render_system_prompt(
     layout: str = "grid",
     answer_format: str = "line",
     state_text: bool = True,
+    screen: bool = True,
 ) -> str:
     """The system prompt for a game: the goal, what the image shows, the legal actions, the format."""
     actions = "\n".join(f"{i}: {name}" for i, name in enumerate(action_names))
@@ -110,7 +114,7 @@ def render_system_prompt(
             description=info.description,
             action_hints=info.action_hints,
             expert_tips=info.expert_tips,
-            view=view_phrase(frame_stack, layout, state_text),
+            view=view_phrase(frame_stack, layout, state_text, screen),
             actions=actions,
             answer_instruction=answer_instruction(answer_format),
         )
@@ -120,6 +124,11 @@ def render_system_prompt(
             f"known: {SYSTEM_VARIABLES}"
         ) from exc
     return "\n".join(line for line in text.splitlines() if line.strip()) + "\n"
+
+
+def reprompt_feedback() -> str:
+    """What the model is told when its answer named no legal action and it is asked again."""
+    return "Your answer did not name a legal action. Answer again, in the required format.\n"
 
 
 def invalid_answer_feedback(fallback: str) -> str:

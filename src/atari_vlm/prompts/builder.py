@@ -72,6 +72,7 @@ class PromptBuilder:
                 layout=self.observation.frame_layout,
                 answer_format=self.prompt.answer_format,
                 state_text=self.observation.state_text,
+                screen=self.observation.screen,
             )
         self.system_prompt = system_prompt
         self._system = Message.text("system", self.system_prompt)
@@ -90,9 +91,12 @@ class PromptBuilder:
         """The examples as message parts (render once; they are the same at every decision)."""
         if not exemplars:
             return ()
-        parts: list[Part] = [TextPart("Examples from your best past games (the screen, then what was done):")]
+        screen = self.observation.screen
+        intro = "(the screen, then what was done)" if screen else "(the state, then what was done)"
+        parts: list[Part] = [TextPart(f"Examples from your best past games {intro}:")]
         for i, ex in enumerate(exemplars, 1):
-            parts.append(ImagePart(ex.image))
+            if screen:
+                parts.append(ImagePart(ex.image))
             note = f" ({ex.note})" if ex.note else ""
             state = f"state: {ex.state_text}\n" if self.observation.state_text and ex.state_text else ""
             parts.append(TextPart(f"Example {i}: {state}ACTION: {ex.action_name}{note}"))
@@ -118,17 +122,18 @@ class PromptBuilder:
     ) -> Request:
         """The request for one decision on observation ``obs`` (an env observation dict)."""
         parts: list[Part] = list(exemplars)
-        for step, image in history_images:
+        screen = self.observation.screen
+        for step, image in history_images if screen else ():
             parts.append(TextPart(f"The screen at step {step}:"))
             parts.append(ImagePart(image))
         sequence = self.observation.frame_layout == "sequence" and self.observation.frame_stack > 1
-        if parts:
+        if parts and screen:
             # Said apart from the remembered screens before it: a video model reads a run of
             # consecutive images as one clip, which must be the current frame stack alone.
             parts.append(TextPart("The screens now:" if sequence else "The screen now:"))
-        if sequence:
+        if screen and sequence:
             parts.extend(ImagePart(frame) for frame in obs["frames"])
-        else:
+        elif screen:
             parts.append(ImagePart(obs["image"]))
         state = obs.get("text", "") if self.observation.state_text else ""
         turn = render_turn_prompt(state, feedback, self.history_text(history), self.prompt.answer_format)
