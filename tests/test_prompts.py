@@ -13,14 +13,14 @@ from atari_vlm.prompts.builder import PromptBuilder
 from atari_vlm.spec import DecodingSpec, ObservationSpec, PromptSpec
 
 
-def policy(vlm, *, exemplars=(), max_tokens=None, state_text=True, **prompt):
+def policy(vlm, *, exemplars=(), max_tokens=None, state_text=True, decode="auto", **prompt):
     """The policy for Pong-like ACTIONS with prompt settings ``prompt`` (PromptSpec fields)."""
     builder = PromptBuilder(
         game_info("Pong"),
         ACTIONS,
         PromptSpec(**prompt),
         ObservationSpec(state_text=state_text),
-        DecodingSpec(max_tokens=max_tokens),
+        DecodingSpec(max_tokens=max_tokens, decode=decode),
     )
     return VLMAgent(vlm, builder, exemplars=exemplars)
 
@@ -129,9 +129,13 @@ def test_json_mode_asks_openai_compatible_servers_for_a_json_object():
     pytest.importorskip("openai")
     from atari_vlm.models.openai_compat import OpenAICompatVLM
 
-    vlm = OpenAICompatVLM(model="m", base_url="http://127.0.0.1:9/v1", api_key="k")
-    agent = policy(vlm, answer_format="json")
+    vlm = OpenAICompatVLM(model="m", base_url="http://127.0.0.1:9/v1", api_key="k", server_kind="vllm")
+    agent = policy(vlm, answer_format="json", decode="free")
     body = vlm.request_body(agent.build_request(obs()))
     assert body["response_format"] == {"type": "json_object"}
-    plain = policy(vlm)
+    plain = policy(vlm, decode="free")
     assert "response_format" not in vlm.request_body(plain.build_request(obs()))
+    # With --decode auto a server that can constrain is asked to: vLLM's documented field.
+    auto = policy(vlm).build_request(obs())
+    assert auto.decode == "constrained" and auto.choices == tuple(ACTIONS)
+    assert vlm.request_body(auto)["structured_outputs"] == {"choice": ACTIONS}

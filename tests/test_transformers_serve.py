@@ -165,4 +165,16 @@ def test_atari_vlm_plays_through_transformers_serve(served: tuple[str, str], tmp
     assert code == 0
     steps = read_jsonl(out / "steps.jsonl")
     assert len(steps) == 3 and all(s["input_tokens"] > 0 for s in steps)
-    assert json.loads((out / "summary.json").read_text())["decisions"] == 3
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["decisions"] == 3
+    spec = json.loads((out / "config.json").read_text())["spec"]
+    assert spec["decoding"]["decode"] == "auto"  # the default, asking the server to constrain
+    # Whatever transformers serve does with the constraint (honour, ignore, refuse), the run plays on
+    # and says how each action was obtained.
+    assert all(s["obtained"] in ("constrained", "parsed", "fallback") for s in steps)
+    # transformers serve 5.2x ignores response_format: those answers are counted as constraints the
+    # server ignored, not passed off as parsed text.
+    assert summary["constraint_ignored"] == sum(s["constraint_ignored"] for s in steps)
+    assert all(
+        s["constraint_ignored"] == (s["obtained"] == "fallback") for s in steps if s["obtained"] != "parsed"
+    )

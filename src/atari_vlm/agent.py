@@ -13,17 +13,24 @@ import dataclasses
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 
+from atari_vlm.errors import ConfigError
 from atari_vlm.memory import Exemplar
-from atari_vlm.models.base import VLM, Completion, Part, Request, Usage
+from atari_vlm.models.base import VLM, Completion, DecodeMode, Part, Request, Usage
 from atari_vlm.prompts import invalid_answer_feedback, parse_action, reprompt_feedback
 from atari_vlm.prompts.builder import PromptBuilder, Recall
 
 FALLBACK_ACTION = "NOOP"
 HISTORY_WHY_CHARS = 80
+
+
+HowObtained = Literal["scored", "constrained", "parsed", "fallback", "policy"]
+"""How a decision's action was obtained: the backend scored every legal action, or could only answer
+a legal one (constrained), or its free text was parsed, or it named none and the fallback was played;
+``policy`` for agents without a model (random, expert)."""
 
 
 @dataclass(frozen=True)
@@ -34,6 +41,10 @@ class Decision:
     action_name: str
     text: str = ""  # the model's answer ("" for agents without a model)
     parsed: bool = True  # False when the answer held no legal action and the fallback was played
+    obtained: HowObtained = "policy"
+    probs: dict[str, float] | None = None  # each legal action's probability, where the backend says
+    constraint_ignored: bool = False  # a constrained answer outside the legal set: the server ignored it
+    constraint_note: str | None = None  # why the backend answered free although asked to constrain
     usage: Usage = field(default_factory=Usage)
     latency_s: float = 0.0
     retries: int = 0
@@ -107,6 +118,12 @@ class VLMAgent:
         self._history_images.clear()
         self._step = 0
 
+    @property
+    def decode(self) -> DecodeMode:
+        """The decoding this decision asks for: the spec's, or with ``auto`` the strongest the backend
+        offers (scoring without reasoning, then constrained, then free text)."""
+        return resolve_decode(self.builder.decoding.decode, self.model, reasoning=self.builder.reasoning)
+
     def build_request(self, obs: dict[str, Any]) -> Request:
         """The request for one decision: the system prompt, then exemplars, history and this turn."""
         return self.builder.request(
@@ -115,19 +132,39 @@ class VLMAgent:
             history=tuple(self._history),
             history_images=tuple(self._history_images),
             feedback=self._feedback,
+            decode=self.decode,
         )
 
     def decide(self, completion: Completion) -> Decision:
-        """Parse a completion into a decision, falling back (and remembering to say so) when needed."""
-        parsed = parse_action(completion.text, self.action_names)
-        ok = parsed.index is not None
-        index = parsed.index if ok else self._fallback
+        """Turn a completion into a decision: the backend's constrained or scored pick when it is a
+        legal action, else its text parsed; the fallback (and, next time, a word about it) otherwise.
+
+        A constrained or scored answer outside the legal set means the backend ignored the constraint:
+        it is counted apart (``constraint_ignored``), never passed off as a parsed answer."""
+        index: int | None = None
+        ignored = False
+        obtained: HowObtained = "parsed"
+        text = completion.text if isinstance(completion.text, str) else ""
+        if completion.obtained in ("scored", "constrained"):
+            if completion.choice in self.action_names:
+                index, obtained = self.action_names.index(completion.choice), completion.obtained
+            else:
+                ignored = True
+        else:
+            index = parse_action(text, self.action_names).index
+        ok = index is not None
+        if index is None:
+            index, obtained = self._fallback, "fallback"
         self._feedback = "" if ok else invalid_answer_feedback(self.action_names[self._fallback])
         return Decision(
             action=index,
             action_name=self.action_names[index],
-            text=completion.text,
+            text=text,
             parsed=ok,
+            obtained=obtained,
+            probs=_legal_probs(completion.choice_probs, self.action_names),
+            constraint_ignored=ignored,
+            constraint_note=completion.constraint_note,
             usage=completion.usage,
             latency_s=completion.latency_s,
             retries=completion.retries,
@@ -157,6 +194,50 @@ class VLMAgent:
             decision = _combined(decision, retry, reprompts=again)
         self._remember(obs, decision)
         return decision
+
+
+def supported_decodes(model: Any) -> tuple[str, ...]:
+    """The decodings a backend offers: its ``decode_modes`` (a local model: free, constrained, score),
+    else constrained where ``supports_constrained`` says so (an API backend), else free text."""
+    modes = getattr(model, "decode_modes", None)
+    if isinstance(modes, tuple) and "free" in modes:
+        return modes
+    return ("free", "constrained") if getattr(model, "supports_constrained", False) is True else ("free",)
+
+
+def resolve_decode(wanted: str, model: Any, *, reasoning: bool) -> DecodeMode:
+    """``wanted`` (a DecodingSpec.decode) for ``model``: ``auto`` is scoring for answers without
+    reasoning, then constrained, then free; an explicit mode the backend does not offer is refused.
+
+    Raises:
+        ConfigError: an explicit mode the backend cannot do.
+    """
+    modes = supported_decodes(model)
+    if wanted == "auto":
+        if "score" in modes and not reasoning:
+            return "score"
+        return "constrained" if "constrained" in modes else "free"
+    if wanted == "score" and reasoning and "score" in modes:
+        raise ConfigError(
+            "--decode score answers without reasoning: use the basic prompt, or --decode constrained"
+        )
+    if wanted not in modes:
+        raise ConfigError(
+            f"--decode {wanted} is not something {getattr(model, 'name', 'this model')} can do; it offers "
+            f"{', '.join(modes)} (or --decode auto)"
+        )
+    return wanted  # type: ignore[return-value]
+
+
+def _legal_probs(probs: Any, names: Sequence[str]) -> dict[str, float] | None:
+    """A backend's probabilities, kept only when they are numbers over exactly the legal actions."""
+    if not isinstance(probs, dict) or set(probs) != set(names):
+        return None
+    if not all(
+        isinstance(p, (int, float)) and not isinstance(p, bool) and 0.0 <= p <= 1.0 for p in probs.values()
+    ):
+        return None
+    return {name: round(float(probs[name]), 6) for name in names}
 
 
 def _combined(first: Decision, then: Decision, *, reprompts: int) -> Decision:

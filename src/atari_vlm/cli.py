@@ -456,6 +456,13 @@ def _print_summary(summary) -> None:
         f"{data['decisions']} model decisions, {data['unparsed']} unparsable answers, "
         f"{data['input_tokens']} + {data['output_tokens']} tokens, {data['wall_s']:.1f} s wall time"
     )
+    if data["constraint_ignored"]:
+        out.print(
+            f"[bold yellow]NOTE:[/bold yellow] {data['constraint_ignored']} constrained answer(s) named no "
+            "legal action: the server ignored the constraint (the fallback was played)"
+        )
+    if data["constraint_note"]:
+        out.print(f"[bold yellow]NOTE:[/bold yellow] {escape(data['constraint_note'])}")
     if summary.warning:
         out.print(f"[bold yellow]NOTE:[/bold yellow] {escape(summary.warning)}")
     out.print(f"run directory: {summary.out}")

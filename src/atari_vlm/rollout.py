@@ -49,6 +49,8 @@ class EpisodeResult:
     env_steps: int = 0  # ALE steps played (more than decisions with a decision interval)
     decisions: int = 0  # model calls (0 for agents without a model)
     unparsed: int = 0  # answers with no legal action, played as the fallback
+    constraint_ignored: int = 0  # constrained answers outside the legal set (the backend ignored it)
+    constraint_note: str | None = None  # why the backend answered free when asked to constrain, if it did
     retries: int = 0
     usage: Usage = field(default_factory=Usage)
     cost_usd: float | None = None
@@ -70,6 +72,10 @@ class EpisodeResult:
             env_steps=int(record.get("env_steps") or 0),
             decisions=int(record["decisions"]),
             unparsed=int(record["unparsed"]),
+            constraint_ignored=int(record.get("constraint_ignored") or 0),
+            constraint_note=record.get("constraint_note")
+            if isinstance(record.get("constraint_note"), str)
+            else None,
             retries=int(record.get("retries", 0)),
             usage=Usage.from_record(record),
             model_latency_s=float(record.get("model_latency_s") or 0.0),
@@ -90,6 +96,8 @@ class EpisodeResult:
             "env_steps": self.env_steps,
             "decisions": self.decisions,
             "unparsed": self.unparsed,
+            "constraint_ignored": self.constraint_ignored,
+            "constraint_note": self.constraint_note,
             "retries": self.retries,
             **self.usage.to_record(),
             "cost_usd": None if self.cost_usd is None else round(self.cost_usd, 8),
@@ -159,7 +167,9 @@ async def play_episode(
             result.episode_return += reward
             if uses_model:
                 result.decisions += 1
-                result.unparsed += not decision.parsed
+                result.unparsed += not decision.parsed and not decision.constraint_ignored
+                result.constraint_ignored += decision.constraint_ignored
+                result.constraint_note = result.constraint_note or decision.constraint_note
                 result.retries += decision.retries
                 result.usage = result.usage + decision.usage
                 result.model_latency_s += decision.latency_s
@@ -180,6 +190,10 @@ async def play_episode(
                         "action_name": decision.action_name,
                         "text": decision.text,
                         "parsed": decision.parsed,
+                        "obtained": decision.obtained,
+                        "probs": decision.probs,
+                        "constraint_ignored": decision.constraint_ignored,
+                        "constraint_note": decision.constraint_note,
                         "reward": reward,
                         "return": result.episode_return,
                         "lives": info["lives"],

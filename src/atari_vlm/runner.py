@@ -95,6 +95,8 @@ class RunSummary:
             "env_steps": sum(e.env_steps for e in self.episodes),
             "decisions": sum(e.decisions for e in self.episodes),
             "unparsed": sum(e.unparsed for e in self.episodes),
+            "constraint_ignored": sum(e.constraint_ignored for e in self.episodes),
+            "constraint_note": next((e.constraint_note for e in self.episodes if e.constraint_note), None),
             "retries": sum(e.retries for e in self.episodes),
             **usage.to_record(),
             "cost_usd": self.cost_usd,
