@@ -542,7 +542,10 @@ def check_scores(vlm: LocalVLM, monkeypatch: pytest.MonkeyPatch, *, prefix_cache
     monkeypatch.setattr(vlm, "prefix_cache", prefix_cache)
     monkeypatch.setattr(vlm, "_prefixes", {})
     generates = count_generate(monkeypatch, vlm)
-    requests = [make_request(s, system=LONG_SYSTEM, decode="score", choices=NESTED) for s in (0, 3)]
+    requests = [
+        make_request(seed, images, system=LONG_SYSTEM, decode="score", choices=NESTED)
+        for seed, images in ((0, 1), (3, 1), (1, 2))  # two frames: Video-LLaVA's one video
+    ]
     completions = gather(vlm, requests)
     assert generates == []  # no generation at all
     assert len(vlm._prefixes) == (1 if prefix_cache else 0)

@@ -333,9 +333,9 @@ JSON_ANSWER = AnswerShape(
     prefix='"action": "', suffix='"}', opener="{", marker=re.compile(r'(?i)"action"\s*:')
 )
 MAX_CHOICES = 256
-MIN_CACHED_PREFIX = 16  # tokens: a shorter shared prefix is not worth a cache of its own
-MAX_CACHED_PREFIXES = 4
 MAX_CHOICE_CHARS = 100
+MIN_CACHED_PREFIX = 16  # tokens: a shorter shared prefix is not worth a KV cache of its own
+MAX_CACHED_PREFIXES = 4  # prompt prefixes whose KV is kept (one per game and prompt style in practice)
 
 
 def _check_choices(choices: Sequence[str]) -> None:
@@ -406,7 +406,7 @@ class _Row:
     choice_probs: dict[str, float] | None = None
 
 
-@dataclass
+@dataclass(frozen=True)
 class _Reasoning:
     """The free reasoning of one request, up to the marker where its constrained choice begins."""
 
@@ -435,7 +435,9 @@ class LocalVLM:
     - ``score``: no generation. One forward pass over the prompt (its KV cache then shared by every
       candidate: the cache's rows are repeated per candidate and all candidates run as one batched
       continuation) gives the log-likelihood of each legal answer, ``ACTION: <name>`` followed by
-      an end token (see :meth:`_score`).
+      an end token (see :meth:`_score`). The text before the first image (the system prompt, the
+      same at every decision) is computed once and its KV reused while it stays the same
+      (``prefix_cache``, on by default), so each decision's forward covers only the rest.
     - ``constrained``: the same exact choice among the legal answers (the model's distribution
       restricted to them, which token masking in ``generate`` only approximates), written as
       ``obtained="constrained"``; with ``Request.reasoning``, ``generate`` first writes free
@@ -778,7 +780,7 @@ class LocalVLM:
         torch = self._torch
         device = self.model.device
         devices = [device.index or 0] if device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices, device_type="cuda" if devices else None):
+        with torch.random.fork_rng(devices=devices):
             torch.manual_seed(int(self._stream(number, 0).integers(2**63)))
             yield
 
@@ -985,8 +987,8 @@ class LocalVLM:
         return tuple(prefix) if len(prefix) >= MIN_CACHED_PREFIX else None
 
     def _cached_prefix(self, prefix: tuple[int, ...], positions: Any) -> Any:
-        """A copy of the KV cache of ``prefix`` (one row), computed on first use; the few most recent
-        prefixes are kept (one per game and prompt style in practice)."""
+        """A copy of the KV cache of ``prefix`` (one row), computed on first use and kept among the
+        ``MAX_CACHED_PREFIXES`` most recently used."""
         torch = self._torch
         cache = self._prefixes.pop(prefix, None)
         if cache is None:
