@@ -20,12 +20,13 @@ import pytest
 
 from atari_vlm.errors import ConfigError, DependencyNotInstalled, ModelError
 from atari_vlm.models.base import VLM, Completion, ImagePart, Message, Request, TextPart
+from atari_vlm.prompts import parse_action
 
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 from atari_vlm.models import tiny
-from atari_vlm.models.local import FramesVideoProcessor, LocalVLM
+from atari_vlm.models.local import JSON_ANSWER, LINE_ANSWER, FramesVideoProcessor, LocalVLM
 
 HAS_TORCHVISION = importlib.util.find_spec("torchvision") is not None
 
@@ -59,17 +60,25 @@ def frame(seed: int) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, size=(210, 160, 3), dtype=np.uint8)
 
 
-def make_request(seed: int = 0, images: int = 1, max_tokens: int = 6, temperature: float = 0.0) -> Request:
+def make_request(
+    seed: int = 0,
+    images: int = 1,
+    max_tokens: int = 6,
+    temperature: float = 0.0,
+    system: str = "You are playing Pong.",
+    **fields: Any,
+) -> Request:
     """System + user turn; the text length varies with ``seed`` so that batches need padding."""
     parts = [ImagePart(frame(seed * 10 + i)) for i in range(images)]
     text = "Legal actions: NOOP, FIRE, UP, DOWN. " + "Think. " * seed + "Reply ACTION: <action>"
     return Request(
         (
-            Message.text("system", "You are playing Pong."),
+            Message.text("system", system),
             Message("user", (*parts, TextPart(text))),
         ),
         max_tokens=max_tokens,
         temperature=temperature,
+        **fields,
     )
 
 
@@ -437,3 +446,379 @@ def test_history_screens_stay_images_beside_the_video_llava_frame_stack(vlms: di
     prompt = vlm.render(agent.build_request(obs).messages)
     env.close()
     assert prompt.count("<image>") == 1 and prompt.count("<video>") == 1  # one history screen, one clip
+
+
+# --- scored and constrained choices ---
+
+PONG = ("NOOP", "FIRE", "RIGHT", "LEFT", "RIGHTFIRE", "LEFTFIRE")
+# "UP" is a token prefix of "UP UP": only the end token tells the complete answers apart.
+NESTED = ("NOOP", "FIRE", "UP", "UP UP", "UPRIGHT")
+# Long enough that the text before the image is cached as a prefix (MIN_CACHED_PREFIX tokens).
+LONG_SYSTEM = "You are playing Pong. " + "Move your paddle to meet the ball and score points. " * 3
+
+
+def reference_probs(vlm: LocalVLM, request: Request, answers: list[str]) -> np.ndarray:
+    """The candidates' probabilities computed the plain way: one uncached, unpadded forward over
+    prompt + answer + end for each answer, as fine-tuning lays out an example."""
+    import torch
+
+    prompt = vlm.render(request.messages)
+    pil = [to_pil_image(p.pixels) for m in request.messages for p in m.images]
+    kwargs: dict[str, Any] = {"text": [prompt], "return_tensors": "pt"}
+    kwargs["add_special_tokens"] = not prompt.startswith(vlm.tokenizer.bos_token)
+    if pil:
+        kwargs["videos" if vlm.frames_as_video and len(pil) > 1 else "images"] = [pil]
+    inputs = dict(vlm.processor(**kwargs))
+    prompt_len = inputs["input_ids"].shape[1]
+    ends = sorted(vlm._eos_ids | {vlm.tokenizer.eos_token_id})
+    totals = []
+    for answer in answers:
+        ids = vlm.tokenizer(answer, add_special_tokens=False)["input_ids"]
+        full = dict(inputs)
+        full["input_ids"] = torch.cat([inputs["input_ids"], torch.tensor([ids])], 1)
+        full["attention_mask"] = torch.ones_like(full["input_ids"])
+        if "mm_token_type_ids" in inputs:
+            zeros = torch.zeros((1, len(ids)), dtype=torch.long)
+            full["mm_token_type_ids"] = torch.cat([inputs["mm_token_type_ids"], zeros], 1)
+        with torch.inference_mode():
+            logp = vlm.model(**full).logits[0].float().log_softmax(-1)
+        tokens = sum(logp[prompt_len - 1 + j, t].item() for j, t in enumerate(ids))
+        totals.append(tokens + torch.logsumexp(logp[-1, ends], 0).item())
+    values = np.array(totals)
+    return np.exp(values - values.max()) / np.exp(values - values.max()).sum()
+
+
+def to_pil_image(pixels: np.ndarray) -> Any:
+    from atari_vlm.imaging import to_pil, to_rgb
+
+    return to_pil(to_rgb(pixels))
+
+
+def record_forwards(monkeypatch: pytest.MonkeyPatch, vlm: LocalVLM) -> list[tuple[int, int]]:
+    """Wrap the model's forward: the list gets each call's (rows, tokens)."""
+    calls: list[tuple[int, int]] = []
+    real = vlm.model.forward
+
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        calls.append(tuple(kwargs["input_ids"].shape))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(vlm.model, "forward", wrapper)
+    return calls
+
+
+def record_generates(monkeypatch: pytest.MonkeyPatch, vlm: LocalVLM) -> list[dict[str, Any]]:
+    """Wrap ``model.generate``: the list gets each call's batch size and decoding settings."""
+    calls: list[dict[str, Any]] = []
+    real = vlm.model.generate
+
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        calls.append(
+            {
+                "rows": int(kwargs["input_ids"].shape[0]),
+                "do_sample": kwargs.get("do_sample"),
+                "temperature": kwargs.get("temperature"),
+                "max_new_tokens": kwargs.get("max_new_tokens"),
+                "stops": kwargs.get("stopping_criteria") is not None,
+            }
+        )
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(vlm.model, "generate", wrapper)
+    return calls
+
+
+def gather(vlm: LocalVLM, requests: list[Request]) -> list[Completion]:
+    async def run() -> list[Completion]:
+        return list(await asyncio.gather(*(vlm.generate(r) for r in requests)))
+
+    return asyncio.run(run())
+
+
+def check_scores(vlm: LocalVLM, monkeypatch: pytest.MonkeyPatch, *, prefix_cache: bool) -> None:
+    """Batched (padded), over a shared KV cache, with or without the cached system prompt: the
+    same probabilities as scoring every answer on its own, end token included."""
+    monkeypatch.setattr(vlm, "prefix_cache", prefix_cache)
+    monkeypatch.setattr(vlm, "_prefixes", {})
+    generates = count_generate(monkeypatch, vlm)
+    requests = [
+        make_request(seed, images, system=LONG_SYSTEM, decode="score", choices=NESTED)
+        for seed, images in ((0, 1), (3, 1), (1, 2))  # two frames: Video-LLaVA's one video
+    ]
+    completions = gather(vlm, requests)
+    assert generates == []  # no generation at all
+    assert len(vlm._prefixes) == (1 if prefix_cache else 0)
+    for completion, request in zip(completions, requests, strict=True):
+        expected = reference_probs(vlm, request, [f"ACTION: {name}" for name in NESTED])
+        probs = np.array([completion.choice_probs[name] for name in NESTED])
+        assert list(completion.choice_probs) == list(NESTED)
+        np.testing.assert_allclose(probs, expected, atol=1e-5)
+        assert probs.sum() == pytest.approx(1.0)
+        assert completion.choice == NESTED[int(np.argmax(expected))]
+        assert completion.obtained == "scored" and completion.finish_reason == "stop"
+        assert completion.text == f"ACTION: {completion.choice}"
+        assert parse_action(completion.text, list(NESTED)).index == NESTED.index(completion.choice)
+
+
+def test_scores_are_the_models_probabilities_of_the_complete_answers(
+    vlm: LocalVLM, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    check_scores(vlm, monkeypatch, prefix_cache=True)
+
+
+@pytest.mark.parametrize("family", ["llava", "qwen2_vl"])  # 1-D positions, and Qwen's multimodal rope
+def test_scores_without_the_prefix_cache(vlm: LocalVLM, monkeypatch: pytest.MonkeyPatch) -> None:
+    check_scores(vlm, monkeypatch, prefix_cache=False)
+
+
+def test_a_scored_answer_costs_what_its_tokens_say(vlms: dict[str, LocalVLM]) -> None:
+    vlm = vlms["qwen2_vl"]
+    free, scored = gather(vlm, [make_request(2), make_request(2, decode="score", choices=PONG)])
+    assert scored.usage.input_tokens == free.usage.input_tokens
+    assert scored.usage.image_tokens == free.usage.image_tokens == 12
+    answer = vlm.tokenizer(f"ACTION: {scored.choice}", add_special_tokens=False)["input_ids"]
+    assert scored.usage.output_tokens == len(answer) + 1  # and the end token
+
+
+def test_one_prefill_serves_every_candidate_and_the_prefix_is_computed_once(
+    vlms: dict[str, LocalVLM], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    vlm = vlms["llava"]
+    monkeypatch.setattr(vlm, "_prefixes", {})
+    forwards = record_forwards(monkeypatch, vlm)
+    batch = [make_request(s, system=LONG_SYSTEM, decode="score", choices=PONG) for s in range(3)]
+    gather(vlm, batch)
+    first = list(forwards)
+    prefix = first[0]
+    assert prefix[0] == 1 and prefix[1] >= 16  # the shared system prompt, once
+    # Then one forward for the three prompts (after the prefix), and one continuation in which every
+    # candidate of every request is a row: the tiny tokenizer spells each name as one token after
+    # the shared "ACTION:", so each row is one token long.
+    assert first[1][0] == 3 and first[2] == (3 * len(PONG), 1) and len(first) == 3
+    forwards.clear()
+    gather(vlm, batch)
+    assert [rows for rows, _ in forwards] == [3, 3 * len(PONG)]  # the prefix came from its cache
+
+
+def test_json_answers_are_scored_as_json(vlms: dict[str, LocalVLM]) -> None:
+    vlm = vlms["idefics3"]
+    (completion,) = gather(vlm, [make_request(1, decode="score", choices=PONG, json_mode=True)])
+    assert json.loads(completion.text) == {"action": completion.choice}
+    expected = reference_probs(vlm, make_request(1), [JSON_ANSWER.answer(name) for name in PONG])
+    np.testing.assert_allclose([completion.choice_probs[n] for n in PONG], expected, atol=1e-5)
+
+
+def test_constrained_reasoning_is_capped_then_the_choice_scored_after_it(
+    vlms: dict[str, LocalVLM], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Random weights never write the ACTION: marker, so the reasoning runs to max_tokens; the
+    choice is then scored after it, on a line of its own."""
+    vlm = vlms["llava"]
+    generates = record_generates(monkeypatch, vlm)
+    request = make_request(0, max_tokens=5, decode="constrained", choices=PONG, reasoning=True)
+    (completion,) = gather(vlm, [request])
+    assert generates == [
+        {"rows": 1, "do_sample": False, "temperature": None, "max_new_tokens": 5, "stops": True}
+    ]
+    assert completion.obtained == "constrained" and completion.choice in PONG
+    lead = completion.text.removesuffix(f"\nACTION: {completion.choice}")
+    assert lead != completion.text and "ACTION" not in lead
+    (free,) = gather(vlm, [make_request(0, max_tokens=5)])
+    assert lead == free.text  # the reasoning is what greedy generation writes in 5 tokens
+    assert completion.finish_reason == "length"  # the reasoning was cut, not the answer
+    expected = reference_probs(vlm, request, [LINE_ANSWER.answer(name, lead) for name in PONG])
+    np.testing.assert_allclose([completion.choice_probs[n] for n in PONG], expected, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("json_mode", "written", "expected_lead"),
+    [
+        (False, "The ball is above.\nACTION: RIGHT is best", "The ball is above.\n"),
+        (True, '{"reasoning": "the ball is above", "action": "LEFT"}', '{"reasoning": "the ball is above", '),
+    ],
+)
+def test_reasoning_stops_at_the_marker_and_the_choice_follows_it(
+    vlms: dict[str, LocalVLM],
+    monkeypatch: pytest.MonkeyPatch,
+    json_mode: bool,
+    written: str,
+    expected_lead: str,
+) -> None:
+    """What the model wrote after the marker is dropped; the scored choice takes its place."""
+    import torch
+
+    vlm = vlms["llava"]
+    tail = vlm.tokenizer(written, add_special_tokens=False)["input_ids"]
+
+    def writes(**kwargs: Any) -> Any:  # the model's reasoning, fixed
+        ids = kwargs["input_ids"]
+        return torch.cat([ids, torch.tensor([tail] * ids.shape[0])], 1)
+
+    monkeypatch.setattr(vlm.model, "generate", writes)
+    request = make_request(
+        1, max_tokens=64, decode="score", choices=PONG, reasoning=True, json_mode=json_mode
+    )
+    (completion,) = gather(vlm, [request])
+    shape = JSON_ANSWER if json_mode else LINE_ANSWER
+    assert completion.text == shape.answer(completion.choice, expected_lead, at_marker=True)
+    assert completion.obtained == "scored" and completion.finish_reason == "stop"
+    assert parse_action(completion.text, list(PONG)).index == PONG.index(completion.choice)
+    if json_mode:
+        assert json.loads(completion.text)["action"] == completion.choice
+    answers = [shape.answer(name, expected_lead, at_marker=True) for name in PONG]
+    np.testing.assert_allclose(
+        [completion.choice_probs[n] for n in PONG], reference_probs(vlm, request, answers), atol=1e-5
+    )
+
+
+def test_the_marker_stops_a_row_of_generate(vlms: dict[str, LocalVLM]) -> None:
+    import torch
+
+    from atari_vlm.models.local import _stop_at_marker
+
+    tokenizer = vlms["llava"].tokenizer
+    prompt = tokenizer("USER: play ASSISTANT:", add_special_tokens=False)["input_ids"]
+
+    def rows(*texts: str) -> Any:
+        tails = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+        width = max(map(len, tails))
+        padded = [[tokenizer.pad_token_id] * (width - len(t)) + t for t in tails]
+        return torch.tensor([prompt + t for t in padded])
+
+    stop = _stop_at_marker(tokenizer, LINE_ANSWER.marker, len(prompt))[0]
+    texts = ("The ball is up.\nACTION:", "I think the action", "**Action:**", "reaction: none")
+    assert stop(rows(*texts), None).tolist() == [True, False, True, False]
+    json_stop = _stop_at_marker(tokenizer, JSON_ANSWER.marker, len(prompt))[0]
+    assert json_stop(rows('{"reasoning": "up", "action":', '{"reasoning": "action"'), None).tolist() == [
+        True,
+        False,
+    ]
+
+
+def test_sampling_is_seeded_and_greedy_at_a_vanishing_temperature(checkpoints: dict[str, Path]) -> None:
+    def play(seed: int, temperature: float) -> list[str | None]:
+        vlm = LocalVLM(checkpoints["llava"], seed=seed)
+        requests = [
+            make_request(s % 3, decode="score", choices=PONG, temperature=temperature) for s in range(12)
+        ]
+        requests += [make_request(0, max_tokens=6, temperature=temperature)] * 2  # free sampling too
+        out = [c.choice or c.text for c in gather(vlm, requests)]
+        asyncio.run(vlm.aclose())
+        return out
+
+    first, again, other = play(3, 1.0), play(3, 1.0), play(4, 1.0)
+    assert first == again and first != other
+    assert len(set(first[:12])) > 1  # random weights: close to uniform over the six
+    assert play(5, 1e-4)[:12] == play(5, 0.0)[:12]  # a vanishing temperature samples the greedy choice
+
+
+def test_choices_are_checked(vlms: dict[str, LocalVLM]) -> None:
+    vlm = vlms["llava"]
+    for choices, message in (
+        (("UP", "UP"), "distinct"),
+        (("UP", ""), "1-100 characters"),
+        (("UP", "X" * 101), "1-100 characters"),
+        (tuple(f"A{i}" for i in range(257)), "at most 256"),
+    ):
+        with pytest.raises(ModelError, match=message):
+            asyncio.run(vlm.generate(make_request(decode="score", choices=choices)))
+
+
+def test_the_demo_models_scored_decisions_are_always_legal(vlms: dict[str, LocalVLM]) -> None:
+    """The agent's own requests on a real game: every answer is a legal action, and parses back."""
+    import dataclasses
+
+    from atari_vlm.agent import VLMAgent
+    from atari_vlm.env import AtariVLMEnv, EnvConfig
+    from atari_vlm.games import game_info
+
+    vlm = vlms[tiny.DEMO_FAMILY]
+    env = AtariVLMEnv(EnvConfig(game="Pong"))
+    agent = VLMAgent(vlm, game_info("Pong"), env.action_names)
+    obs, _ = env.reset(seed=0)
+    names = env.action_names
+    for _ in range(8):
+        request = dataclasses.replace(agent.build_request(obs), decode="score", choices=tuple(names))
+        completion = asyncio.run(vlm.generate(request))
+        assert completion.choice in names
+        decision = agent.decide(completion)
+        assert decision.parsed and decision.action_name == completion.choice
+        obs, *_ = env.step(decision.action)
+    env.close()
+
+
+# --- the batcher: which requests share a batch, and how long it waits for them ---
+
+
+def test_greedy_sampled_and_scored_requests_never_share_a_batch(
+    vlms: dict[str, LocalVLM], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    vlm = vlms["llava"]
+    generates = record_generates(monkeypatch, vlm)
+    requests = [
+        make_request(0),
+        make_request(1, temperature=1.0),
+        make_request(2, decode="score", choices=PONG),
+        make_request(3),
+        make_request(4, temperature=1.0),
+        make_request(5, decode="score", choices=PONG, temperature=1.0),
+        make_request(6, decode="constrained", choices=PONG),
+    ]
+    completions = gather(vlm, requests)
+    settings = sorted((c["rows"], c["do_sample"], c["temperature"]) for c in generates)
+    assert settings == [(2, False, None), (2, True, 1.0)]  # one generate each; the scored ones: none
+    obtained = ["free", "free", "scored", "free", "free", "scored", "constrained"]
+    assert [c.obtained for c in completions] == obtained
+
+
+def test_the_batcher_waits_for_a_full_batch(
+    vlms: dict[str, LocalVLM], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The window's clock never runs out here, so only a full batch starts the model."""
+    vlm = vlms["llava"]
+    monkeypatch.setattr(vlm, "max_batch_size", 3)
+    monkeypatch.setattr(vlm, "max_wait_s", 60.0)
+    windows: list[float] = []
+
+    async def clock_that_never_runs_out(seconds: float) -> None:
+        windows.append(seconds)
+        await asyncio.Event().wait()
+
+    monkeypatch.setattr(vlm, "_sleep", clock_that_never_runs_out)
+    calls = count_generate(monkeypatch, vlm)
+
+    async def run() -> None:
+        first = asyncio.ensure_future(vlm.generate(make_request(0)))
+        for _ in range(20):  # the batcher takes the first request and opens its window
+            await asyncio.sleep(0)
+        later = [asyncio.ensure_future(vlm.generate(make_request(s))) for s in (1, 2)]
+        await asyncio.gather(first, *later)
+
+    asyncio.run(run())
+    assert calls == [3]
+    assert windows == [60.0]
+
+
+def test_the_batch_window_closes_at_its_deadline(
+    vlms: dict[str, LocalVLM], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    vlm = vlms["llava"]
+    monkeypatch.setattr(vlm, "max_batch_size", 3)
+    deadline_reached = asyncio.Event()
+
+    async def clock(seconds: float) -> None:
+        await deadline_reached.wait()
+
+    monkeypatch.setattr(vlm, "_sleep", clock)
+    calls = count_generate(monkeypatch, vlm)
+
+    async def run() -> None:
+        waiting = [asyncio.ensure_future(vlm.generate(make_request(s))) for s in (0, 1)]
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert calls == []  # two of three: still waiting
+        deadline_reached.set()
+        await asyncio.wait_for(asyncio.gather(*waiting), 60)
+
+    asyncio.run(run())
+    assert calls == [2]

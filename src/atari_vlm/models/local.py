@@ -6,6 +6,10 @@ so concurrent calls are queued and a background task runs them together: it take
 ``max_batch_size`` requests, waiting at most ``max_wait_s`` after the first, and runs the batch in a
 worker thread so the event loop keeps stepping emulators meanwhile.
 
+Besides free text, it answers with one of the request's legal choices by scoring them
+(``Request.decode``: see :class:`LocalVLM`), which costs one forward pass over the prompt instead of a
+generation, and can never be unplayable.
+
 torch and transformers are imported lazily (the ``local`` extra); weights load from safetensors only,
 never from pickles.
 """
@@ -14,22 +18,29 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import importlib.util
 import inspect
 import json
+import re
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
+
 from atari_vlm.errors import ConfigError, DependencyNotInstalled, ModelError, require
 from atari_vlm.imaging import to_pil, to_rgb
-from atari_vlm.models.base import Completion, ImagePart, Message, Request, Usage
+from atari_vlm.models.base import Completion, ImagePart, Message, Obtained, Request, Usage
 
 __all__ = [
     "DTYPES",
+    "JSON_ANSWER",
+    "LINE_ANSWER",
     "QUANTIZE_CHOICES",
+    "AnswerShape",
     "FramesVideoProcessor",
     "LocalVLM",
     "adapter_base",
@@ -288,6 +299,71 @@ def _fold_system(messages: Sequence[Message]) -> list[Message]:
     return [Message("user", tuple(system)), *rest]
 
 
+@dataclass(frozen=True)
+class AnswerShape:
+    """How a chosen action is written: the text that constrained and scored decoding score.
+
+    The line format's answer is ``ACTION: <name>`` (exactly the fine-tuning target of
+    :mod:`atari_vlm.training.finetune`, which the end token follows); the JSON format's is
+    ``{"action": "<name>"}``. After free reasoning, the choice follows the reasoning: at the
+    ``marker`` where the model began writing its action, or on a line of its own when it never did.
+    """
+
+    prefix: str  # written before the name
+    suffix: str  # written after the name
+    opener: str  # written before ``prefix`` unless the reasoning stopped at the marker
+    marker: re.Pattern[str]  # where free reasoning stops and the constrained choice begins
+
+    def answer(self, name: str, lead: str = "", at_marker: bool = False) -> str:
+        """The whole answer text for ``name`` after the reasoning ``lead``."""
+        if at_marker:
+            return f"{lead}{self.prefix}{name}{self.suffix}"
+        separator = "\n" if lead and not lead[-1].isspace() else ""
+        return f"{lead}{separator}{self.opener}{self.prefix}{name}{self.suffix}"
+
+
+LINE_ANSWER = AnswerShape(
+    prefix="ACTION: ",
+    suffix="",
+    opener="",
+    # "ACTION:" anywhere, or "Action:" / "**action:**" beginning a line.
+    marker=re.compile(r"\bACTION\s*:|(?im:^[\s*#>_`-]*action\s*:)"),
+)
+JSON_ANSWER = AnswerShape(
+    prefix='"action": "', suffix='"}', opener="{", marker=re.compile(r'(?i)"action"\s*:')
+)
+MAX_CHOICES = 256
+MAX_CHOICE_CHARS = 100
+MIN_CACHED_PREFIX = 16  # tokens: a shorter shared prefix is not worth a KV cache of its own
+MAX_CACHED_PREFIXES = 4  # prompt prefixes whose KV is kept (one per game and prompt style in practice)
+
+
+def _check_choices(choices: Sequence[str]) -> None:
+    if len(choices) > MAX_CHOICES:
+        raise ModelError(f"at most {MAX_CHOICES} choices can be decoded, got {len(choices)}")
+    for choice in choices:
+        if not isinstance(choice, str) or not choice or len(choice) > MAX_CHOICE_CHARS:
+            raise ModelError(
+                f"each choice must be a string of 1-{MAX_CHOICE_CHARS} characters, got {choice!r}"
+            )
+    if len(set(choices)) != len(choices):
+        raise ModelError(f"choices must be distinct, got {list(choices)}")
+
+
+def _common_prefix(sequences: Sequence[Sequence[int]]) -> list[int]:
+    """The longest token prefix that every sequence starts with."""
+    first = sequences[0]
+    n = 0
+    while n < len(first) and all(len(s) > n and s[n] == first[n] for s in sequences):
+        n += 1
+    return list(first[:n])
+
+
+def _softmax(values: np.ndarray) -> np.ndarray:
+    shifted = np.exp(values - values.max())
+    return shifted / shifted.sum()
+
+
 @dataclass
 class _Pending:
     """One queued request: its rendered prompt, its images and videos, and the caller's future."""
@@ -297,14 +373,27 @@ class _Pending:
     images: list[Any]
     videos: list[list[Any]]
     future: asyncio.Future[Completion]
+    number: int  # the request's place in the order of submission: its random streams derive from it
     queued_at: float = field(default_factory=time.perf_counter)
 
     @property
-    def settings(self) -> tuple[int, float, bool, tuple[int, ...]]:
-        """Requests batch together only when ``generate`` would treat them alike (videos stack into
-        one tensor, so their frame counts must match)."""
-        frames = tuple(len(v) for v in self.videos)
-        return (self.request.max_tokens, self.request.temperature, bool(self.images), frames)
+    def batch_key(self) -> tuple[Any, ...]:
+        """Requests share one forward or ``generate`` only when it treats them alike: the same decode
+        mode, answer shape and sampling settings (a greedy and a sampled request never share a
+        ``generate``), and image inputs that stack (videos of equal frame counts). Choices may differ:
+        every request's candidates are rows of their own."""
+        request = self.request
+        choosing = request.decode != "free"
+        generating = not choosing or request.reasoning
+        return (
+            request.decode,
+            choosing and request.reasoning,
+            choosing and request.json_mode,
+            request.max_tokens if generating else 0,
+            request.temperature,
+            bool(self.images),
+            tuple(len(v) for v in self.videos),
+        )
 
 
 @dataclass
@@ -312,6 +401,18 @@ class _Row:
     text: str
     usage: Usage
     finish_reason: str
+    obtained: Obtained = "free"
+    choice: str | None = None
+    choice_probs: dict[str, float] | None = None
+
+
+@dataclass(frozen=True)
+class _Reasoning:
+    """The free reasoning of one request, up to the marker where its constrained choice begins."""
+
+    lead: str
+    at_marker: bool  # the model itself began its action at the marker
+    truncated: bool  # stopped by max_tokens before a marker or an end token
 
 
 class _Batcher:
@@ -326,7 +427,32 @@ class _Batcher:
 
 
 class LocalVLM:
-    """A local image-text-to-text checkpoint behind the :class:`~atari_vlm.models.base.VLM` protocol."""
+    """A local image-text-to-text checkpoint behind the :class:`~atari_vlm.models.base.VLM` protocol.
+
+    Decoding (``Request.decode``):
+
+    - ``free``: ``model.generate`` writes the answer; the agent parses it.
+    - ``score``: no generation. One forward pass over the prompt (its KV cache then shared by every
+      candidate: the cache's rows are repeated per candidate and all candidates run as one batched
+      continuation) gives the log-likelihood of each legal answer, ``ACTION: <name>`` followed by
+      an end token (see :meth:`_score`). The text before the first image (the system prompt, the
+      same at every decision) is computed once and its KV reused while it stays the same
+      (``prefix_cache``, on by default), so each decision's forward covers only the rest.
+    - ``constrained``: the same exact choice among the legal answers (the model's distribution
+      restricted to them, which token masking in ``generate`` only approximates), written as
+      ``obtained="constrained"``; with ``Request.reasoning``, ``generate`` first writes free
+      reasoning (at most ``max_tokens``) until the model starts its action line (``ACTION:``), and
+      the choice is scored after it. ``score`` with ``reasoning`` does the same.
+
+    Greedy (temperature 0) takes the most likely choice; temperature T > 0 samples from the choices'
+    probabilities raised to 1/T. ``Completion.choice_probs`` holds the model's own probabilities
+    (at T = 1) of every legal choice, summing to 1.
+
+    Sampling is reproducible: every request draws from random streams derived from ``seed`` and its
+    place in the order of submission to this model (``generate`` calls), so the same requests in
+    the same order give the same answers. Sampled generation also depends on which requests share a
+    batch, which concurrent games decide by timing; one game at a time replays exactly.
+    """
 
     def __init__(
         self,
@@ -338,6 +464,7 @@ class LocalVLM:
         max_batch_size: int = 8,
         max_wait_s: float = 0.005,
         trust_remote_code: bool = False,
+        seed: int = 0,
     ) -> None:
         self.path = Path(path).expanduser()
         # A LoRA adapter directory (atari-vlm finetune) plays as its base with the adapter merged in.
@@ -406,6 +533,17 @@ class LocalVLM:
         self._system_ok = True  # until the chat template rejects a system turn
         self._batcher: _Batcher | None = None
         self._closed = False
+        self.seed = seed
+        self._submitted = 0  # requests so far, numbering each one's random streams
+        self._sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep  # the batch window's clock
+        self._end_ids = sorted(self._eos_ids | ({self.tokenizer.eos_token_id} - {None}))
+        forward = inspect.signature(self.model.forward).parameters
+        # transformers 5.24 renamed the forward's cache argument (the old name still works there).
+        self._cache_argument = "cache" if "cache" in forward else "past_key_values"
+        self._last_logits_only = {"logits_to_keep": 1} if "logits_to_keep" in forward else {}
+        self.prefix_cache = True  # scoring reuses the KV of the text before the first image
+        self._prefixes: dict[tuple[int, ...], Any] = {}  # that KV, most recently used last
+        self._answer_cache: dict[tuple[str, ...], list[list[int]]] = {}
 
     # --- setup helpers ---
 
@@ -474,6 +612,8 @@ class LocalVLM:
             raise ModelError("a request needs at least one message")
         if request.max_tokens < 1:
             raise ModelError(f"max_tokens must be at least 1, got {request.max_tokens}")
+        if request.decode != "free":
+            _check_choices(request.choices)
         prompt = self._render(request.messages)
         images: list[Any] = []
         videos: list[list[Any]] = []
@@ -484,7 +624,8 @@ class LocalVLM:
                 elif isinstance(part, ImagePart):
                     images.append(to_pil(to_rgb(part.pixels)))
         batcher = self._ensure_batcher()
-        pending = _Pending(request, prompt, images, videos, batcher.loop.create_future())
+        pending = _Pending(request, prompt, images, videos, batcher.loop.create_future(), self._submitted)
+        self._submitted += 1
         batcher.pending.append(pending)
         batcher.wakeup.set()
         if len(batcher.pending) >= self.max_batch_size:
@@ -520,16 +661,26 @@ class LocalVLM:
                 batcher.wakeup.clear()
                 await batcher.wakeup.wait()
             if len(batcher.pending) < self.max_batch_size and self.max_wait_s > 0:
-                batcher.full.clear()
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(batcher.full.wait(), self.max_wait_s)
+                await self._fill_window(batcher)
             batch = batcher.pending[: self.max_batch_size]
             del batcher.pending[: self.max_batch_size]
-            groups: dict[tuple[int, float, bool, tuple[int, ...]], list[_Pending]] = {}
+            groups: dict[tuple[Any, ...], list[_Pending]] = {}
             for pending in batch:
-                groups.setdefault(pending.settings, []).append(pending)
+                groups.setdefault(pending.batch_key, []).append(pending)
             for group in groups.values():
                 await self._run_group(group)
+
+    async def _fill_window(self, batcher: _Batcher) -> None:
+        """Wait until ``max_batch_size`` requests are queued or ``max_wait_s`` has passed (on
+        ``self._sleep``, which tests replace with a clock of their own)."""
+        batcher.full.clear()
+        full = asyncio.ensure_future(batcher.full.wait())
+        deadline = asyncio.ensure_future(self._sleep(self.max_wait_s))
+        try:
+            await asyncio.wait((full, deadline), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            full.cancel()
+            deadline.cancel()
 
     async def _run_group(self, group: list[_Pending]) -> None:
         live = [p for p in group if not p.future.done()]  # callers may have given up
@@ -553,6 +704,9 @@ class LocalVLM:
                         latency_s=now - pending.queued_at,
                         model=self.name,
                         finish_reason=row.finish_reason,
+                        obtained=row.obtained,
+                        choice=row.choice,
+                        choice_probs=row.choice_probs,
                     )
                 )
 
@@ -563,10 +717,17 @@ class LocalVLM:
             if not pending.future.done():
                 pending.future.set_exception(exc)
 
+    # --- one batch (runs in a worker thread) ---
+
     def _generate_batch(self, batch: list[_Pending]) -> list[_Row]:
-        """One padded (left) ``model.generate`` over the batch; runs in a worker thread."""
-        torch = self._torch
-        request = batch[0].request  # the group shares max_tokens and temperature
+        """Answer one batch of alike requests (see :attr:`_Pending.batch_key`)."""
+        inputs = self._encode(batch)
+        if batch[0].request.decode == "free":
+            return self._free_rows(batch, inputs)
+        return self._choice_rows(batch, inputs)
+
+    def _encode(self, batch: list[_Pending]) -> dict[str, Any]:
+        """The batch's prompts and images through the processor: left-padded tensors on the model's device."""
         prompts = [p.prompt for p in batch]
         # A template that writes the BOS token itself must not get a second one from the tokenizer.
         bos = self.tokenizer.bos_token
@@ -581,45 +742,352 @@ class LocalVLM:
         if batch[0].videos:
             inputs_kwargs["videos"] = [video for p in batch for video in p.videos]
         inputs = self.processor(**inputs_kwargs, return_tensors="pt")
-        inputs = {
+        return {
             k: v.to(self.model.device, dtype=self.model.dtype)
             if v.is_floating_point()
             else v.to(self.model.device)
             for k, v in inputs.items()
         }
+
+    def _image_tokens(self, prompt_ids: Any) -> int | None:
+        vision_ids = {self._image_token_id, self._video_token_id} - {None}
+        if not vision_ids:
+            return None
+        return sum(int((prompt_ids == token).sum()) for token in vision_ids)
+
+    def _run_generate(self, batch: list[_Pending], inputs: dict[str, Any], **extra: Any) -> Any:
+        """``model.generate`` with the batch's shared settings; sampling seeded from its first request."""
+        torch = self._torch
+        request = batch[0].request
         sampling: dict[str, Any] = {"do_sample": False}
         if request.temperature > 0:
             sampling = {"do_sample": True, "temperature": request.temperature}
-        with torch.inference_mode():
-            output = self.model.generate(
+        with torch.inference_mode(), self._seeded(batch[0].number, sampled=request.temperature > 0):
+            return self.model.generate(
                 **inputs,
                 max_new_tokens=request.max_tokens,
                 pad_token_id=self.tokenizer.pad_token_id,
                 **sampling,
+                **extra,
             )
+
+    @contextlib.contextmanager
+    def _seeded(self, number: int, *, sampled: bool) -> Iterator[None]:
+        """torch's random state seeded for request ``number`` (and restored after) when sampling."""
+        if not sampled:
+            yield
+            return
+        torch = self._torch
+        device = self.model.device
+        devices = [device.index or 0] if device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(int(self._stream(number, 0).integers(2**63)))
+            yield
+
+    def _stream(self, number: int, purpose: int) -> np.random.Generator:
+        """Request ``number``'s random stream for ``purpose`` (0: torch sampling, 1: picking a choice)."""
+        return np.random.default_rng([self.seed, number, purpose])
+
+    def _free_rows(self, batch: list[_Pending], inputs: dict[str, Any]) -> list[_Row]:
+        """One padded (left) ``model.generate``; the agent parses the texts."""
+        output = self._run_generate(batch, inputs)
         prompt_len = inputs["input_ids"].shape[1]
         rows = []
         for i in range(len(batch)):
             new = output[i, prompt_len:].tolist()
             end = next((j + 1 for j, tok in enumerate(new) if tok in self._eos_ids), None)
             tokens = new if end is None else new[:end]
-            prompt_ids = inputs["input_ids"][i]
-            vision_ids = {self._image_token_id, self._video_token_id} - {None}
-            image_tokens = None
-            if vision_ids:
-                image_tokens = sum(int((prompt_ids == token).sum()) for token in vision_ids)
             rows.append(
                 _Row(
                     text=self.tokenizer.decode(tokens, skip_special_tokens=True),
                     usage=Usage(
                         input_tokens=int(inputs["attention_mask"][i].sum()),
                         output_tokens=len(tokens),
-                        image_tokens=image_tokens,
+                        image_tokens=self._image_tokens(inputs["input_ids"][i]),
                     ),
                     finish_reason="length" if end is None else "stop",
                 )
             )
         return rows
 
+    def _choice_rows(self, batch: list[_Pending], inputs: dict[str, Any]) -> list[_Row]:
+        """Constrained or scored answers: (free reasoning, then) exactly one of each request's choices."""
+        request = batch[0].request
+        shape = JSON_ANSWER if request.json_mode else LINE_ANSWER
+        reasonings = [_Reasoning("", False, False)] * len(batch)
+        if request.reasoning:
+            reasonings = self._reason(batch, inputs, shape)
+        answers = [
+            [shape.answer(name, r.lead, r.at_marker) for name in p.request.choices]
+            for p, r in zip(batch, reasonings, strict=True)
+        ]
+        with self._torch.inference_mode():
+            log_likelihoods, answer_ids = self._score(inputs, answers)
+        obtained: Obtained = "scored" if request.decode == "score" else "constrained"
+        rows = []
+        for i, pending in enumerate(batch):
+            choices = pending.request.choices
+            probs = _softmax(log_likelihoods[i])
+            if request.temperature > 0:
+                tempered = _softmax(log_likelihoods[i] / request.temperature)
+                draw = self._stream(pending.number, 1).random()
+                index = min(int(np.searchsorted(np.cumsum(tempered), draw, side="right")), len(choices) - 1)
+            else:
+                index = int(np.argmax(log_likelihoods[i]))
+            rows.append(
+                _Row(
+                    text=answers[i][index],
+                    usage=Usage(
+                        input_tokens=int(inputs["attention_mask"][i].sum()),
+                        output_tokens=len(answer_ids[i][index]) + 1,  # the answer and its end token
+                        image_tokens=self._image_tokens(inputs["input_ids"][i]),
+                    ),
+                    finish_reason="length" if reasonings[i].truncated else "stop",
+                    obtained=obtained,
+                    choice=choices[index],
+                    choice_probs={name: float(p) for name, p in zip(choices, probs, strict=True)},
+                )
+            )
+        return rows
+
+    def _reason(self, batch: list[_Pending], inputs: dict[str, Any], shape: AnswerShape) -> list[_Reasoning]:
+        """Free reasoning for each request, stopped where the model starts writing its action (the
+        shape's marker), at an end token, or after ``max_tokens``."""
+        prompt_len = inputs["input_ids"].shape[1]
+        stop = _stop_at_marker(self.tokenizer, shape.marker, prompt_len)
+        output = self._run_generate(batch, inputs, stopping_criteria=stop)
+        max_tokens = batch[0].request.max_tokens
+        reasonings = []
+        for i in range(len(batch)):
+            new = output[i, prompt_len:].tolist()
+            end = next((j for j, tok in enumerate(new) if tok in self._eos_ids), None)
+            text = self.tokenizer.decode(new if end is None else new[:end], skip_special_tokens=True)
+            found = shape.marker.search(text)
+            if found:
+                reasonings.append(_Reasoning(text[: found.start()], True, False))
+            else:
+                reasonings.append(_Reasoning(text, False, end is None and len(new) >= max_tokens))
+        return reasonings
+
+    def _score(
+        self, inputs: dict[str, Any], answers: list[list[str]]
+    ) -> tuple[list[np.ndarray], list[list[list[int]]]]:
+        """The log-likelihood of every candidate answer after its request's prompt.
+
+        Each answer is tokenized as fine-tuning tokenizes its target (the tokenizer alone, after the
+        processor's prompt ids) and scored with an end token after it: log P(answer tokens, end |
+        prompt), summed over the tokens and *not* length-normalized. With the end token the
+        candidates are disjoint complete answers ("UP" ends where "UPRIGHT" goes on), so their
+        normalized probabilities are exactly the model's distribution over the legal answers;
+        dividing by the length would no longer be a probability and would favour multi-token names.
+        The candidates' common token prefix (``ACTION:``, the reasoning) has the same probability for
+        all of them, so it joins the prompt in the one prefill; the rest of every candidate then runs
+        as one batched continuation over the prefill's KV cache (its rows repeated per candidate).
+
+        Returns each request's log-likelihoods (up to the shared prefix's, the same for all) and
+        the candidates' token ids.
+        """
+        torch = self._torch
+        device = self.model.device
+        answer_ids = [self._answer_ids(texts) for texts in answers]
+        shared = [_common_prefix(ids) for ids in answer_ids]
+        logits, cache, attention, positions = self._prefill(
+            _append_tokens(inputs, shared, self.tokenizer.pad_token_id, torch)
+        )
+        first = logits.float().log_softmax(-1)  # (requests, vocab): the next token after the prefix
+        end = torch.tensor(self._end_ids, device=first.device)
+        ends_now = torch.logsumexp(first[:, end], -1).tolist()  # an answer that ends with the shared prefix
+        suffixes = [[ids[len(p) :] for ids in row] for row, p in zip(answer_ids, shared, strict=True)]
+        scores = [np.array([ends_now[r]] * len(row)) for r, row in enumerate(suffixes)]
+        rows = [(r, k) for r, row in enumerate(suffixes) for k, suffix in enumerate(row) if suffix]
+        if not rows:
+            return scores, answer_ids
+        width = max(len(suffixes[r][k]) for r, k in rows)
+        tokens = torch.full((len(rows), width), self.tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for n, (r, k) in enumerate(rows):
+            suffix = suffixes[r][k]
+            tokens[n, : len(suffix)] = torch.tensor(suffix)
+            mask[n, : len(suffix)] = 1
+        tokens, mask = tokens.to(device), mask.to(device)
+        select = torch.tensor([r for r, _ in rows], device=device)
+        cache.batch_select_indices(select)
+        batch_dim = 1 if positions.ndim == 3 else 0  # Qwen's multimodal rope: (axes, batch, length)
+        steps = torch.arange(1, width + 1, device=device).view(*([1] * (positions.ndim - 1)), width)
+        out = self.model(
+            input_ids=tokens,
+            attention_mask=torch.cat([attention.index_select(0, select), mask], 1),
+            position_ids=positions.index_select(batch_dim, select)[..., -1:] + steps,
+            use_cache=True,
+            **{self._cache_argument: cache},
+        )
+        logp = out.logits.float().log_softmax(-1)  # (rows, width, vocab): after each suffix token
+        total = first.index_select(0, select).gather(1, tokens[:, :1]).squeeze(1)
+        if width > 1:
+            later = logp[:, :-1].gather(2, tokens[:, 1:, None]).squeeze(2)
+            total = total + torch.where(mask[:, 1:].bool(), later, 0.0).sum(1)
+        last = logp[torch.arange(len(rows), device=device), mask.sum(1) - 1]
+        total = total + torch.logsumexp(last[:, end], -1)
+        for (r, k), value in zip(rows, total.tolist(), strict=True):
+            scores[r][k] = value
+        return scores, answer_ids
+
+    def _answer_ids(self, texts: list[str]) -> list[list[int]]:
+        """Token ids of candidate answers (cached: without reasoning they repeat every decision)."""
+        key = tuple(texts)
+        ids = self._answer_cache.get(key)
+        if ids is None:
+            ids = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
+            if len(self._answer_cache) >= 64:
+                self._answer_cache.clear()
+            self._answer_cache[key] = ids
+        return ids
+
+    def _prefill(self, inputs: dict[str, Any]) -> tuple[Any, Any, Any, Any]:
+        """One forward over a batch of prompts (left-padded ``inputs``): the logits after each
+        prompt, the KV cache, and the attention mask and position ids that go with the cache.
+
+        The text before the first image (the system prompt, the same at every decision) is computed
+        once and its KV reused (:meth:`_cached_prefix`); the batch then lays out as prefix, padding,
+        rest of the prompt, and only the rest runs through the model.
+        """
+        prefix = self._shared_prefix(inputs) if self.prefix_cache else None
+        if prefix is None:
+            positions = self._positions(inputs)
+            out = self.model(**inputs, position_ids=positions, use_cache=True, **self._last_logits_only)
+            return out.logits[:, -1], _output_cache(out), inputs["attention_mask"], positions
+        n = len(prefix)
+        full = _pad_after(inputs, n, self.tokenizer.pad_token_id, self._torch)
+        positions = self._positions(full)
+        cache = self._cached_prefix(prefix, positions[..., :1, :n])
+        cache.batch_repeat_interleave(full["input_ids"].shape[0])
+        rest = {k: v[:, n:] if k in _TOKEN_VALUES else v for k, v in full.items()}
+        out = self.model(
+            **rest,
+            position_ids=positions[..., n:],
+            use_cache=True,
+            **{self._cache_argument: cache},
+            **self._last_logits_only,
+        )
+        return out.logits[:, -1], _output_cache(out), full["attention_mask"], positions
+
+    def _shared_prefix(self, inputs: dict[str, Any]) -> tuple[int, ...] | None:
+        """The token ids that every prompt of the batch starts with, up to the first image or video
+        token (whose KV depends on the pixels); None when too short to be worth caching."""
+        vision = {self._image_token_id, self._video_token_id} - {None}
+        mask = inputs["attention_mask"].bool()
+        heads = []
+        for ids, keep in zip(inputs["input_ids"], mask, strict=True):
+            row = ids[keep].tolist()
+            cut = next((j for j, token in enumerate(row) if token in vision), None)
+            if cut is None:  # a text-only prompt: no fixed boundary to cache up to
+                return None
+            heads.append(row[:cut])
+        prefix = _common_prefix(heads)
+        return tuple(prefix) if len(prefix) >= MIN_CACHED_PREFIX else None
+
+    def _cached_prefix(self, prefix: tuple[int, ...], positions: Any) -> Any:
+        """A copy of the KV cache of ``prefix`` (one row), computed on first use and kept among the
+        ``MAX_CACHED_PREFIXES`` most recently used."""
+        torch = self._torch
+        cache = self._prefixes.pop(prefix, None)
+        if cache is None:
+            ids = torch.tensor([prefix], device=self.model.device)
+            out = self.model(
+                input_ids=ids,
+                attention_mask=torch.ones_like(ids),
+                position_ids=positions,
+                use_cache=True,
+                **self._last_logits_only,
+            )
+            cache = _output_cache(out)
+        self._prefixes[prefix] = cache
+        while len(self._prefixes) > MAX_CACHED_PREFIXES:
+            self._prefixes.pop(next(iter(self._prefixes)))
+        return copy.deepcopy(cache)
+
+    def _positions(self, inputs: dict[str, Any]) -> Any:
+        """Position ids of a left-padded batch, computed as ``generate`` computes them (Qwen's
+        multimodal rope included)."""
+        prepare = getattr(self.model, "_prepare_position_ids_for_generation", None)
+        if prepare is not None:
+            return prepare(inputs["input_ids"], dict(inputs))
+        mask = inputs["attention_mask"]
+        return (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)
+
     def __repr__(self) -> str:
         return f"LocalVLM({str(self.path)!r}, max_batch_size={self.max_batch_size})"
+
+
+_PER_TOKEN_INPUTS = {"input_ids": None, "attention_mask": 1, "mm_token_type_ids": 0, "token_type_ids": 0}
+"""Processor outputs with one value per prompt token, and the value an appended text token takes
+(None: the token id itself)."""
+_TOKEN_VALUES = ("input_ids", "mm_token_type_ids", "token_type_ids")  # sliced with the tokens they go with
+
+
+def _append_tokens(inputs: dict[str, Any], extra: list[list[int]], pad_id: int, torch: Any) -> dict[str, Any]:
+    """``inputs`` with ``extra[i]`` appended to row i's prompt tokens, left-padded again."""
+    if not any(extra):
+        return dict(inputs)
+    mask = inputs["attention_mask"].bool()
+    lengths = [int(m.sum()) + len(e) for m, e in zip(mask, extra, strict=True)]
+    width = max(lengths)
+    out = dict(inputs)
+    for key, fill in _PER_TOKEN_INPUTS.items():
+        if key not in inputs:
+            continue
+        values = inputs[key]
+        padded = torch.full((len(extra), width), pad_id if key == "input_ids" else 0, dtype=values.dtype)
+        padded = padded.to(values.device)
+        for i, tokens in enumerate(extra):
+            appended = tokens if fill is None else [fill] * len(tokens)
+            appended_values = torch.tensor(appended, dtype=values.dtype).to(values.device)
+            row = torch.cat([values[i][mask[i]], appended_values])
+            padded[i, width - len(row) :] = row
+        out[key] = padded
+    return out
+
+
+def _pad_after(inputs: dict[str, Any], n: int, pad_id: int, torch: Any) -> dict[str, Any]:
+    """``inputs`` laid out as each row's first ``n`` tokens, then the row's padding, then the rest."""
+    mask = inputs["attention_mask"].bool()
+    out = dict(inputs)
+    for key in _PER_TOKEN_INPUTS:
+        if key not in inputs:
+            continue
+        values = inputs[key]
+        fill = pad_id if key == "input_ids" else 0
+        padded = torch.full_like(values, fill)
+        for i in range(values.shape[0]):
+            row = values[i][mask[i]]
+            padded[i, :n] = row[:n]
+            padded[i, values.shape[1] - (len(row) - n) :] = row[n:]
+        out[key] = padded
+    return out
+
+
+def _output_cache(output: Any) -> Any:
+    """The KV cache a forward returned (``cache`` from transformers 5.24, ``past_key_values`` before)."""
+    for name in ("cache", "past_key_values"):
+        cache = output.get(name)
+        if cache is not None:
+            if not hasattr(cache, "batch_select_indices"):
+                kind = type(cache).__name__
+                raise ModelError(f"scoring needs a KV cache whose rows can be selected, got {kind}")
+            return cache
+    raise ModelError("the model returned no KV cache to score the choices with")
+
+
+def _stop_at_marker(tokenizer: Any, marker: re.Pattern[str], prompt_len: int) -> Any:
+    """A stopping criterion for ``generate``: a row is done once its answer so far holds ``marker``."""
+    t = require("transformers", extra="local")
+    torch = require("torch", extra="local")
+    tail = 16  # tokens re-decoded each step: enough for any marker, and cheap
+
+    class StopAtMarker(t.StoppingCriteria):
+        def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+            start = max(prompt_len, input_ids.shape[1] - tail)
+            texts = tokenizer.batch_decode(input_ids[:, start:], skip_special_tokens=True)
+            return torch.tensor([bool(marker.search(text)) for text in texts], device=input_ids.device)
+
+    return t.StoppingCriteriaList([StopAtMarker()])
