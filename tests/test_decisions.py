@@ -40,8 +40,7 @@ def test_an_explicit_decoding_the_backend_cannot_do_is_refused():
     with pytest.raises(ConfigError, match="--decode score is not something plain can do; it offers free"):
         resolve_decode("score", Backend("plain"), reasoning=False)
     local = Backend("local", decode_modes=("free", "constrained", "score"))
-    with pytest.raises(ConfigError, match="answers without reasoning"):
-        resolve_decode("score", local, reasoning=True)
+    assert resolve_decode("score", local, reasoning=True) == "score"  # reasons first, then scores
     assert resolve_decode("free", local, reasoning=False) == "free"
     assert supported_decodes(Backend("odd", decode_modes="nonsense")) == ("free",)
 

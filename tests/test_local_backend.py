@@ -726,19 +726,19 @@ def test_choices_are_checked(vlms: dict[str, LocalVLM]) -> None:
 
 def test_the_demo_models_scored_decisions_are_always_legal(vlms: dict[str, LocalVLM]) -> None:
     """The agent's own requests on a real game: every answer is a legal action, and parses back."""
-    import dataclasses
-
-    from atari_vlm.agent import VLMAgent
-    from atari_vlm.env import AtariVLMEnv, EnvConfig
-    from atari_vlm.games import game_info
+    from atari_vlm.env import AtariVLMEnv
+    from atari_vlm.spec import RunSpec
+    from atari_vlm.workers import vlm_agent
 
     vlm = vlms[tiny.DEMO_FAMILY]
-    env = AtariVLMEnv(EnvConfig(game="Pong"))
-    agent = VLMAgent(vlm, game_info("Pong"), env.action_names)
+    spec = RunSpec.build(game="Pong")
+    env = AtariVLMEnv(spec.env, spec.observation)
+    agent = vlm_agent(spec, env.action_names, vlm)
     obs, _ = env.reset(seed=0)
     names = env.action_names
     for _ in range(8):
-        request = dataclasses.replace(agent.build_request(obs), decode="score", choices=tuple(names))
+        request = agent.build_request(obs)  # --decode auto: a local model scores
+        assert request.decode == "score" and request.choices == tuple(names)
         completion = asyncio.run(vlm.generate(request))
         assert completion.choice in names
         decision = agent.decide(completion)

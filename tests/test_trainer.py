@@ -287,3 +287,29 @@ def test_the_demo_model_trains_end_to_end(tmp_path):
     ).train(1)
     assert [r["episode"] for r in result.curve] == [0, 1] and len(result.episodes) == 1
     assert json.loads((tmp_path / "demo" / "config.json").read_text())["model"]["random_weights"] is True
+
+
+def test_the_trainers_random_baseline_is_the_benchs_on_the_same_seeds(tmp_path):
+    """One rule turns an env seed into an episode's seeds (env and agent), in train and in bench."""
+    from atari_vlm.runner import run_play
+    from atari_vlm.spec import RunSpec
+
+    seeds = (10_000, 10_001, 10_002)
+    result = VLMTrainer(
+        "Pong",
+        "random",
+        out_dir=tmp_path / "t",
+        eval_every=1,
+        eval_seeds=seeds,
+        max_steps=250,
+        env_options=ENV,
+    ).train(1)
+    spec = RunSpec.build(
+        game="Pong", agent="random", env_seeds=seeds, episodes=3, max_steps=250, video=False, **ENV
+    )
+    summary = run_play(spec, tmp_path / "b")
+    assert result.random_returns == [e.episode_return for e in summary.episodes]
+    actions = {s["episode"]: [] for s in read_jsonl(tmp_path / "b" / "steps.jsonl")}
+    for s in read_jsonl(tmp_path / "b" / "steps.jsonl"):
+        actions[s["episode"]].append(s["action"])
+    assert len({tuple(a) for a in actions.values()}) == 3  # each seed its own random actions

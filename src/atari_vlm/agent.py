@@ -217,10 +217,6 @@ def resolve_decode(wanted: str, model: Any, *, reasoning: bool) -> DecodeMode:
         if "score" in modes and not reasoning:
             return "score"
         return "constrained" if "constrained" in modes else "free"
-    if wanted == "score" and reasoning and "score" in modes:
-        raise ConfigError(
-            "--decode score answers without reasoning: use the basic prompt, or --decode constrained"
-        )
     if wanted not in modes:
         raise ConfigError(
             f"--decode {wanted} is not something {getattr(model, 'name', 'this model')} can do; it offers "

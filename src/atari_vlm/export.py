@@ -43,7 +43,7 @@ from atari_vlm import __version__
 from atari_vlm.errors import ConfigError, require
 from atari_vlm.games import game_info, resolve_game
 from atari_vlm.rundir import read_jsonl, read_run_spec
-from atari_vlm.spec import RunSpec
+from atari_vlm.spec import RunSpec, is_finite_number, is_integer
 from atari_vlm.video import read_native_frames
 
 FORMATS: tuple[str, ...] = ("hf", "minari")
@@ -134,14 +134,6 @@ class _Source:
     game: str
     episodes: list[_Episode]
     env_kwargs: dict[str, Any] = field(default_factory=dict)  # ale-py kwargs the episodes were played with
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _open_source(source: str | Path) -> _Source:
@@ -237,11 +229,11 @@ def _open_run(path: Path) -> _Source:
     by_episode: dict[int, list[dict[str, Any]]] = {}
     if steps_path.is_file():
         for record in read_jsonl(steps_path):
-            if _is_int(record.get("episode")):
+            if is_integer(record.get("episode")):
                 by_episode.setdefault(record["episode"], []).append(record)
     finished: dict[int, dict[str, Any]] = {}
     for record in read_jsonl(path / "episodes.jsonl"):
-        if _is_int(record.get("episode")):
+        if is_integer(record.get("episode")):
             finished.setdefault(record["episode"], record)
     episodes = []
     for number in sorted(finished):
@@ -264,7 +256,7 @@ def _open_run(path: Path) -> _Source:
                 source=f"run:{path.resolve().name}/{name}",
                 load=load,
                 model=spec,
-                seed=seed if _is_int(seed) and seed >= 0 else None,
+                seed=seed if is_integer(seed) and seed >= 0 else None,
                 terminated=bool(record.get("terminated")),
             )
         )
@@ -281,24 +273,24 @@ def _open_run(path: Path) -> _Source:
 def _run_steps(
     path: Path, number: int, records: list[dict[str, Any]], names: Sequence[str], episode: dict[str, Any]
 ) -> list[_Step]:
-    records = sorted(records, key=lambda r: r.get("step") if _is_int(r.get("step")) else -1)
+    records = sorted(records, key=lambda r: r.get("step") if is_integer(r.get("step")) else -1)
     where = f"{path}: episode {number}"
     if not records or [r.get("step") for r in records] != list(range(1, len(records) + 1)):
         raise ConfigError(f"{where} does not log its steps 1..n exactly once (a damaged run directory)")
-    if _is_int(episode.get("steps")) and episode["steps"] != len(records):
+    if is_integer(episode.get("steps")) and episode["steps"] != len(records):
         raise ConfigError(f"{where} logs {len(records)} steps, but episodes.jsonl says {episode['steps']}")
     steps = []
     for r in records:
         action, name, reward, lives = r.get("action"), r.get("action_name"), r.get("reward"), r.get("lives")
-        if not _is_int(action) or not 0 <= action < len(names) or name != names[action]:
+        if not is_integer(action) or not 0 <= action < len(names) or name != names[action]:
             raise ConfigError(f"{where} step {r['step']}: action {action!r} ({name!r}) is not a legal action")
-        if not _is_number(reward) or not _is_int(lives):
+        if not is_finite_number(reward) or not is_integer(lives):
             raise ConfigError(f"{where} step {r['step']}: reward and lives must be numbers")
         text = r.get("text")
         answer = text if isinstance(text, str) and text else None
         steps.append(_Step(action, name, float(reward), lives, None, answer))
     total = math.fsum(s.reward for s in steps)
-    if _is_number(episode.get("return")) and not math.isclose(total, episode["return"], abs_tol=1e-6):
+    if is_finite_number(episode.get("return")) and not math.isclose(total, episode["return"], abs_tol=1e-6):
         raise ConfigError(
             f"{where}: the step rewards sum to {total:g}, but episodes.jsonl says {episode['return']}"
         )
@@ -331,7 +323,7 @@ def _replay(env_config: Any, seed: int, steps: Sequence[_Step]) -> Iterator[tupl
 
 def _load_run_episode(env_config: Any, steps: list[_Step], seed: Any, video: Path, where: str) -> _Loaded:
     why = "its episode seed is not recorded"
-    if _is_int(seed) and seed >= 0:
+    if is_integer(seed) and seed >= 0:
         try:
             texts = [text for _, text in _replay(env_config, seed, steps)]
         except _Diverged as exc:
@@ -353,9 +345,9 @@ def _load_run_episode(env_config: Any, steps: list[_Step], seed: Any, video: Pat
 
 
 def _select(episodes: list[_Episode], top_k: int | None, min_return: float | None) -> list[_Episode]:
-    if top_k is not None and (not _is_int(top_k) or top_k < 1):
+    if top_k is not None and (not is_integer(top_k) or top_k < 1):
         raise ConfigError(f"top_k must be an integer >= 1, got {top_k!r}")
-    if min_return is not None and not _is_number(min_return):
+    if min_return is not None and not is_finite_number(min_return):
         raise ConfigError(f"min_return must be a finite number, got {min_return!r}")
     ranked = sorted(episodes, key=lambda e: (-e.episode_return, e.name))
     if min_return is not None:

@@ -59,6 +59,7 @@ __all__ = [
     "TrainSpec",
     "check_int",
     "is_finite_number",
+    "is_integer",
     "parse_seeds",
     "resume_conflicts",
 ]
@@ -100,8 +101,8 @@ Check = Callable[[str, Any], Any]
 # --- validators (the only ones: everything that checks a setting uses these) ---------------------------
 
 
-def _is_int(value: object) -> bool:
-    """An int (numpy's included), not a bool."""
+def is_integer(value: object) -> bool:
+    """An int (numpy's included), not a bool: the one test of "an integer" every check shares."""
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
@@ -114,7 +115,7 @@ def is_finite_number(value: object) -> bool:
 
 def check_int(name: str, value: Any, low: int, high: int) -> int:
     """``value`` as an int in ``[low, high]``, or a ConfigError naming ``name`` and the range."""
-    if not _is_int(value):
+    if not is_integer(value):
         raise ConfigError(f"{name} must be an integer, got {value!r}")
     if not low <= int(value) <= high:
         raise ConfigError(f"{name} must be between {low} and {high}, got {value}")

@@ -31,6 +31,7 @@ from gymnasium import spaces
 
 from atari_vlm import imaging
 from atari_vlm.errors import ConfigError
+from atari_vlm.spec import check_int
 from atari_vlm.state_text import GameState, describe
 
 __all__ = [
@@ -52,11 +53,7 @@ StepResult = tuple[Any, SupportsFloat, bool, bool, dict[str, Any]]
 
 
 def _check_positive(name: str, value: Any, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise ConfigError(f"{name} must be an integer, got {value!r}")
-    if value < low:
-        raise ConfigError(f"{name} must be at least {low}, got {value}")
-    return int(value)
+    return check_int(name, value, low, 2**31 - 1)
 
 
 class MaxPoolSkip(gym.Wrapper, gym.utils.RecordConstructorArgs):

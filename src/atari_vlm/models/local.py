@@ -454,6 +454,9 @@ class LocalVLM:
     batch, which concurrent games decide by timing; one game at a time replays exactly.
     """
 
+    decode_modes: tuple[str, ...] = ("free", "constrained", "score")
+    """What the agent may ask for (``--decode``); ``auto`` takes ``score`` for answers without reasoning."""
+
     def __init__(
         self,
         path: str | Path,
