@@ -58,8 +58,15 @@ def _model(base_url: str, *, timeout_s: float, max_retries: int) -> LoadedModel:
 
 def _play(base_url: str, out: Path, *, game: str, episodes: int, max_steps: int, seed: int, **model: Any):
     loaded = _model(base_url, **model)
+    # Free text: the faults are about answers as text (empty, null, cut off), parsed or counted.
     spec = RunSpec.build(
-        game=game, model=loaded.spec, episodes=episodes, seed=seed, max_steps=max_steps, video=False
+        game=game,
+        model=loaded.spec,
+        episodes=episodes,
+        seed=seed,
+        max_steps=max_steps,
+        video=False,
+        decode="free",
     )
     return run_play(spec, out, loaded=loaded, close_loaded=True)
 
