@@ -278,7 +278,12 @@ def test_example_2_train_with_qwen_vl(new_user, qwen_weights_cached, monkeypatch
 def test_example_3_use_gpt4v(new_user, openai_server, monkeypatch):
     monkeypatch.setenv("OPENAI_BASE_URL", openai_server.base_url)  # the SDK's own variable
     namespace: dict[str, Any] = {}
-    run_verbatim(snippet("Example 3: Use GPT-4V").code, namespace)
+    try:
+        run_verbatim(snippet("Example 3: Use GPT-4V").code, namespace)
+    finally:
+        for name in ("agent", "env"):
+            if name in namespace:
+                namespace[name].close()
     assert namespace["action"] == PONG_ACTIONS.index("LEFT")  # the server's answer, parsed
     (request,) = openai_server.requests
     assert authorization(request) == "Bearer YOUR_KEY"
@@ -289,8 +294,6 @@ def test_example_3_use_gpt4v(new_user, openai_server, monkeypatch):
     user = messages[-1]["content"]
     assert any(part["type"] == "image_url" for part in user)
     assert any(part["type"] == "text" and "Your paddle" in part["text"] for part in user)
-    namespace["agent"].close()
-    namespace["env"].close()
 
 
 @runs("Reduce API Costs")
