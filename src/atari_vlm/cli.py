@@ -153,10 +153,6 @@ PLAY_SECTIONS: dict[str | None, Sequence[str] | str] = {
 class _ShowRecommendations(argparse.Action):
     """Print the seed's recommendation table and exit at once, like ``--help`` (no other flag needed)."""
 
-    def __init__(self, option_strings: Sequence[str], dest: str, **options: object) -> None:
-        options.update(nargs=0, default=argparse.SUPPRESS)
-        super().__init__(option_strings, argparse.SUPPRESS, **options)  # type: ignore[arg-type]
-
     def __call__(self, parser, namespace, values, option_string=None) -> None:  # type: ignore[override]
         from atari_vlm.seed_api import render_recommendations
 
@@ -169,6 +165,9 @@ def _add_show_recommendations(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--show-recommendations",
         action=_ShowRecommendations,
+        nargs=0,
+        dest=argparse.SUPPRESS,
+        default=argparse.SUPPRESS,
         help="print the seed's VLM recommendations beside today's presets (prices, usable here now, "
         "figures from BENCHMARKS.md), then exit",
     )
