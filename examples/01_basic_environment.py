@@ -12,8 +12,8 @@ from atari_vlm import AtariVLMEnvironment
 
 def main() -> None:
     args = example_args(__doc__)
-    env = AtariVLMEnvironment(game_name="Pong-v5")
-    obs, info = env.reset(seed=0)  # Gymnasium's (obs, info): the seed's reset() returned obs only
+    env = AtariVLMEnvironment(game_name="Pong-v5", seed=0)
+    obs = env.reset()  # the observation alone, as the seed documents (make_env's reset gives (obs, info))
     print("image:", obs["image"].size, "| frames:", len(obs["frames"]))
     print("actions:", obs["action_space"])
     print("state:", obs["text"])

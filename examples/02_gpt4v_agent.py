@@ -16,14 +16,14 @@ from atari_vlm import AtariVLMEnvironment, GPT4VAgent, ModelAgent
 
 def main() -> None:
     args = example_args(__doc__, model="auto", steps=5)
-    env = AtariVLMEnvironment("Pong-v5", resize_shape=(105, 80))
-    if os.environ.get("OPENAI_API_KEY") and args.model in ("auto", "openai:gpt-4o"):
+    env = AtariVLMEnvironment("Pong-v5", resize_shape=(105, 80), seed=0)
+    if os.environ.get("OPENAI_API_KEY") and args.model in ("auto", "gpt-4o", "openai:gpt-4o"):
         agent: ModelAgent = GPT4VAgent()  # key from OPENAI_API_KEY
     else:
         agent = ModelAgent(args.model)
     if agent.loaded.warning:
         print("NOTE:", agent.loaded.warning)
-    obs, _ = env.reset(seed=0)
+    obs = env.reset()
     prompt = env.get_vlm_prompt("expert")
     for step in range(args.steps):
         action = agent.select_action(obs, prompt)

@@ -150,6 +150,29 @@ PLAY_SECTIONS: dict[str | None, Sequence[str] | str] = {
 }
 
 
+class _ShowRecommendations(argparse.Action):
+    """Print the seed's recommendation table and exit at once, like ``--help`` (no other flag needed)."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:  # type: ignore[override]
+        from atari_vlm.seed_api import render_recommendations
+
+        render_recommendations(out)
+        parser.exit(0)
+
+
+def _add_show_recommendations(parser: argparse.ArgumentParser) -> None:
+    """The seed's ``train_atari_vlm.py --show-recommendations``."""
+    parser.add_argument(
+        "--show-recommendations",
+        action=_ShowRecommendations,
+        nargs=0,
+        dest=argparse.SUPPRESS,
+        default=argparse.SUPPRESS,
+        help="print the seed's VLM recommendations beside today's presets (prices, usable here now, "
+        "figures from BENCHMARKS.md), then exit",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     from atari_vlm.spec import BENCH_STUCK_DECISIONS
 
@@ -229,6 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
         defaults={"episodes": 10},
         aliases={"model": ("--vlm",)},
     )
+    _add_show_recommendations(train)
 
     rec = sub.add_parser("record", help="record demonstrations (RAM expert, keyboard, random) into a memory")
     rec.add_argument("--game", required=True, help="any ALE game (the expert plays the rich-state games)")
