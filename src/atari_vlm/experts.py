@@ -27,6 +27,7 @@ import numpy as np
 
 from atari_vlm.agent import Decision
 from atari_vlm.errors import ConfigError
+from atari_vlm.games import resolve_game
 from atari_vlm.state_text import SPECS, fields, positions
 
 __all__ = ["EXPERT_GAMES", "ExpertAgent", "expert_policies", "measure", "reflect"]
@@ -238,7 +239,7 @@ class BreakoutTrack:
 # 18 px; the laser climbs 8 px a step from y 174.
 _SI_CANNON = (37, 119)
 _SI_GRID = (22, 129)
-_SI_BOMB_NEAR = 12  # px: a bomb this near the cannon's column, and low, is dodged
+_SI_BOMB_NEAR = 8  # px: a bomb this near the cannon's column, and low, is dodged (8 seeds: 1573; 12: 1243)
 _SI_BOMB_LOW = 62  # bomb_*_y from which a bomb is low enough to matter (y 128 and below)
 _SI_BOMB_PAST = 96  # bomb_*_y beyond which it has passed the cannon
 
@@ -509,14 +510,45 @@ def _maze() -> _Maze:
     return _MAZE
 
 
-# The dots are bits of RAM, row by row (state_text.SPECS["MsPacman"] "dots"): row i (player_y 2 + 12i)
-# uses three bytes; (byte of the three, bit) -> player_x of that dot. Mapped by clearing each bit with
-# ALE's setRAM and seeing which dot vanished from the screen (all 150 dots of the first maze).
+# The dots are bits of RAM, row by row (state_text.SPECS["MsPacman"] "dots_row_0"): row i (player_y
+# 2 + 12 i) uses three bytes; (byte of the three, bit) -> player_x of that dot. The other bits of those
+# bytes are set too, as the maze's walls. Mapped by clearing each bit with ALE's setRAM and seeing
+# which dot vanished from the screen: 150 dots in the first maze, at these player_x in each row.
 _DOT_X: dict[tuple[int, int], int] = {
     (0, 4): 158, (0, 6): 18,
     (1, 0): 118, (1, 1): 50, (1, 2): 110, (1, 3): 42, (1, 4): 102, (1, 5): 34, (1, 6): 94, (1, 7): 26,
     (2, 0): 58, (2, 1): 126, (2, 2): 66, (2, 3): 134, (2, 4): 74, (2, 5): 142, (2, 6): 82, (2, 7): 150,
 }  # fmt: skip
+_MAZE_DOTS: tuple[tuple[int, ...], ...] = (
+    (18, 26, 34, 42, 58, 66, 74, 82, 94, 102, 110, 118, 134, 142, 150, 158),
+    (42, 58, 118, 134),
+    (18, 26, 34, 42, 50, 58, 66, 74, 82, 94, 102, 110, 118, 126, 134, 142, 150, 158),
+    (26, 42, 66, 110, 134, 150),
+    (18, 26, 42, 50, 58, 66, 74, 82, 94, 102, 110, 118, 126, 134, 150, 158),
+    (26, 66, 110, 150),
+    (26, 34, 42, 50, 58, 66, 110, 118, 126, 134, 142, 150),
+    (26, 66, 110, 150),
+    (18, 26, 42, 50, 58, 66, 74, 82, 94, 102, 110, 118, 126, 134, 150, 158),
+    (26, 42, 58, 74, 102, 118, 134, 150),
+    (18, 26, 34, 42, 58, 74, 82, 94, 102, 118, 134, 142, 150, 158),
+    (18, 42, 58, 66, 74, 102, 110, 118, 134, 158),
+    (42, 74, 102, 134),
+    (18, 26, 34, 42, 50, 58, 66, 74, 82, 94, 102, 110, 118, 126, 134, 142, 150, 158),
+)
+
+
+def ms_pacman_dots(ram: np.ndarray) -> list[tuple[int, int]]:
+    """(player_x, player_y) of the first maze's dots still to eat, read from the RAM's dot table."""
+    first = SPECS["MsPacman"].fields["dots_row_0"]
+    bit = {x: jk for jk, x in _DOT_X.items()}
+    return [
+        (x, 2 + 12 * row)
+        for row, xs in enumerate(_MAZE_DOTS)
+        for x in xs
+        if int(ram[first + 3 * row + bit[x][0]]) >> bit[x][1] & 1
+    ]
+
+
 _GHOSTS = ("blinky", "pinky", "inky", "sue")
 _MS_PACMAN_MARGIN = 16  # px: a corridor is safe if Ms. Pac-Man gets there this much before any ghost
 _MS_PACMAN_CHASE = 60  # px: with the ghosts blue, chase one this near
@@ -602,7 +634,6 @@ def expert_policies(game: str) -> tuple[str, ...]:
 
 
 class _Env(Protocol):
-    game: str
     action_names: list[str]
 
     @property
@@ -614,20 +645,21 @@ class ExpertAgent:
 
     It reads ``env.ale.getRAM()`` at each decision (the env's state after the last step), so it must
     be given the very env it plays. ``policy``: one of :func:`expert_policies` (default: the first,
-    the strongest).
+    the strongest). ``game``: the env's game, for an env that does not say (default: ``env.game``).
 
     Raises:
         ConfigError: the env's game has no expert (see :data:`EXPERT_GAMES`), or an unknown policy.
     """
 
-    def __init__(self, env: _Env, policy: str | None = None):
-        if env.game not in _POLICIES:
-            raise ConfigError(f"no expert policy for {env.game}; experts exist for {', '.join(EXPERT_GAMES)}")
-        policies = _POLICIES[env.game]
+    def __init__(self, env: _Env, policy: str | None = None, *, game: str | None = None):
+        game = resolve_game(game) if game is not None else env.game
+        if game not in _POLICIES:
+            raise ConfigError(f"no expert policy for {game}; experts exist for {', '.join(EXPERT_GAMES)}")
+        policies = _POLICIES[game]
         if policy is not None and policy not in policies:
             raise ConfigError(f"unknown expert policy {policy!r}; choose one of {', '.join(policies)}")
         self.env = env
-        self.game = env.game
+        self.game = game
         self.action_names = list(env.action_names)
         self._index = {name: i for i, name in enumerate(self.action_names)}
         self.policy = policy or next(iter(policies))
@@ -670,7 +702,7 @@ def measure(
     returns = []
     for seeds_i in explicit_seeds(list(seeds)):
         env = make_env(game, max_steps=max_steps, max_episode_frames=V5_FRAME_CAP)
-        player = ExpertAgent(env, policy) if agent == "expert" else RandomAgent(env.action_names)
+        player = ExpertAgent(env, policy, game=game) if agent == "expert" else RandomAgent(env.action_names)
         try:
             result = asyncio.run(play_episode(env, player, episode=0, seeds=seeds_i, uses_model=False))
         finally:

@@ -84,9 +84,10 @@ class _Spec:
 
 
 _PONG_FIELD = (0, SCREEN_W - 1, 34, 193)  # between the top and bottom walls
-_BREAKOUT_FIELD = (8, 151, 32, 195)  # inside the grey walls
+_BREAKOUT_FIELD = (8, 151, 32, 194)  # inside the grey walls, down to where a lost ball vanishes
 _MAZE = (0, SCREEN_W - 1, 0, 171)  # Ms. Pac-Man's maze, above the lives and score
 _GHOSTS = ("blinky", "pinky", "inky", "sue")
+_MS_PACMAN_SPRITES = ("player", *(f"enemy_{g}" for g in _GHOSTS))
 
 SPECS: dict[str, _Spec] = {
     "Pong": _Spec(
@@ -103,7 +104,8 @@ SPECS: dict[str, _Spec] = {
             "enemy": Sprite(None, "enemy_y", 16, -15, 4, 16, _PONG_FIELD),
             "ball": Sprite("ball_x", "ball_y", -49, -14, 2, 4, _PONG_FIELD),
         },
-        absent=lambda f: frozenset({"ball"}) if f["ball_y"] == 0 else frozenset(),  # between points
+        # Between points the ball's y is 0; on the first frame of a game its x is 0 (y is not).
+        absent=lambda f: frozenset({"ball"}) if f["ball_y"] == 0 or f["ball_x"] == 0 else frozenset(),
     ),
     "Breakout": _Spec(
         fields={"player_x": 72, "ball_x": 99, "ball_y": 101},
@@ -158,16 +160,18 @@ SPECS: dict[str, _Spec] = {
         },
         score_bcd=(122, 121, 120),
         lives=(123, 1),
-        sprites={
-            who: Sprite(f"{who}_x", f"{who}_y", -12, 1, 8, 10, _MAZE)
-            for who in ("player", *(f"enemy_{g}" for g in _GHOSTS))
-        },
+        sprites={who: Sprite(f"{who}_x", f"{who}_y", -12, 1, 8, 10, _MAZE) for who in _MS_PACMAN_SPRITES},
+        # In a side tunnel a sprite wraps around the screen's edge: no single position to give.
+        absent=lambda f: frozenset(w for w in _MS_PACMAN_SPRITES if not 12 <= f[f"{w}_x"] <= 164),
     ),
     "Qbert": _Spec(
         fields={
             "player_x": 43,
             "player_y": 67,
             "player_column": 35,  # 5 + 2 * position in the row - row, on the pyramid
+            # Where the game draws Q*bert, in its own units: 47-248 on screen; 4-46 above its top (he
+            # jumped off), 249-255 and 0-3 at or below its bottom. Matched to the pixels over whole games.
+            "player_drawn_y": 33,
             "red_enemy_column": 69,
             "green_enemy_column": 105,
             # Cube colours, row by row from the top (row r holds r + 1 cubes): cube k of row r is
@@ -181,8 +185,10 @@ SPECS: dict[str, _Spec] = {
         },
         score_bcd=(89, 90, 91),
         lives=(8, 2),
-        sprites={"player": Sprite("player_x", None, -2, 0, 8, 1)},  # y is not linear on screen
-        absent=lambda f: frozenset({"player"}) if f["player_x"] == 0 else frozenset(),  # RAM blank
+        sprites={"player": Sprite("player_x", None, -4, 0, 8, 1)},  # y is not linear on screen
+        absent=lambda f: (
+            frozenset() if f["player_x"] and 47 <= f["player_drawn_y"] <= 248 else frozenset({"player"})
+        ),  # before the game starts (RAM blank), or off the screen
     ),
     "Seaquest": _Spec(
         fields={
@@ -286,7 +292,7 @@ def _ball_line(game: str, state: GameState, p: dict[str, int], serve: str) -> st
     if "ball" in absent:
         return f"No ball in play{serve}."
     if "ball_x" not in p:
-        return "The ball is in play but out of sight (behind a wall)."
+        return "The ball is in play but out of sight."
     text = f"The ball is at x={p['ball_x']}, y={p['ball_y']}"
     motion = _motion(game, "ball", state, p)
     if motion is not None and _direction(*motion):
@@ -335,6 +341,8 @@ def _breakout(state: GameState) -> str:
 
 def _space_invaders(state: GameState) -> str:
     f, p = fields("SpaceInvaders", state.ram), positions("SpaceInvaders", state.ram)
+    if state.lives == 0:  # the invaders landed, or the last cannon was hit: nothing left to place
+        return f"Game over. Score: {f['score']}. Lives: 0."
     x = p["player_x"]
     cannon = {
         0: f"Your cannon (bottom) is at x={x} of {SCREEN_W}.",
@@ -352,29 +360,34 @@ def _space_invaders(state: GameState) -> str:
 
 def _ms_pacman(state: GameState) -> str:
     f, p = fields("MsPacman", state.ram), positions("MsPacman", state.ram)
-    if "player_x" not in p:
-        where = "Ms. Pac-Man is out of sight (in the side tunnel)."
-        near = ""
-    else:
+    ghosts = [(g.capitalize(), p.get(f"enemy_{g}_x"), p.get(f"enemy_{g}_y")) for g in _GHOSTS]
+    away = [f"{name} in a side tunnel" for name, x, _ in ghosts if x is None]
+    if "player_x" in p:
         px, py = p["player_x"], p["player_y"]
         where = f"Ms. Pac-Man is at x={px}, y={py} (maze is {SCREEN_W} wide, 172 tall)."
-        ghosts = sorted(
-            (abs(p[f"enemy_{g}_x"] - px) + abs(p[f"enemy_{g}_y"] - py), g)
-            for g in _GHOSTS
-            if f"enemy_{g}_x" in p
-        )  # nearest first: that is the one that matters
-        near = "; ".join(
-            f"{g.capitalize()} {_relative(p[f'enemy_{g}_x'] - px, p[f'enemy_{g}_y'] - py)}" for _, g in ghosts
+        near = sorted(
+            (abs(x - px) + abs(y - py), name, x - px, y - py) for name, x, y in ghosts if x is not None
         )
-        near = f"\nGhosts relative to you in px, nearest first: {near}." if near else ""
-    return f"{where}{near}\nDots eaten: {f['dots_eaten_count']}. Score: {f['score']}. Lives: {state.lives}."
+        parts = [f"{name} {_relative(dx, dy)}" for _, name, dx, dy in near]  # nearest first: it matters most
+        ghost_line = f"Ghosts relative to you in px, nearest first: {'; '.join(parts + away)}."
+    else:
+        where = "Ms. Pac-Man is in a side tunnel."
+        parts = [f"{name} at x={x}, y={y}" for name, x, y in ghosts if x is not None]
+        ghost_line = f"Ghosts: {'; '.join(parts + away)}."
+    return (
+        f"{where}\n{ghost_line}\n"
+        f"Dots eaten: {f['dots_eaten_count']}. Score: {f['score']}. Lives: {state.lives}."
+    )
 
 
 def _qbert(state: GameState) -> str:
     f, p = fields("Qbert", state.ram), positions("Qbert", state.ram)
-    where = (
-        f"Q*bert is at x={p['player_x']} of {SCREEN_W}." if "player_x" in p else "Q*bert is not on screen."
-    )
+    if state.lives == 0:  # on the last frame Q*bert is drawn or not, whatever the RAM says
+        where = "Game over."
+    elif "player_x" in p:
+        where = f"Q*bert is at x={p['player_x']} of {SCREEN_W}."
+    else:
+        where = "Q*bert is not on screen."
     return f"{where}\nScore: {f['score']}. Lives: {state.lives}."
 
 
