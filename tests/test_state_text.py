@@ -258,9 +258,21 @@ TRUTH_RUNS = [
     ("Breakout", "random", 0, 400, {"ball absent and not drawn": 30, "ball seen where claimed": 100}),
     ("Breakout", "expert", 2, 800, {"ball seen where claimed": 400, "ball motion": 300}),
     ("SpaceInvaders", "random", 0, 600, {"player not drawn this frame": 10, "invader count": 200}),
-    ("SpaceInvaders", "expert", 3, 800, {"player seen where claimed": 500, "invader grid": 500}),
+    # Seed 1: the invaders land at step 1166, a game over with a cannon still standing.
+    ("SpaceInvaders", "expert", 1, 1200, {"player seen where claimed": 1000, "player unknown": 1}),
     ("MsPacman", "random", 1, 600, {"enemy_inky seen where claimed": 50, "player seen where claimed": 300}),
-    ("MsPacman", "expert", 0, 700, {"enemy_sue seen where claimed": 100, "player seen where claimed": 500}),
+    # Seed 4: Ms. Pac-Man and two ghosts go through the side tunnels.
+    (
+        "MsPacman",
+        "expert",
+        4,
+        700,
+        {
+            "enemy_sue seen where claimed": 100,
+            "player absent and not drawn": 1,
+            "enemy_sue absent and not drawn": 1,
+        },
+    ),
     ("Qbert", "random", 1, 400, {"player absent and not drawn": 20, "player seen where claimed": 100}),
     ("Qbert", "expert", 0, 700, {"player seen where claimed": 500}),
     ("Seaquest", "random", 0, 600, {"player absent and not drawn": 20, "oxygen and divers": 300}),

@@ -297,7 +297,7 @@ class SpaceInvadersGunner:
 _SQ_LANES = (106, 82, 58, 34)  # player_y level with lane 0 (the deepest) .. 3
 _SQ_SURFACE = 13  # player_y at the surface
 _SQ_LOW_OXYGEN = 16  # of 64: head up (with a diver aboard)
-_SQ_KEEP = 28  # px: back away from an enemy in the submarine's lane nearer than this
+_SQ_KEEP = 20  # px: back away from an enemy in the submarine's lane nearer than this (28: -575 on 8 seeds)
 _SQ_CROSS = 28  # px: do not enter a lane with an enemy nearer than this
 _SQ_HOME = 78  # px: the submarine's resting column
 
