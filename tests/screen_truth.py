@@ -125,7 +125,6 @@ def _ball(text: str, claims: Claims) -> None:
     m = re.search(r"The ball is at x=(-?\d+), y=(-?\d+)", text)
     if m is None and "No ball in play" in text:
         claims.absent.add("ball")
-        claims.values["ball"] = "not in play"
         return
     claims.place("ball", m, "xy", text, "out of sight")
     motion = re.search(r"The ball is at [^;.]* moving ((?:left|right)?(?: and )?(?:up|down)?)", text)

@@ -83,7 +83,7 @@ def test_paddle_model_predicts_the_real_paddle(
         if t % 3 == 0:
             key = int(rng.integers(-1, 2))
         predicted = model.simulate(tracker.pot, tracker.paddle, key, 1)
-        tracker.pot = model.clamp(tracker.pot + model.rate * 4 * key)
+        tracker.pot = model.clamp(tracker.pot + model.rate * 4 * key)  # 4 frames a step
         name = (
             {-1: keys[0], 0: "NOOP", 1: keys[1]}[key]
             if game == "Breakout"

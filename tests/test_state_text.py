@@ -327,6 +327,9 @@ def test_sprite_visible_centre_clips_to_the_area() -> None:
     assert sprite.visible_centre({"x": 50, "y": 58}) == (52, 59)  # rows 58-67 of which 58-60 show
     assert sprite.visible_centre({"x": 50, "y": 61}) is None  # below the area
     assert sprite.visible_centre({"x": 120, "y": 30}) is None
+    ram = np.zeros(128, np.uint8)
+    ram[[SPECS["Qbert"].fields["player_x"], SPECS["Qbert"].fields["player_drawn_y"]]] = 77, 100
+    assert positions("Qbert", ram) == {"player_x": 77}  # no height: RAM does not say where he is drawn
 
 
 def test_every_looked_for_object_is_a_sprite_of_the_table() -> None:

@@ -2,12 +2,13 @@
 
 They read the same RAM tables as the state text (:data:`atari_vlm.state_text.SPECS`, through
 :func:`~atari_vlm.state_text.fields` and :func:`~atari_vlm.state_text.positions`), so what an expert
-acts on is what a model is told in words, plus the few tables the text leaves out (Seaquest's lanes,
-Q*bert's cubes, Ms. Pac-Man's maze).
+acts on is what a model is told in words, plus fields the text does not put into words (Space
+Invaders' bombs, Ms. Pac-Man's dots, Q*bert's cubes, Seaquest's lanes), two fitted models of paddle
+controllers, and one map (Ms. Pac-Man's first maze).
 
-The policies are hand-written controllers, not learned, and cheap (a few microseconds to a
-millisecond a decision). Each :class:`~atari_vlm.agent.Decision` carries the text
-``"ACTION: <name>"``, so a recorded demonstration reads like a model's answer.
+The policies are hand-written controllers, not learned, and cheap (16-62 us a decision, median).
+Each :class:`~atari_vlm.agent.Decision` carries the text ``"ACTION: <name>"``, so a recorded
+demonstration reads like a model's answer.
 
 Measured figures (full games under ALE v5 settings, the random agent on the same seeds):
 BENCHMARKS.md, "Experts"; ``python -m atari_vlm.experts`` re-makes that table.
@@ -30,7 +31,19 @@ from atari_vlm.errors import ConfigError
 from atari_vlm.games import resolve_game
 from atari_vlm.state_text import SPECS, fields, positions
 
-__all__ = ["EXPERT_GAMES", "ExpertAgent", "expert_policies", "measure", "reflect"]
+__all__ = [
+    "EXPERT_GAMES",
+    "V5_FRAME_CAP",
+    "ExpertAgent",
+    "PaddleModel",
+    "PaddleTracker",
+    "expert_policies",
+    "intercept",
+    "main",
+    "measure",
+    "ms_pacman_dots",
+    "reflect",
+]
 
 
 def reflect(value: float, low: float, high: float) -> float:
@@ -62,6 +75,9 @@ class Policy(Protocol):
     def act(self, f: dict[str, int], p: dict[str, int], ram: np.ndarray) -> str: ...
 
 
+FRAME_SKIP = 4  # ALE v5's: the experts' timings (paddle models, laser climbs) are in its steps
+
+
 @dataclass(frozen=True)
 class PaddleModel:
     """How a paddle-controller game moves its paddle: the controller's setting (the pot) moves
@@ -78,10 +94,11 @@ class PaddleModel:
     def clamp(self, value: float) -> float:
         return min(max(value, self.limits[0]), self.limits[1])
 
-    def simulate(self, pot: float, paddle: float, direction: int, steps: int, frame_skip: int = 4) -> float:
-        """Paddle position after ``steps`` env steps, holding ``direction`` (-1, 0, 1) for the first."""
+    def simulate(self, pot: float, paddle: float, direction: int, steps: int) -> float:
+        """Paddle position after ``steps`` env steps (of ALE v5's 4 frames), holding ``direction``
+        (-1, 0, 1) for the first."""
         for step in range(steps):
-            for frame in range(frame_skip):
+            for frame in range(FRAME_SKIP):
                 if step == 0:
                     pot = self.clamp(pot + self.rate * direction)
                 if frame % self.every == self.every - 1:
@@ -113,7 +130,7 @@ class PaddleTracker:
             (abs(self.model.simulate(self.pot, self.paddle, d, steps) - target) + (0.5 if d else 0.0), d)
             for d in (0, -1, 1)
         )[1]
-        self.pot = self.model.clamp(self.pot + self.model.rate * 4 * best)
+        self.pot = self.model.clamp(self.pot + self.model.rate * FRAME_SKIP * best)
         return best
 
 
@@ -138,8 +155,8 @@ _PONG_WALLS = (48, 203)
 _PONG_LEVEL = 6
 _PONG_HOME = 120
 # Meet the ball this many px off the paddle's centre, on the side it comes from: the return goes
-# back the way it came, fast, which the computer opponent misses more often (measured on full
-# games: +20 a game at 2 px, +17 at 4, +11 at 5; the paddle lands within about 4 px of a target).
+# back the way it came, fast, which the computer opponent misses more often (6 full games each:
+# +20 a game at 2 px, +17 at 4, +11 at 5; the paddle lands within about 4 px of a target).
 _PONG_AIM = 2
 
 
@@ -673,7 +690,11 @@ class ExpertAgent:
         """The action name for the env's current RAM."""
         ram = self.env.ale.getRAM()
         name = self._policy.act(fields(self.game, ram), positions(self.game, ram), ram)
-        return name if name in self._index else "NOOP"
+        if name not in self._index:  # a policy written for the minimal action set, in a smaller one
+            raise ConfigError(
+                f"the {self.game} expert plays {name}, which this env lacks: {self.action_names}"
+            )
+        return name
 
     async def act(self, obs: dict[str, Any]) -> Decision:
         name = self.choose()

@@ -9,9 +9,11 @@ Sources of the addresses:
 
 * Positions and counters: the AtariARI annotation table ("Unsupervised State Representation
   Learning in Atari", Anand et al. 2019; mila-iqia/atari-representation-learning,
-  ``atariari/benchmark/ram_annotations.py``), plus a few state bytes found by comparing
-  RAM with the screen (Space Invaders' cannon state, Seaquest's explosion timer, Q*bert's
-  cube colours).
+  ``atariari/benchmark/ram_annotations.py``), plus bytes found by comparing RAM with the
+  screen over rollouts, each with its comment below: Space Invaders' cannon state, invader
+  rows, descent and bombs; Ms. Pac-Man's dots and blue ghosts; Q*bert's cube colours and
+  where he is drawn; Seaquest's explosion timer and lane formations. The experts
+  (:mod:`atari_vlm.experts`) play from these same tables.
 * Scores and lives: the bytes ALE itself reads to compute rewards and ``ale.lives()``.
   Multi-byte scores are BCD, most significant byte first.
 
@@ -58,6 +60,7 @@ class Sprite:
     width: int
     height: int
     area: tuple[int, int, int, int] = (0, SCREEN_W - 1, 0, SCREEN_H - 1)
+    axes: str = "xy"  # the coordinates known: "x" for a sprite whose height on screen RAM does not give
 
     def visible_centre(self, values: dict[str, int]) -> tuple[int, int] | None:
         """Centre (x, y) of the visible part of the sprite, or None when none of it is visible."""
@@ -124,9 +127,8 @@ SPECS: dict[str, _Spec] = {
             "enemies_x": 26,  # x of the grid's leftmost live column, + 1
             "enemies_y": 24,
             "grid_drop": 16,  # how far the grid has come down: its top row's bottom is at y = 40 + 2 * this
-            **{
-                f"invaders_row_{i}": 18 + i for i in range(6)
-            },  # live columns (bit j: column j), bottom row first
+            # Each row's live columns (bit j: column j), the bottom row first.
+            **{f"invaders_row_{i}": 18 + i for i in range(6)},
             "invaders_left_count": 17,
             "missiles_y": 9,
             "bomb_0_x": 83,  # the invaders' two bombs: x + 2 is the bomb's column, y * 2 + 4 its top row
@@ -185,7 +187,8 @@ SPECS: dict[str, _Spec] = {
         },
         score_bcd=(89, 90, 91),
         lives=(8, 2),
-        sprites={"player": Sprite("player_x", None, -4, 0, 8, 1)},  # y is not linear on screen
+        # Q*bert's height on screen is not a function of player_y (jump arcs, falls): x only.
+        sprites={"player": Sprite("player_x", None, -4, 0, 8, SCREEN_H, axes="x")},
         absent=lambda f: (
             frozenset() if f["player_x"] and 47 <= f["player_drawn_y"] <= 248 else frozenset({"player"})
         ),  # before the game starts (RAM blank), or off the screen
@@ -251,7 +254,9 @@ def positions(game: str, ram: np.ndarray) -> dict[str, int]:
     for name, sprite in spec.sprites.items():
         centre = None if name in absent else sprite.visible_centre(values)
         if centre is not None:
-            out[f"{name}_x"], out[f"{name}_y"] = centre
+            for axis, value in zip("xy", centre, strict=True):
+                if axis in sprite.axes:
+                    out[f"{name}_{axis}"] = value
     return out
 
 
