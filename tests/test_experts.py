@@ -271,3 +271,20 @@ def test_no_expert_for_other_games() -> None:
     with pytest.raises(ConfigError, match="no expert policy for Asterix"):
         ExpertAgent(env)
     env.close()
+
+
+def test_measure_entry_point_prints_the_table(capsys) -> None:
+    from atari_vlm.experts import main
+
+    main(["--games", "breakout", "--seeds", "2", "--max-steps", "60", "--all-policies"])
+    lines = capsys.readouterr().out.splitlines()
+    expert = measure("Breakout", [0, 1], "expert", max_steps=60)
+    random = measure("Breakout", [0, 1], "random", max_steps=60)
+    assert lines[0].startswith("| game | policy | mean | returns (seeds 0-1)")
+    assert lines[2] == (
+        f"| Breakout | intercept | {np.mean(expert):.1f} | {', '.join(f'{v:g}' for v in expert)} "
+        f"| {np.mean(random):.1f} | {', '.join(f'{v:g}' for v in random)} |"
+    )
+    assert lines[3].startswith("| Breakout | track |") and len(lines) == 4
+    with pytest.raises(SystemExit, match="no expert for Asterix"):
+        main(["--games", "Pong,Asterix"])

@@ -741,14 +741,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--max-steps", type=int, default=None, help="decision cap per game (default: none)")
     args = parser.parse_args(argv)
     seeds = list(range(args.seeds))
-    print(
-        "| game | policy | mean | returns (seeds " + f"0-{args.seeds - 1}) | random mean | random returns |"
-    )
+    try:
+        games = [resolve_game(name) for name in args.games.split(",")]
+    except ConfigError as exc:
+        raise SystemExit(str(exc)) from exc
+    missing = [game for game in games if not expert_policies(game)]
+    if missing:
+        raise SystemExit(f"no expert for {', '.join(missing)}; experts exist for {', '.join(EXPERT_GAMES)}")
+    print(f"| game | policy | mean | returns (seeds 0-{args.seeds - 1}) | random mean | random returns |")
     print("|---|---|---:|---|---:|---|")
-    for game in args.games.split(","):
+    for game in games:
         names = expert_policies(game)
-        if not names:
-            raise SystemExit(f"no expert for {game}; experts exist for {', '.join(EXPERT_GAMES)}")
         random = measure(game, seeds, "random", max_steps=args.max_steps)
         for name in names if args.all_policies else names[:1]:
             values = measure(game, seeds, "expert", max_steps=args.max_steps, policy=name)
