@@ -280,8 +280,17 @@ TRUTH_RUNS = [
 ]
 
 
+SLOW_TRUTH_RUNS = {("SpaceInvaders", "expert"), ("MsPacman", "expert")}  # over 5 s on a loaded CI machine
+
+
 @pytest.mark.parametrize(
-    ("game", "policy", "seed", "cap", "least"), TRUTH_RUNS, ids=[f"{r[0]}-{r[1]}" for r in TRUTH_RUNS]
+    ("game", "policy", "seed", "cap", "least"),
+    [
+        pytest.param(
+            *run, id=f"{run[0]}-{run[1]}", marks=[pytest.mark.slow] if run[:2] in SLOW_TRUTH_RUNS else []
+        )
+        for run in TRUTH_RUNS
+    ],
 )
 def test_text_agrees_with_the_screen_over_whole_episodes(
     game: str, policy: str, seed: int, cap: int, least: dict[str, int]
