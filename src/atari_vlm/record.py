@@ -7,8 +7,10 @@ image and the state text) and the action taken. Demonstrations feed in-context l
 (``atari-vlm train --demo``) and fine-tuning (:mod:`atari_vlm.training.finetune`).
 
 Human play opens a window (pygame, the ``human`` extra) showing the screen scaled up; the arrow keys
-and space map to the game's actions. A scripted key source (one set of key names per decision) plays
-without a person; with ``SDL_VIDEODRIVER=dummy`` it needs no display either (tests).
+and space map to the game's actions. It needs a display: where pygame can open no real window (no
+``DISPLAY``, or ``SDL_VIDEODRIVER=dummy``) it is refused before anything is recorded, rather than
+recording a person who cannot see the game pressing nothing. A scripted key source (one set of key
+names per decision) plays without a person, so it needs no display (tests).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import asyncio
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from atari_vlm.agent import Agent, Decision, RandomAgent
@@ -38,6 +41,33 @@ KEYS: tuple[str, ...] = ("up", "down", "left", "right", "space")
 _ALIASES: dict[str, dict[str, str]] = {
     "Pong": {"UP": "RIGHT", "DOWN": "LEFT"}
 }  # RIGHT moves Pong's paddle up
+
+
+# pygame's video drivers that open no window a person could see.
+_WINDOWLESS_DRIVERS = frozenset({"dummy", "offscreen"})
+
+
+def require_display(pg: ModuleType) -> None:
+    """Refuse human play where pygame can open no window a person could see.
+
+    Raises:
+        ConfigError: pygame finds no display, or only a windowless video driver.
+    """
+    advice = "run it in a desktop session (DISPLAY set), or record with --agent expert or --agent random"
+    try:
+        pg.display.init()
+        driver = pg.display.get_driver()
+    except pg.error as exc:
+        raise ConfigError(
+            f"record --agent human needs a display for the game window; pygame: {exc}; {advice}"
+        ) from exc
+    finally:
+        pg.display.quit()
+    if driver in _WINDOWLESS_DRIVERS:
+        raise ConfigError(
+            f"record --agent human needs a display for the game window, but pygame has only its windowless "
+            f"{driver!r} video driver here (no DISPLAY, or SDL_VIDEODRIVER={driver}); {advice}"
+        )
 
 
 class RecordingStopped(Exception):
@@ -176,7 +206,8 @@ def record(
     ``expert_policy`` picks the expert's policy (see :class:`~atari_vlm.experts.ExpertAgent`).
 
     Raises:
-        ConfigError: an unknown agent, a game without an expert, a bad option.
+        ConfigError: an unknown agent, a game without an expert, a bad option, human play without a
+            display (see :func:`require_display`); all before anything is written.
     """
     if agent not in AGENTS:
         raise ConfigError(f"agent must be one of {AGENTS}, got {agent!r}")
@@ -196,6 +227,10 @@ def record(
     probe = AtariVLMEnv(env_spec, observation)  # validates the game and options before anything is played
     probe.close()
     action_names = probe.action_names
+    if agent == "expert":
+        ExpertAgent(probe, expert_policy)  # no expert for the game, an unknown policy: refused now
+    if agent == "human" and key_source is None:
+        require_display(require("pygame", extra="human"))
     store = out_store if isinstance(out_store, TrajectoryStore) else TrajectoryStore(out_store)
     source = _SOURCE[agent]
     humans: list[HumanAgent] = []
