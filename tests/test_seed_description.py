@@ -236,7 +236,7 @@ def test_example_1_basic_environment(new_user):
     # Available actions, 'frames': Stacked frames"
     assert isinstance(first, dict)
     assert isinstance(first["image"], Image.Image) and first["image"].size == (160, 210)
-    assert first["text"].startswith("Your paddle (right, green) is at y=")
+    assert first["text"].startswith("Your paddle (right) is at y=")
     assert first["action_space"] == PONG_ACTIONS
     assert [f.size for f in first["frames"]] == [(160, 210)]
     obs, reward, done_, truncated, info = (
