@@ -90,9 +90,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     settings = {
-        "default (native frame, JPEG data URL)": ({}, True),
+        "default (max-pooled frame, JPEG data URL)": ({}, True),
         "default, no encoding (local backend)": ({}, False),
-        "default without max-pooling": ({"max_pool": False}, True),
+        "default without max-pooling (--no-max-pool)": ({"max_pool": False}, True),
         "frame_stack=4 grid, 105x80": ({"frame_stack": 4, "resize_shape": (105, 80)}, True),
     }
     print(f"{'setting':45s} raw step us  harness us  extra/raw (median of {args.repeats})")
