@@ -1,9 +1,8 @@
 """Local decoding: scored choices vs free text, in decisions per second and in unplayable answers.
 
 Two measurements on the tiny random-weight checkpoints (``atari_vlm.models.tiny``) behind
-:class:`~atari_vlm.models.local.LocalVLM`, with requests built by ``VLMAgent.build_request`` and
-sent with the decode mode, legal choices and reasoning flag the agent sends under ``auto`` on a local
-model (``score`` for the basic style; ``constrained`` after free reasoning for cot and expert):
+:class:`~atari_vlm.models.local.LocalVLM`, driven by the run spec's own agent (``workers.vlm_agent``),
+which resolves ``auto`` on a local model (``score`` for the basic style; ``constrained`` after free reasoning for cot and expert):
 
 ``rate``: Pong games through ``rollout.play_episodes``, ``B`` games on a model with
 ``max_batch_size`` B (B = 1: one request at a time), basic style and its default 32 tokens, free vs
@@ -23,75 +22,38 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 from _common import machine, median, print_table, steady_rate
 
-from atari_vlm.agent import Agent, VLMAgent
-from atari_vlm.env import AtariVLMEnv, make_env
-from atari_vlm.games import game_info
-from atari_vlm.models.base import Completion, DecodeMode, Request
+from atari_vlm.agent import Agent
+from atari_vlm.env import AtariVLMEnv
 from atari_vlm.models.local import LocalVLM
 from atari_vlm.models.tiny import DEMO_FAMILY, TINY_FAMILIES, build_tiny_checkpoint
 from atari_vlm.prompts import parse_action
+from atari_vlm.spec import RunSpec
+from atari_vlm.workers import vlm_agent
 
 REASONING_STYLES = ("cot", "expert")
 
 
-class DecodeAs:
-    """A VLM that sends every request with one decode mode and a game's legal actions (what the agent
-    sends once it resolves ``auto``), so that today's ``VLMAgent`` drives the backend's decoding."""
-
-    def __init__(self, vlm: LocalVLM, decode: DecodeMode, choices: list[str], reasoning: bool) -> None:
-        self.vlm, self.decode, self.choices, self.reasoning = vlm, decode, tuple(choices), reasoning
-        self.name = vlm.name
-
-    def request(self, request: Request) -> Request:
-        if self.decode == "free":
-            return request
-        return dataclasses.replace(
-            request, decode=self.decode, choices=self.choices, reasoning=self.reasoning
-        )
-
-    async def generate(self, request: Request) -> Completion:
-        return await self.vlm.generate(self.request(request))
-
-    async def aclose(self) -> None:
-        pass
+def spec_for(decode: str, *, steps: int, style: str = "basic", answer_format: str = "line") -> RunSpec:
+    """A Pong run as ``play --model demo`` would make it, with ``decode`` (``auto`` resolves as the
+    agent resolves it on a local model: ``score``, or ``constrained`` after reasoning for cot/expert)."""
+    return RunSpec.build(
+        game="Pong", max_steps=steps, decode=decode, prompt=style, answer_format=answer_format
+    )
 
 
-def auto_decode(style: str) -> tuple[DecodeMode, bool]:
-    """What ``auto`` means on a local model: scored choices, after free reasoning for reasoning styles."""
-    return ("constrained", True) if style in REASONING_STYLES else ("score", False)
-
-
-def workers(
-    vlm: LocalVLM,
-    decode: DecodeMode,
-    *,
-    steps: int,
-    style: str = "basic",
-    answer_format: str = "line",
-    max_tokens: int | None = None,
-) -> Callable[[], tuple[AtariVLMEnv, Agent]]:
-    """``make_worker`` for ``play_episodes``: a Pong env and a VLM agent whose requests go out with
-    ``decode`` (``max_tokens``: None, the style's default)."""
+def workers(vlm: LocalVLM, decode: str, *, steps: int) -> Callable[[], tuple[AtariVLMEnv, Agent]]:
+    """``make_worker`` for ``play_episodes``: a Pong env and the spec's VLM agent on ``vlm``."""
+    spec = spec_for(decode, steps=steps)
 
     def make_worker() -> tuple[AtariVLMEnv, Agent]:
-        env = make_env("Pong", max_steps=steps)
-        model = DecodeAs(vlm, decode, env.action_names, reasoning=style in REASONING_STYLES)
-        agent = VLMAgent(
-            model,
-            game_info("Pong"),
-            env.action_names,
-            prompt_style=style,
-            answer_format=answer_format,
-            max_tokens=max_tokens,
-        )
-        return env, agent
+        env = AtariVLMEnv(spec.env, spec.observation)
+        return env, vlm_agent(spec, env.action_names, vlm)
 
     return make_worker
 
@@ -119,19 +81,21 @@ def measure_rates(args: argparse.Namespace, tmp: Path) -> None:
 
 
 async def count_unplayable(
-    vlm: LocalVLM, decode: DecodeMode, style: str, answer_format: str, games: int, steps: int
+    vlm: LocalVLM, decode: str, style: str, answer_format: str, games: int, steps: int
 ) -> tuple[int, int]:
-    """(decisions, unplayable answers) over ``games`` concurrent Pong games of ``steps`` decisions."""
+    """(decisions, unplayable answers) over ``games`` concurrent Pong games of ``steps`` decisions:
+    under ``free`` an answer the agent's parser finds no legal action in; otherwise a backend choice
+    that is not a legal action, or whose text does not parse back to it."""
+    spec = spec_for(decode, steps=steps, style=style, answer_format=answer_format)
 
     async def game(seed: int) -> tuple[int, int]:
-        env = make_env("Pong", max_steps=steps)
+        env = AtariVLMEnv(spec.env, spec.observation)
         names = env.action_names
-        model = DecodeAs(vlm, decode, names, reasoning=style in REASONING_STYLES)
-        agent = VLMAgent(vlm, game_info("Pong"), names, prompt_style=style, answer_format=answer_format)
+        agent = vlm_agent(spec, names, vlm)
         obs, _ = env.reset(seed=seed)
         decisions = unplayable = 0
         for _ in range(steps):
-            completion = await model.generate(agent.build_request(obs))
+            completion = await vlm.generate(agent.build_request(obs))
             parsed = parse_action(completion.text, names).index
             if decode == "free":
                 bad = parsed is None
@@ -155,11 +119,10 @@ def measure_unplayable(args: argparse.Namespace, tmp: Path) -> None:
     rows = []
     for style in args.style:
         for answer_format in args.answer_format:
-            decode, reasoning = auto_decode(style)
-            label = f"{decode}" + (" after reasoning" if reasoning else "")
+            label = "constrained after reasoning" if style in REASONING_STYLES else "score"
             counts = [
                 asyncio.run(count_unplayable(vlm, mode, style, answer_format, args.games, args.steps))
-                for mode in ("free", decode)
+                for mode in ("free", "auto")
             ]
             rows.append((style, answer_format, label, *counts[0], *counts[1]))
     asyncio.run(vlm.aclose())

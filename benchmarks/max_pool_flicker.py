@@ -74,7 +74,9 @@ def play(game: str, seed: int, decisions: int, min_pixels: int) -> tuple[int, in
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--games", nargs="+", default=["MsPacman", "SpaceInvaders", "Pong"])
     parser.add_argument("--decisions", type=int, default=500)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -88,7 +90,8 @@ def main() -> None:
         per_seed = [play(game, seed, args.decisions, args.min_pixels) for seed in args.seeds]
         share = [w / p for p, w, _ in per_seed]
         mean_hidden = [h / p for p, _, h in per_seed]
-        rows.append((game, sum(p for p, _, _ in per_seed), median(share), min(share), max(share), median(mean_hidden)))
+        played = sum(p for p, _, _ in per_seed)
+        rows.append((game, played, median(share), min(share), max(share), median(mean_hidden)))
     print_table(
         ["game", "decisions", "share of decisions whose last frame hides an object (median)", "min", "max",
          "hidden objects per decision (median)"],
