@@ -2,7 +2,8 @@
 
 Two measurements on the tiny random-weight checkpoints (``atari_vlm.models.tiny``) behind
 :class:`~atari_vlm.models.local.LocalVLM`, driven by the run spec's own agent (``workers.vlm_agent``),
-which resolves ``auto`` on a local model (``score`` for the basic style; ``constrained`` after free reasoning for cot and expert):
+which resolves ``auto`` on a local model (``score`` for the basic style; ``constrained`` after free
+reasoning for cot and expert):
 
 ``rate``: Pong games through ``rollout.play_episodes``, ``B`` games on a model with
 ``max_batch_size`` B (B = 1: one request at a time), basic style and its default 32 tokens, free vs
