@@ -44,6 +44,12 @@ class _HelpFormatter(argparse.HelpFormatter):
 
 
 class _Parser(argparse.ArgumentParser):
+    def _add_action(self, action: argparse.Action) -> argparse.Action:
+        meaningful = action.default not in (None, False, [], argparse.SUPPRESS)
+        if action.help is None and action.option_strings and meaningful:
+            action.help = "default: %(default)s"  # argparse shows nothing for an option without help
+        return super()._add_action(action)
+
     def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
         kwargs.setdefault("formatter_class", _HelpFormatter)
         super().__init__(*args, **kwargs)
@@ -462,10 +468,11 @@ def _print_bench_estimate(estimate: dict, args: argparse.Namespace) -> int:
         for r in estimate["combinations"]
     ]
     t = estimate["totals"]
+    at_most = any(r["decisions_bound"] == "at most" for r in estimate["combinations"])
     rows.append(
         [
             "total",
-            f"{t['decisions']:,}",
+            f"{'<=' if at_most else ''}{t['decisions']:,}",
             f"{t['projected_input_tokens']:,}",
             f"{t['projected_output_tokens']:,}",
             usd(t["estimated_cost_usd"]),
@@ -488,7 +495,7 @@ def _print_bench_estimate(estimate: dict, args: argparse.Namespace) -> int:
         "model time: the decisions' latency, games at once in parallel"
     )
     for note in notes:
-        out.print(escape(note), soft_wrap=True)
+        out.print(escape(note))
     return 0
 
 
@@ -586,8 +593,7 @@ def _dry_run(spec, *, decisions: int | None = None, what: str = "run") -> int:
     estimated = " (estimated: the server reported none)" if est["tokens_estimated"] else ""
     out.print(
         f"one measured decision of {escape(est['model']['spec'])}: {est['input_tokens']:,} input + "
-        f"{est['output_tokens']:,} output tokens{estimated}, {num(est['latency_s'], 2)} s",
-        soft_wrap=True,
+        f"{est['output_tokens']:,} output tokens{estimated}, {num(est['latency_s'], 2)} s"
     )
     per = est["cost_per_decision_usd"]
     price = (
@@ -599,8 +605,7 @@ def _dry_run(spec, *, decisions: int | None = None, what: str = "run") -> int:
         f"the {what}: {est['decisions_bound']} {est['decisions']:,} decisions, "
         f"{est['projected_input_tokens']:,} input + {est['projected_output_tokens']:,} output tokens, "
         f"{_duration(est['projected_model_time_s'])} of model time ({est['parallel']} at once); "
-        f"{price}: {usd(est['estimated_cost_usd'])} in all (nothing was written)",
-        soft_wrap=True,
+        f"{price}: {usd(est['estimated_cost_usd'])} in all (nothing was written)"
     )
     return 0
 
