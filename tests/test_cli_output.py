@@ -296,3 +296,19 @@ def test_train_dry_run_counts_training_and_evaluation_episodes(tmp_path):
     # 4 training episodes + evaluations at 0, 2 and 4 on the 3 default held-out seeds: 13 episodes x 5
     assert "at most 65 decisions" in result.stdout and "unknown in all" in result.stdout
     assert len(calls) == 1 and not (tmp_path / "t").exists()
+
+
+def test_finetune_prints_no_library_warnings_unless_verbose(tmp_path):
+    """bitsandbytes' kernel notice and transformers' FutureWarnings reach stderr only with --verbose."""
+    from atari_vlm.models.tiny import build_tiny_checkpoint
+
+    checkpoint = build_tiny_checkpoint("llava", tmp_path / "tiny")
+    record = ["record", "--game", "Pong", "--agent", "expert", "--max-steps", "8"]
+    record += ["--out", str(tmp_path / "d")]
+    assert main(record) == 0
+    args = ["finetune", "--model", str(checkpoint), "--data", str(tmp_path / "d"), "--max-examples", "4"]
+    quiet = run_cli(*args, "--out", str(tmp_path / "q"))
+    assert quiet.returncode == 0, quiet.stderr
+    assert "Warning" not in quiet.stderr and "warn(" not in quiet.stderr and "kernels" not in quiet.stderr
+    loud = run_cli(*args, "--out", str(tmp_path / "v"), "--verbose")
+    assert loud.returncode == 0 and "Warning" in loud.stderr  # there was something to silence

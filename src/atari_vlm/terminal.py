@@ -247,6 +247,7 @@ _NOISY_MODULES = (
     "torch",
     "transformers",
     "bitsandbytes",
+    "kernels",  # bitsandbytes' CPU kernels: "Skipping publisher trust check ..." when offline
     "peft",
     "accelerate",
     "huggingface_hub",
