@@ -99,18 +99,49 @@ def test_games_json_and_table():
             ["play", "--game", "Pong", "--frame-stack", "x"],
             "error: argument --frame-stack: expected an integer",
         ),
-        (["bench", "--games", "Pong"], "error: the following arguments are required: --out"),
+        (
+            ["bench", "--games", "Pong", "--models", "nosuch"],
+            "error: the sweep was not started: model 'nosuch'",
+        ),
+        (
+            ["results", "/nonexistent/runs/of/a/long/name"],
+            "error: /nonexistent/runs/of/a/long/name does not exist",
+        ),
     ],
 )
 def test_an_error_is_exactly_one_line_on_stderr_with_exit_2(tmp_path, args, message):
-    result = (
-        run_cli(*args, "--out", str(tmp_path / "x"), columns="40") if "bench" not in args else run_cli(*args)
-    )
+    result = run_cli(*args, "--out", str(tmp_path / "x"), columns="40")
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and result.stderr.startswith(message), result.stderr
     assert len(result.stderr) > 40  # longer than the terminal, still one line
     assert result.stdout == ""
     assert not (tmp_path / "x").exists()
+
+
+def test_argparse_errors_are_one_line_too():
+    result = run_cli("bench", "--games", "Pong", columns="40")
+    assert result.returncode == 2 and result.stderr.count("\n") == 1
+    assert result.stderr.startswith("error: the following arguments are required: --out")
+
+
+def test_play_json_is_the_summary(tmp_path):
+    args = [
+        "play",
+        "--game",
+        "Pong",
+        "--agent",
+        "random",
+        "--episodes",
+        "2",
+        "--max-steps",
+        "6",
+        "--no-video",
+    ]
+    result = run_cli(*args, "--json", "--out", str(tmp_path / "r"))
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)  # nothing else on stdout: the report's path went to stderr
+    assert data["episodes"] == 2 and data["steps"] == 12 and len(data["returns"]) == 2
+    assert "report:" in result.stderr
 
 
 def test_no_ale_banner_unless_verbose(tmp_path):

@@ -224,6 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--dry-run", action="store_true", help="one measured decision, then the run's estimated cost"
     )
     add_spec_arguments(play, PLAY_SECTIONS)
+    play.add_argument("--json", action="store_true", help="print the summary (or the dry run) as JSON")
 
     bench = sub.add_parser(
         "bench", help="every game x model x prompt on the same seeds, plus the random agent"
@@ -295,6 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
         defaults={"episodes": 10},
         aliases={"model": ("--vlm",)},
     )
+    train.add_argument("--json", action="store_true", help="print the result (or the dry run) as JSON")
     _add_show_recommendations(train)
 
     rec = sub.add_parser("record", help="record demonstrations (RAM expert, keyboard, random) into a memory")
@@ -534,7 +536,7 @@ def _cmd_play(args: argparse.Namespace) -> int:
     safe_label = "".join(c if c.isalnum() or c in "-_." else "-" for c in label.split("/")[-1])
     out_dir = args.out or os.path.join("runs", f"{spec.game}-{safe_label}-s{spec.seed}")
     if args.dry_run:
-        return _dry_run(spec)
+        return _dry_run(spec, as_json=args.json)
     executor = None
     if spec.executor == "ray":
         from atari_vlm.executors import RayExecutor
@@ -569,27 +571,34 @@ def _cmd_play(args: argparse.Namespace) -> int:
         )
     finally:
         progress.stop()
-    _print_summary(summary)
+    if args.json:
+        print_json(summary.to_dict())
+    else:
+        _print_summary(summary)
     if args.report:
-        _write_report_if_possible(summary.out)
+        _write_report_if_possible(summary.out, quiet=args.json)
     return 0
 
 
-def _write_report_if_possible(run_dir: Path) -> None:
-    """A report at the end of every run, when the report extra is installed; a hint when it is not."""
+def _write_report_if_possible(run_dir: Path, *, quiet: bool = False) -> None:
+    """A report at the end of every run, when the report extra is installed; a hint when it is not.
+    ``quiet``: stdout holds JSON, so the report's path goes to stderr."""
     from atari_vlm.errors import DependencyNotInstalled
     from atari_vlm.report import write_report
 
     try:
-        out.print(f"report: {write_report(run_dir)}")
+        (err if quiet else out).print(f"report: {write_report(run_dir)}", soft_wrap=True)
     except DependencyNotInstalled as exc:
         err.print(f"[yellow]no report:[/yellow] {escape(str(exc))}")
 
 
-def _dry_run(spec, *, decisions: int | None = None, what: str = "run") -> int:
+def _dry_run(spec, *, decisions: int | None = None, what: str = "run", as_json: bool = False) -> int:
     from atari_vlm.runner import measure_decision, project
 
     est = project(spec, measure_decision(spec), decisions=decisions)
+    if as_json:
+        print_json(est)
+        return 0
     estimated = " (estimated: the server reported none)" if est["tokens_estimated"] else ""
     out.print(
         f"one measured decision of {escape(est['model']['spec'])}: {est['input_tokens']:,} input + "
@@ -659,7 +668,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     trainer = VLMTrainer.from_spec(spec, out_dir=args.out, overwrite=args.overwrite)
     if args.dry_run:
         decisions = trainer.model_decisions(spec.episodes)
-        return _dry_run(spec, decisions=decisions, what="training run (training and evaluation episodes)")
+        what = "training run (training and evaluation episodes)"
+        return _dry_run(spec, decisions=decisions, what=what, as_json=args.json)
     progress = DecisionProgress(err, f"training on {spec.game}", unit="training episodes")
 
     def on_episode(result) -> None:
@@ -681,6 +691,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
         progress.set_completed(len(result.episodes))  # a resumed run's earlier episodes count too
     finally:
         progress.stop()
+    if args.json:
+        print_json(result.to_dict())
+        return 0
     out.print(
         f"learning curve: {result.out_dir / 'learning_curve.csv'}; memory: {trainer.store.root}",
         soft_wrap=True,
