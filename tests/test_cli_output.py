@@ -343,3 +343,15 @@ def test_finetune_prints_no_library_warnings_unless_verbose(tmp_path):
     assert "Warning" not in quiet.stderr and "warn(" not in quiet.stderr and "kernels" not in quiet.stderr
     loud = run_cli(*args, "--out", str(tmp_path / "v"), "--verbose")
     assert loud.returncode == 0 and "Warning" in loud.stderr  # there was something to silence
+
+
+def test_untrusted_cells_cannot_drive_the_terminal():
+    from rich.console import Console
+
+    from atari_vlm.terminal import render_table
+
+    console = Console(record=True, width=80, force_terminal=False)
+    render_table(console, [Column("model"), Column("x", 1)], [["evil\x1b[2J\x1b]0;title\x07[red]m", "1"]])
+    text = console.export_text()
+    assert "\x1b" not in text and "\x07" not in text
+    assert "[red]m" in text  # markup is shown as text, not applied

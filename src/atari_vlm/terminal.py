@@ -33,6 +33,7 @@ __all__ = [
     "make_console",
     "num",
     "print_json",
+    "printable",
     "quiet_libraries",
     "render_table",
     "terminal_width",
@@ -67,7 +68,7 @@ def make_console(*, stderr: bool = False) -> Console:
 
 def error_line(console: Console, label: str, message: str) -> None:
     """``label: message`` as exactly one line, never wrapped, whatever the width."""
-    console.print(f"[red]{label}:[/red] {escape(' '.join(str(message).split()))}", soft_wrap=True)
+    console.print(f"[red]{label}:[/red] {escape(printable(' '.join(str(message).split())))}", soft_wrap=True)
 
 
 def print_json(data: Any) -> None:
@@ -102,6 +103,14 @@ def usd(value: float | None) -> str:
 
 
 # --- tables ---------------------------------------------------------------------------------------
+
+_CONTROL = {c: "\ufffd" for c in (*range(0, 9), *range(11, 32), *range(127, 160))}
+
+
+def printable(text: str) -> str:
+    """``text`` with control characters (an ANSI escape from a run directory's names) made harmless:
+    rich strips a few of them, not ESC."""
+    return str(text).translate(_CONTROL)
 
 
 @dataclass(frozen=True)
@@ -162,7 +171,7 @@ def render_table(
         c = columns[i]
         table.add_column(c.header, justify=c.justify, no_wrap=not c.wrap, overflow="fold")  # type: ignore[arg-type]
     for row in rows:
-        table.add_row(*(escape(row[i]) for i in shown))
+        table.add_row(*(escape(printable(row[i])) for i in shown))
     if bounded:
         console.print(table)
     else:
