@@ -453,14 +453,14 @@ def markdown(results: dict[str, Any]) -> str:
 
 
 # Per-game columns by how much they are needed in a narrow terminal (0: always shown).
-_TERMINAL_PRIORITY = {"game": 0, "model": 0, "prompt": 1, "episodes": 2, "unparsed": 7, "stuck": 8}
+_TERMINAL_PRIORITY = {"game": 0, "model": 0, "prompt": 1, "episodes": 3, "unparsed": 7, "stuck": 8}
 
 
 def _terminal_column(header: str, names: int = 16) -> Column:
     if header.startswith("mean return"):
         return Column(header, 0, "right")
     if header.startswith("human-normalized"):
-        return Column(header, 3, "right")
+        return Column(header, 2, "right")
     if header.startswith("random"):
         return Column(header, 4, "right")
     if header.startswith("expert"):
@@ -493,7 +493,11 @@ def render_results(console: Console, results: dict[str, Any], *, wide: bool = Fa
             _terminal_column(h, names) if h in ("model", "games") else Column(h, 1, "right") for h in head
         ]
         columns[1] = Column("prompt")
-        render_table(console, columns, rows, title="Aggregates over games (human-normalized)", wide=wide)
+        hidden = render_table(
+            console, columns, rows, title="Aggregates over games (human-normalized)", wide=wide
+        )
+        if hidden:
+            console.print(f"[dim]not shown at this width: {'; '.join(hidden)} (--wide shows all)[/dim]")
     head, rows = _published(results)
     columns = [Column("model"), Column("value", 0, "right"), Column("metric", 2), Column("protocol", 1)]
     columns.append(Column("source", 3, wrap=True, min_width=20))
