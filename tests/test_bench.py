@@ -71,7 +71,7 @@ def test_bench_sweep_end_to_end_and_resumable(tmp_path, capsys):
     ]
     assert main(args) == 0
     first = capsys.readouterr()
-    assert "| Pong |" in first.out and "Published, not measured" in first.out
+    assert "│ Pong │" in first.out and "Published, not measured" in first.out  # a terminal table
     for run in (tmp_path / "Pong" / "random", tmp_path / "Pong" / "demo" / "basic"):
         config = json.loads((run / "config.json").read_text())
         spec = config["spec"]

@@ -230,9 +230,11 @@ def test_report_and_results_commands(tmp_path, capsys):
     assert main(["report", str(runs / "r0")]) == 0
     assert "<html" in (runs / "r0" / "report.html").read_text()
     capsys.readouterr()
-    assert main(["results", str(runs), "--out", str(tmp_path / "results"), "--reps", "200"]) == 0
+    results = ["results", str(runs), "--out", str(tmp_path / "results"), "--reps", "200"]
+    assert main([*results, "--format", "md"]) == 0
     text = capsys.readouterr().out
     assert "| Breakout | random |" in text and "Published, not measured" in text
+    assert text.startswith((tmp_path / "results" / "results.md").read_text())  # the file, then its paths
     assert {p.name for p in (tmp_path / "results").iterdir()} == {"results.md", "results.csv", "results.json"}
     assert main(["report", str(tmp_path / "nowhere")]) == 2
 

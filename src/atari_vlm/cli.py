@@ -12,20 +12,50 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from atari_vlm import __version__
 from atari_vlm.errors import ConfigError, ModelError
+from atari_vlm.terminal import (
+    DecisionProgress,
+    error_line,
+    make_console,
+    num,
+    print_json,
+    quiet_libraries,
+    usd,
+)
 
-err = Console(stderr=True, highlight=False)
-out = Console(highlight=False)
+# Made again by main() for the terminal it runs in (COLUMNS, or none when piped: no wrapping).
+err = make_console(stderr=True)
+out = make_console()
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """Every option's default in ``--help`` (the spec's options carry theirs in their help already)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if "default" in text or not action.option_strings or default in (None, False, [], argparse.SUPPRESS):
+            return text
+        return f"{text} (default: %(default)s)" if text else "default: %(default)s"
 
 
 class _Parser(argparse.ArgumentParser):
+    def _add_action(self, action: argparse.Action) -> argparse.Action:
+        meaningful = action.default not in (None, False, [], argparse.SUPPRESS)
+        if action.help is None and action.option_strings and meaningful:
+            action.help = "default: %(default)s"  # argparse shows nothing for an option without help
+        return super()._add_action(action)
+
+    def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
+
     def error(self, message: str):  # type: ignore[override]
-        err.print(f"[red]error:[/red] {escape(message)}  (see `{self.prog} --help`)")
+        error_line(err, "error", f"{message} (see `{self.prog} --help`)")
         raise SystemExit(2)
 
 
@@ -194,11 +224,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--dry-run", action="store_true", help="one measured decision, then the run's estimated cost"
     )
     add_spec_arguments(play, PLAY_SECTIONS)
+    play.add_argument("--json", action="store_true", help="print the summary (or the dry run) as JSON")
 
     bench = sub.add_parser(
         "bench", help="every game x model x prompt on the same seeds, plus the random agent"
     )
     bench.add_argument("--out", required=True, help="the sweep's folder: one run directory per combination")
+    bench.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="one measured decision per model and prompt, then every combination's projected tokens, "
+        "dollars and model time (nothing is written)",
+    )
+    _add_output_options(bench, formats=True)
     add_spec_arguments(bench, {"sweep": ALL})
     add_spec_arguments(
         bench,
@@ -231,6 +269,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
     train.add_argument("--resume", action="store_true", help="continue the run in --out where it stopped")
     train.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="one measured decision, then the training run's projected tokens, dollars and model time "
+        "(training and evaluation episodes; nothing is written)",
+    )
+    train.add_argument(
         "--demo",
         action="append",
         default=[],
@@ -252,6 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
         defaults={"episodes": 10},
         aliases={"model": ("--vlm",)},
     )
+    train.add_argument("--json", action="store_true", help="print the result (or the dry run) as JSON")
     _add_show_recommendations(train)
 
     rec = sub.add_parser("record", help="record demonstrations (RAM expert, keyboard, random) into a memory")
@@ -291,8 +336,12 @@ def build_parser() -> argparse.ArgumentParser:
     results.add_argument("--out", required=True, help="where results.md, results.csv, results.json go")
     results.add_argument("--table", default="dqn_nature", help="reference scores: dqn_nature | atari57")
     results.add_argument("--reps", type=int, default=2000, help="bootstrap resamples")
+    _add_output_options(results, formats=True)
 
-    sub.add_parser("models", help="model presets: prices, hardware, usable now, and a recommendation")
+    models = sub.add_parser(
+        "models", help="model presets: prices, hardware, usable now, and a recommendation"
+    )
+    _add_output_options(models)
 
     export = sub.add_parser("export", help="trajectories as a fine-tuning folder (HF datasets) or Minari")
     export.add_argument("source", help="a run directory, or a trajectory memory game folder (memory/Pong)")
@@ -304,7 +353,27 @@ def build_parser() -> argparse.ArgumentParser:
 
     games = sub.add_parser("games", help="list every playable game")
     games.add_argument("--rich-only", action="store_true", help="only games with a RAM state description")
+    _add_output_options(games)
+    for command in sub.choices.values():
+        command.add_argument(
+            "--verbose",
+            action="store_true",
+            help="let the libraries underneath print their banners and warnings (ALE, transformers, torch)",
+        )
     return parser
+
+
+def _add_output_options(parser: argparse.ArgumentParser, *, formats: bool = False) -> None:
+    """How a command's table reaches the terminal: fitted to its width, all columns, or data."""
+    parser.add_argument("--json", action="store_true", help="print JSON for scripts instead of tables")
+    parser.add_argument("--wide", action="store_true", help="every column, however wide the lines get")
+    if formats:
+        parser.add_argument(
+            "--format",
+            choices=["table", "md"],
+            default="table",
+            help="table: fitted to the terminal; md: the Markdown of results.md",
+        )
 
 
 def _run_spec(game: str, args: argparse.Namespace, **extra: object):
@@ -318,7 +387,8 @@ def _run_spec(game: str, args: argparse.Namespace, **extra: object):
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from atari_vlm.bench.sweep import BenchSpec, run_bench
+    from atari_vlm.bench.sweep import BenchSpec, SweepCallbacks, estimate_bench, run_bench
+    from atari_vlm.runner import decisions_bound
     from atari_vlm.spec import SweepSpec
 
     settings = given_settings(args)
@@ -328,79 +398,165 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     _check_executor_args(run_settings)
     given = set(given_settings(args, with_defaults=False)) - sweep_names
     spec = BenchSpec(out=Path(args.out), sweep=sweep, settings=run_settings, given=frozenset(given))
+    if args.dry_run:
+        return _print_bench_estimate(estimate_bench(spec), args)
+
+    progress = DecisionProgress(err, "sweep")
+    spent = [0.0, False]  # dollars so far, whether any call had a price
+
+    def on_plan(pending) -> None:
+        bounds = {id(c): decisions_bound(c.spec)[0] for c in pending}
+        progress.start(sum(bounds[id(c)] * c.spec.episodes for c in pending))
+        progress.describe(f"sweep of {len(pending)} run(s)")
+
+    def on_episode(combo, result) -> None:
+        progress.episode_ended(decisions_bound(combo.spec)[0], result.steps)
+        if result.cost_usd is not None:
+            spent[0] += result.cost_usd
+            spent[1] = True
+            progress.cost(spent[0])
 
     def on_combination(combo, summary) -> None:
-        label = f"{combo.game} x {combo.model} x {combo.prompt}"
         if summary is None:
-            err.print(f"[dim]done already:[/dim] {escape(label)}")
+            progress.print(f"[dim]done already:[/dim] {escape(combo.label)}")
             return
         data = summary.to_dict()
-        out.print(
-            f"{escape(label)}: mean return {_num(data['mean_return'])} over {data['episodes']} episodes"
+        cost = "" if data["cost_usd"] is None else f", {usd(data['cost_usd'])}"
+        progress.print(
+            f"{escape(combo.label)}: mean return {num(data['mean_return'])} over {data['episodes']} "
+            f"episode(s){cost}"
         )
         if summary.stopped:
-            out.print(
+            progress.print(
                 f"[bold yellow]stopped early:[/bold yellow] {escape(summary.stopped)} "
                 "(the sweep stops here; run the same bench again to go on)"
             )
 
-    data = run_bench(spec, on_combination=on_combination)
-    sys.stdout.write(Path(data["files"]["markdown"]).read_text(encoding="utf-8"))
-    out.print(f"written: {', '.join(str(f) for f in data['files'].values())}")
+    callbacks = SweepCallbacks(on_plan, progress.advance, on_episode, on_combination)
+    try:
+        data = run_bench(spec, callbacks=callbacks)
+    finally:
+        progress.stop()
+    _print_results(data, args)
+    if not args.json:
+        total = usd(spent[0]) if spent[1] else "no priced calls"
+        out.print(f"spent by this sweep: {total}", soft_wrap=True)
     return 0
+
+
+def _print_bench_estimate(estimate: dict, args: argparse.Namespace) -> int:
+    if args.json:
+        print_json(estimate)
+        return 0
+    from atari_vlm.terminal import Column, render_table
+
+    columns = [
+        Column("combination", 0, wrap=True, min_width=24),
+        Column("decisions", 0, "right"),
+        Column("tokens in", 2, "right"),
+        Column("tokens out", 3, "right"),
+        Column("dollars", 0, "right"),
+        Column("model time", 1, "right"),
+    ]
+    rows = [
+        [
+            r["label"],
+            f"{'<=' if r['decisions_bound'] == 'at most' else ''}{r['decisions']:,}",
+            f"{r['projected_input_tokens']:,}",
+            f"{r['projected_output_tokens']:,}",
+            usd(r["estimated_cost_usd"]),
+            _duration(r["projected_model_time_s"]) if r["agent"] == "vlm" else "-",
+        ]
+        for r in estimate["combinations"]
+    ]
+    t = estimate["totals"]
+    at_most = any(r["decisions_bound"] == "at most" for r in estimate["combinations"])
+    rows.append(
+        [
+            "total",
+            f"{'<=' if at_most else ''}{t['decisions']:,}",
+            f"{t['projected_input_tokens']:,}",
+            f"{t['projected_output_tokens']:,}",
+            usd(t["estimated_cost_usd"]),
+            _duration(t["projected_model_time_s"]),
+        ]
+    )
+    render_table(out, columns, rows, title="bench --dry-run: projected (nothing was written)", wide=args.wide)
+    notes = [f"{estimate['measured_decisions']} measured decision(s), one per model, prompt and observation"]
+    if estimate["done_already"]:
+        notes.append(f"{estimate['done_already']} combination(s) done already, not counted")
+    if t["estimated_cost_usd"] is None:
+        notes.append(
+            "a model has no known price: the dollars are unknown "
+            f"(the priced ones: {usd(t['priced_cost_usd'])})"
+        )
+    if any(r.get("tokens_estimated") for r in estimate["combinations"]):
+        notes.append("a server reported no token counts: its tokens are estimated from the request")
+    notes.append(
+        "<= : at most (a game over ends an episode sooner); "
+        "model time: the decisions' latency, games at once in parallel"
+    )
+    for note in notes:
+        out.print(escape(note))
+    return 0
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 90:
+        return f"{num(seconds, 1)} s"
+    if seconds < 5400:
+        return f"{num(seconds / 60, 1)} min"
+    return f"{num(seconds / 3600, 1)} h"
 
 
 def _cmd_games(args: argparse.Namespace) -> int:
     from atari_vlm.games import all_games
     from atari_vlm.state_text import RICH_GAMES
+    from atari_vlm.terminal import Column, render_table
 
     names = [n for n in all_games() if not args.rich_only or n in RICH_GAMES]
-    table = Table(title=f"{len(names)} playable games (* = rich state text from RAM)")
-    table.add_column("game")
-    table.add_column("env id")
-    table.add_column("state text")
-    for name in names:
-        table.add_row(name, f"ALE/{name}-v5", "* rich" if name in RICH_GAMES else "generic")
-    out.print(table)
+    if args.json:
+        print_json([{"game": n, "env_id": f"ALE/{n}-v5", "rich_state_text": n in RICH_GAMES} for n in names])
+        return 0
+    rows = [[n, f"ALE/{n}-v5", "* rich" if n in RICH_GAMES else "generic"] for n in names]
+    title = f"{len(names)} playable games (* = rich state text from RAM)"
+    render_table(
+        out, [Column("game"), Column("env id", 1), Column("state text", 2)], rows, title=title, wide=args.wide
+    )
     return 0
 
 
 def _cmd_play(args: argparse.Namespace) -> int:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from atari_vlm.runner import run_play
+    from atari_vlm.runner import decisions_bound, run_play
 
     spec = _run_spec(args.game, args)
     label = spec.agent if spec.agent != "vlm" else spec.model.model
     safe_label = "".join(c if c.isalnum() or c in "-_." else "-" for c in label.split("/")[-1])
     out_dir = args.out or os.path.join("runs", f"{spec.game}-{safe_label}-s{spec.seed}")
     if args.dry_run:
-        return _dry_run(spec)
+        return _dry_run(spec, as_json=args.json)
     executor = None
     if spec.executor == "ray":
         from atari_vlm.executors import RayExecutor
 
         executor = RayExecutor(spec.ray_address)
-    progress = Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("decisions"),
-        TimeElapsedColumn(),
-        console=err,
-        transient=False,
-    )
-    task_id = None
+    progress = DecisionProgress(err, spec.game)
+    bound = decisions_bound(spec)[0]
+    spent = [0.0]
 
     def on_start(model, total) -> None:
-        nonlocal task_id
         if model is not None and model.warning:
             err.print(f"[bold yellow]WARNING:[/bold yellow] {escape(model.warning)}")
-        progress.start()
-        task_id = progress.add_task(f"{spec.game} x {model.spec if model else spec.agent}", total=total)
+        progress.describe(f"{spec.game} x {model.spec if model else spec.agent}")
+        progress.start(total)
 
-    def on_step(n: int) -> None:
-        progress.advance(task_id, n)
+    def on_episode(result) -> None:
+        progress.episode_ended(bound, result.steps)
+        if result.cost_usd is not None:
+            spent[0] += result.cost_usd
+            progress.cost(spent[0])
 
     try:
         summary = run_play(
@@ -409,76 +565,85 @@ def _cmd_play(args: argparse.Namespace) -> int:
             overwrite=args.overwrite,
             resume=args.resume,
             on_start=on_start,
-            on_step=on_step,
+            on_step=progress.advance,
+            on_episode=on_episode,
             executor=executor,
         )
     finally:
         progress.stop()
-    _print_summary(summary)
+    if args.json:
+        print_json(summary.to_dict())
+    else:
+        _print_summary(summary)
     if args.report:
-        _write_report_if_possible(summary.out)
+        _write_report_if_possible(summary.out, quiet=args.json)
     return 0
 
 
-def _write_report_if_possible(run_dir: Path) -> None:
-    """A report at the end of every run, when the report extra is installed; a hint when it is not."""
+def _write_report_if_possible(run_dir: Path, *, quiet: bool = False) -> None:
+    """A report at the end of every run, when the report extra is installed; a hint when it is not.
+    ``quiet``: stdout holds JSON, so the report's path goes to stderr."""
     from atari_vlm.errors import DependencyNotInstalled
     from atari_vlm.report import write_report
 
     try:
-        out.print(f"report: {write_report(run_dir)}")
+        (err if quiet else out).print(f"report: {write_report(run_dir)}", soft_wrap=True)
     except DependencyNotInstalled as exc:
         err.print(f"[yellow]no report:[/yellow] {escape(str(exc))}")
 
 
-def _num(value: float | None) -> str:
-    return "-" if value is None else f"{value:g}"
+def _dry_run(spec, *, decisions: int | None = None, what: str = "run", as_json: bool = False) -> int:
+    from atari_vlm.runner import measure_decision, project
 
-
-def _dry_run(spec) -> int:
-    from atari_vlm.runner import estimate_cost
-
-    est = estimate_cost(spec)
-    per = est["cost_per_decision_usd"]
+    est = project(spec, measure_decision(spec), decisions=decisions)
+    if as_json:
+        print_json(est)
+        return 0
+    estimated = " (estimated: the server reported none)" if est["tokens_estimated"] else ""
     out.print(
-        f"one measured decision of {est['model']['spec']}: {est['input_tokens']} input + "
-        f"{est['output_tokens']} output tokens, {est['latency_s']} s"
+        f"one measured decision of {escape(est['model']['spec'])}: {est['input_tokens']:,} input + "
+        f"{est['output_tokens']:,} output tokens{estimated}, {num(est['latency_s'], 2)} s"
     )
-    if per is None:
-        out.print("no price is known for this model (a custom server?), so no dollar estimate")
-    else:
-        out.print(
-            f"${per:.6f} per decision x {est['decisions_bound']} {est['decisions']} decisions "
-            f"= about ${est['estimated_cost_usd']:.4f} for the run (nothing was written)"
-        )
+    per = est["cost_per_decision_usd"]
+    price = (
+        f"{usd(per)} per decision"
+        if per is not None
+        else "no price is known for this model (a custom server?)"
+    )
+    out.print(
+        f"the {what}: {est['decisions_bound']} {est['decisions']:,} decisions, "
+        f"{est['projected_input_tokens']:,} input + {est['projected_output_tokens']:,} output tokens, "
+        f"{_duration(est['projected_model_time_s'])} of model time ({est['parallel']} at once); "
+        f"{price}: {usd(est['estimated_cost_usd'])} in all (nothing was written)"
+    )
     return 0
 
 
 def _print_summary(summary) -> None:
     data = summary.to_dict()
-    table = Table(title=f"{data['game']} played by {data['model']['spec']}")
+    table = Table(title=f"{escape(data['game'])} played by {escape(data['model']['spec'])}")
     for col in ("episode", "return", "steps", "calls", "unparsed", "tok in", "tok out", "wall s"):
-        table.add_column(col, justify="right")
+        table.add_column(col, justify="right", no_wrap=True)
     for e in summary.episodes:
         table.add_row(
             str(e.episode),
-            f"{e.episode_return:g}",
+            num(e.episode_return),
             str(e.steps),
             str(e.decisions),
             str(e.unparsed),
-            str(e.usage.input_tokens),
-            str(e.usage.output_tokens),
+            f"{e.usage.input_tokens:,}",
+            f"{e.usage.output_tokens:,}",
             f"{e.wall_s:.1f}",
         )
     out.print(table)
     if data["cost_usd"] is not None:
-        out.print(f"cost: ${data['cost_usd']:.4f}")
+        out.print(f"cost: {usd(data['cost_usd'])}")
     if summary.stopped:
         out.print(f"[bold yellow]stopped early:[/bold yellow] {escape(summary.stopped)} (--resume continues)")
     out.print(
-        f"mean return {_num(data['mean_return'])} over {data['episodes']} episode(s); "
+        f"mean return {num(data['mean_return'])} over {data['episodes']} episode(s); "
         f"{data['decisions']} model decisions, {data['unparsed']} unparsable answers, "
-        f"{data['input_tokens']} + {data['output_tokens']} tokens, {data['wall_s']:.1f} s wall time"
+        f"{data['input_tokens']:,} + {data['output_tokens']:,} tokens, {data['wall_s']:.1f} s wall time"
     )
     if data["constraint_ignored"]:
         out.print(
@@ -489,7 +654,7 @@ def _print_summary(summary) -> None:
         out.print(f"[bold yellow]NOTE:[/bold yellow] {escape(data['constraint_note'])}")
     if summary.warning:
         out.print(f"[bold yellow]NOTE:[/bold yellow] {escape(summary.warning)}")
-    out.print(f"run directory: {summary.out}")
+    out.print(f"run directory: {escape(str(summary.out))}", soft_wrap=True)
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -501,15 +666,38 @@ def _cmd_train(args: argparse.Namespace) -> int:
         extra["agent"] = "random"
     spec = _run_spec(args.game, args, **extra)
     trainer = VLMTrainer.from_spec(spec, out_dir=args.out, overwrite=args.overwrite)
+    if args.dry_run:
+        decisions = trainer.model_decisions(spec.episodes)
+        what = "training run (training and evaluation episodes)"
+        return _dry_run(spec, decisions=decisions, what=what, as_json=args.json)
+    progress = DecisionProgress(err, f"training on {spec.game}", unit="training episodes")
+
+    def on_episode(result) -> None:
+        progress.advance(1)
 
     def on_evaluation(row: dict) -> None:
-        err.print(
-            f"after {row['episode']} episode(s): eval {row['eval_mean_return']:g} ± {row['eval_std']:g} "
-            f"(random {row['random_mean_return']:g}), {row['n_exemplars']} exemplar image(s)"
+        progress.print(
+            f"after {row['episode']} episode(s): "
+            f"eval {num(row['eval_mean_return'])} ± {num(row['eval_std'])} "
+            f"(random {num(row['random_mean_return'])}), {row['n_exemplars']} exemplar image(s)",
+            soft_wrap=True,
         )
 
-    result = trainer.train(spec.episodes, resume=args.resume, on_evaluation=on_evaluation)
-    out.print(f"learning curve: {result.out_dir / 'learning_curve.csv'}; memory: {trainer.store.root}")
+    progress.start(spec.episodes)
+    try:
+        result = trainer.train(
+            spec.episodes, resume=args.resume, on_episode=on_episode, on_evaluation=on_evaluation
+        )
+        progress.set_completed(len(result.episodes))  # a resumed run's earlier episodes count too
+    finally:
+        progress.stop()
+    if args.json:
+        print_json(result.to_dict())
+        return 0
+    out.print(
+        f"learning curve: {result.out_dir / 'learning_curve.csv'}; memory: {trainer.store.root}",
+        soft_wrap=True,
+    )
     if result.stopped:
         out.print(f"[bold yellow]stopped early:[/bold yellow] {escape(result.stopped)} (--resume continues)")
     return 0
@@ -542,7 +730,7 @@ def _cmd_record(args: argparse.Namespace) -> int:
         scale=args.scale,
     )
     for meta in metas:
-        out.print(f"{meta.episode_id}: return {meta.episode_return:g} in {meta.steps} steps")
+        out.print(f"{meta.episode_id}: return {num(meta.episode_return)} in {meta.steps} steps")
     out.print(f"{len(metas)} episode(s) recorded in {Path(args.out) / metas[0].game if metas else args.out}")
     return 0
 
@@ -580,9 +768,12 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
-    from atari_vlm.models.table import render_models_table
+    from atari_vlm.models.table import models_data, render_models_table
 
-    render_models_table(out)
+    if args.json:
+        print_json(models_data())
+    else:
+        render_models_table(out, wide=args.wide)
     return 0
 
 
@@ -597,10 +788,22 @@ def _cmd_report(args: argparse.Namespace) -> int:
 def _cmd_results(args: argparse.Namespace) -> int:
     from atari_vlm.bench import write_results
 
-    data = write_results(args.paths, args.out, table=args.table, reps=args.reps)
-    sys.stdout.write((Path(args.out) / "results.md").read_text(encoding="utf-8"))  # markdown, unwrapped
-    out.print(f"written: {', '.join(str(f) for f in data['files'].values())}")
+    _print_results(write_results(args.paths, args.out, table=args.table, reps=args.reps), args)
     return 0
+
+
+def _print_results(data: dict, args: argparse.Namespace) -> None:
+    """Results as the command asked: tables fitted to the terminal, Markdown, or JSON."""
+    from atari_vlm.bench.results import markdown, render_results
+
+    if args.json:
+        print_json(data)
+        return
+    if args.format == "md":
+        sys.stdout.write(markdown(data))
+    else:
+        render_results(out, data, wide=args.wide)
+    out.print(f"written: {', '.join(str(f) for f in data['files'].values())}", soft_wrap=True)
 
 
 COMMANDS = {
@@ -617,15 +820,31 @@ COMMANDS = {
 }
 
 
+NO_GAMES = frozenset({"models", "results", "report", "export"})
+"""Commands that play no game: ale_py (and its banner) is never imported for them."""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Run one command; returns its exit code (0 ok, 1 failed during the run, 2 bad input).
+
+    A bare ``atari-vlm`` prints the help and exits 0.
+    """
+    global err, out
+    err, out = make_console(stderr=True), make_console()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser()
+    if not argv:
+        parser.print_help()
+        return 0
+    args = parser.parse_args(argv)
+    quiet_libraries(args.verbose, ale=args.command not in NO_GAMES)
     try:
         return COMMANDS[args.command](args)
     except ConfigError as exc:
-        err.print(f"[red]error:[/red] {escape(str(exc))}")
+        error_line(err, "error", str(exc))
         return 2
     except ModelError as exc:
-        err.print(f"[red]model error:[/red] {escape(str(exc))}")
+        error_line(err, "model error", str(exc))
         return 1
     except KeyboardInterrupt:
         err.print("interrupted")

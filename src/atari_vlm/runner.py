@@ -26,14 +26,24 @@ import numpy as np
 from atari_vlm.bench.protocols import load_protocol
 from atari_vlm.errors import ConfigError
 from atari_vlm.models.base import Usage
-from atari_vlm.models.costs import BudgetedVLM, BudgetExceeded
+from atari_vlm.models.costs import BudgetedVLM, BudgetExceeded, cost_usd, estimate_request_usage
 from atari_vlm.models.registry import LoadedModel, load_model
 from atari_vlm.rollout import EpisodeResult, episode_seeds, explicit_seeds, play_episodes
 from atari_vlm.rundir import RunDir, read_jsonl, run_record, write_json_atomic
 from atari_vlm.spec import RunSpec
 from atari_vlm.workers import action_names, model_spec_for, prompt_builder, worker_factory
 
-__all__ = ["Executor", "RunSummary", "decisions_bound", "estimate_cost", "run_play", "validate"]
+__all__ = [
+    "Executor",
+    "MeasuredDecision",
+    "RunSummary",
+    "decisions_bound",
+    "estimate_cost",
+    "measure_decision",
+    "project",
+    "run_play",
+    "validate",
+]
 
 DRY_RUN_FRAME_CAP = 108_000
 """ALE v5's cap, the bound of an episode that sets none shorter (for ``--dry-run``'s projection)."""
@@ -119,7 +129,7 @@ def run_play(
     *,
     overwrite: bool = False,
     resume: bool = False,
-    on_start: Callable[[LoadedModel | None, int | None], None] | None = None,
+    on_start: Callable[[LoadedModel | None, int], None] | None = None,
     on_step: Callable[[int], None] | None = None,
     on_episode: Callable[[EpisodeResult], None] | None = None,
     loaded: LoadedModel | None = None,
@@ -151,7 +161,7 @@ def _run_play(
     out: Path,
     overwrite: bool,
     resume: bool,
-    on_start: Callable[[LoadedModel | None, int | None], None] | None,
+    on_start: Callable[[LoadedModel | None, int], None] | None,
     on_step: Callable[[int], None] | None,
     on_episode: Callable[[EpisodeResult], None] | None,
     loaded: LoadedModel | None,
@@ -183,8 +193,7 @@ def _run_play(
     kept = {r["episode"] for r in run.kept_episodes}
     todo = sorted(set(range(spec.episodes)) - kept)
     if on_start is not None:
-        total = len(todo) * spec.env.max_steps if spec.env.max_steps else None
-        on_start(model, total)
+        on_start(model, len(todo) * decisions_bound(spec)[0])  # each episode's bound: see decisions_bound
     start = time.perf_counter()
     stopped = None
     try:
@@ -265,17 +274,52 @@ def decisions_bound(spec: RunSpec) -> tuple[int, str]:
     return -(-frames // (env.frame_skip * env.decision_interval)), "at most"
 
 
-def estimate_cost(spec: RunSpec) -> dict[str, Any]:
-    """``--dry-run``: measure one real decision, then price the whole run from it. Writes nothing.
+@dataclass(frozen=True)
+class MeasuredDecision:
+    """One real decision of a model under a spec: what ``--dry-run`` projects a run from."""
 
-    The run's decisions are ``episodes x`` :func:`decisions_bound`.
+    model: dict[str, Any]
+    input_tokens: int
+    output_tokens: int
+    cost_usd: float | None  # None: no price is known for the model
+    latency_s: float
+    tokens_estimated: bool = False  # the server reported no usage: tokens estimated from the request
+
+    @property
+    def priced(self) -> bool:
+        return self.cost_usd is not None
+
+
+class _LastRequest:
+    """Keeps the last request a model was sent, to estimate its tokens if the server counts none."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner, self.request = inner, None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    async def generate(self, request: Any) -> Any:
+        self.request = request
+        return await self.inner.generate(request)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+def measure_decision(spec: RunSpec, *, loaded: LoadedModel | None = None) -> MeasuredDecision:
+    """Play the first decision of ``spec``'s first episode against its model (``loaded``, or loaded
+    here and closed after), for real. Writes nothing.
+
+    Raises:
+        ConfigError: the random and expert agents make no model calls; any bad setting.
     """
     if spec.agent != "vlm":
         raise ConfigError("--dry-run prices model calls; the random and expert agents make none")
     validate(spec)
-    loaded = load_model(model_spec_for(spec))
-    model = dataclasses.replace(loaded, vlm=BudgetedVLM(loaded.vlm, None, loaded.prices))
-    env, agent = worker_factory(spec, model.vlm)()
+    model = loaded or load_model(model_spec_for(spec))
+    recorder = _LastRequest(BudgetedVLM(model.vlm, None, model.prices))
+    env, agent = worker_factory(spec, recorder)()  # type: ignore[arg-type]
     seeds = explicit_seeds(spec.env_seeds) if spec.env_seeds else episode_seeds(spec.seed, 1)
 
     async def one_decision():
@@ -284,22 +328,52 @@ def estimate_cost(spec: RunSpec) -> dict[str, Any]:
             obs, _ = env.reset(seed=seeds[0].env)
             return await agent.act(obs)
         finally:
-            await model.vlm.aclose()
+            if loaded is None:
+                await model.vlm.aclose()
 
     try:
         decision = asyncio.run(one_decision())
     finally:
         env.close()
+    usage, estimated = decision.usage, False
+    if usage.input_tokens == 0 and recorder.request is not None:  # a server that counts no tokens
+        usage, estimated = estimate_request_usage(recorder.request), True
+    cost = decision.cost_usd
+    if estimated and model.prices is not None:
+        cost = cost_usd(usage, model.prices)
+    return MeasuredDecision(
+        model.describe(), usage.input_tokens, usage.output_tokens, cost, decision.latency_s, estimated
+    )
+
+
+def project(spec: RunSpec, measured: MeasuredDecision, *, decisions: int | None = None) -> dict[str, Any]:
+    """A whole run projected from one measured decision: tokens, dollars (None: no price) and model
+    time, over ``decisions`` (default: ``episodes x`` :func:`decisions_bound`)."""
     per_episode, bound = decisions_bound(spec)
-    decisions = per_episode * spec.episodes
-    per_decision = decision.cost_usd
+    decisions = per_episode * spec.episodes if decisions is None else decisions
+    parallel = max(1, min(spec.num_envs, model_spec_for(spec).concurrency or spec.num_envs))
+    per = measured.cost_usd
     return {
-        "model": model.describe(),
-        "input_tokens": decision.usage.input_tokens,
-        "output_tokens": decision.usage.output_tokens,
-        "cost_per_decision_usd": per_decision,
+        "model": measured.model,
+        "input_tokens": measured.input_tokens,
+        "output_tokens": measured.output_tokens,
+        "tokens_estimated": measured.tokens_estimated,
+        "cost_per_decision_usd": per,
+        "latency_s": round(measured.latency_s, 3),
         "decisions": decisions,
         "decisions_bound": bound,
-        "estimated_cost_usd": None if per_decision is None else round(per_decision * decisions, 6),
-        "latency_s": round(decision.latency_s, 3),
+        "parallel": parallel,
+        "projected_input_tokens": measured.input_tokens * decisions,
+        "projected_output_tokens": measured.output_tokens * decisions,
+        "estimated_cost_usd": None if per is None else round(per * decisions, 6),
+        "projected_model_time_s": round(measured.latency_s * decisions / parallel, 1),
     }
+
+
+def estimate_cost(spec: RunSpec) -> dict[str, Any]:
+    """``--dry-run``: measure one real decision, then project the whole run from it. Writes nothing.
+
+    The run's decisions are ``episodes x`` :func:`decisions_bound`; with no known price the tokens and
+    the time are still projected, and ``estimated_cost_usd`` is None.
+    """
+    return project(spec, measure_decision(spec))

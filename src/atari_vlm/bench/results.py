@@ -23,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from rich.console import Console
+from rich.markup import escape
 
 from atari_vlm.bench.scores import (
     DEFAULT_TABLE,
@@ -35,6 +37,7 @@ from atari_vlm.bench.scores import (
 from atari_vlm.errors import ConfigError
 from atari_vlm.rundir import read_jsonl, read_run_spec, write_json_atomic
 from atari_vlm.spec import RunSpec, differences, is_finite_number
+from atari_vlm.terminal import Column, render_table
 
 NO_VALUE = "-"
 
@@ -331,34 +334,23 @@ _TRUNCATED_NOTE = (
 )
 
 
-def _markdown(results: dict[str, Any]) -> str:
-    table, ci = results["table"], results["bootstrap"]
-    level = f"{ci['confidence'] * 100:g}%"
-    show_protocol = any(r["protocol"] != NO_VALUE for r in results["rows"])
-    lines = [
-        "# Results",
-        "",
-        f"Human-normalized with the {table['title']} reference scores ({table['source']}): "
-        "0% plays like the random policy, 100% like the human tester.",
-        f"Intervals: {level} stratified bootstrap ({ci['reps']} resamples, seed {ci['seed']}); "
-        "episodes are the resampled runs.",
-        "",
-        "## Per game",
-        "",
-    ]
+def _per_game(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """The per-game table as plain cells (headers, rows): the markdown and the terminal share it."""
+    level = f"{results['bootstrap']['confidence'] * 100:g}%"
+    rows = results["rows"]
+    show_protocol = any(r["protocol"] != NO_VALUE for r in rows)
+    show_expert = any(r["expert_same_seeds"] for r in rows)
+    show_stuck = any(r["stuck_episodes"] for r in rows)
     head = ["game", "model", "prompt", *(["protocol"] if show_protocol else [])]
-    show_expert = any(r["expert_same_seeds"] for r in results["rows"])
-    show_stuck = any(r["stuck_episodes"] for r in results["rows"])
     head += ["episodes", f"mean return [{level} CI]", "random, same seeds"]
     head += [*(["expert, same seeds"] if show_expert else []), f"human-normalized [{level} CI]"]
     head += ["unparsed", *(["stuck"] if show_stuck else []), "cost $"]
-    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in results["rows"]:
-        model = _model_cell(r)
+    table = []
+    for r in rows:
         hns = _ci_text(r["human_normalized"], percent=True)
         if r["human_normalized"] and r["truncated_episodes"]:
             hns += " *"
-        cells = [r["game"], model, r["prompt"], *([r["protocol"]] if show_protocol else [])]
+        cells = [r["game"], _model_cell(r), r["prompt"], *([r["protocol"]] if show_protocol else [])]
         cells += [
             f"{r['episodes']}{FEW_MARK if r['episodes'] < FEW_SEEDS else ''}",
             _ci_text(r["mean_return"]),
@@ -366,53 +358,152 @@ def _markdown(results: dict[str, Any]) -> str:
             *([_reference_text(r["expert_same_seeds"])] if show_expert else []),
             hns,
             f"{r['unparsed']}/{r['decisions']}" if r["decisions"] else NO_VALUE,
-            *([r["stuck_episodes"] or NO_VALUE] if show_stuck else []),
+            *([str(r["stuck_episodes"] or NO_VALUE)] if show_stuck else []),
             _num(r["cost_usd"], 4),
         ]
-        lines.append("| " + " | ".join(_md(c) for c in cells) + " |")
-    truncated = any(r["truncated_episodes"] and r["human_normalized"] for r in results["rows"])
-    if truncated:
-        lines += ["", _TRUNCATED_NOTE]
-    if any(r["episodes"] < FEW_SEEDS for r in results["rows"]):
-        lines += ["", _FEW_NOTE]
-    if show_stuck:
-        lines += ["", _STUCK_NOTE]
+        table.append([str(c) for c in cells])
+    return head, table
+
+
+def _aggregates(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    show_protocol = any(r["protocol"] != NO_VALUE for r in results["rows"])
+    head = ["model", "prompt", *(["protocol"] if show_protocol else []), "games", "mean", "median", "IQM"]
+    table = []
+    for a in results["aggregates"]:
+        games = ", ".join(a["games"])
+        if a["games_without_reference"]:
+            games += f" (no reference: {', '.join(a['games_without_reference'])})"
+        cells = [_model_cell(a), a["prompt"], *([a["protocol"]] if show_protocol else []), games]
+        mark = " *" if a["truncated_episodes"] else ""
+        cells += [_ci_text(a[k], percent=True) + mark for k in ("mean", "median", "iqm")]
+        table.append(cells)
+    return head, table
+
+
+def _published(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    head = ["model", "value", "metric", "protocol", "source"]
+    rows = [
+        [p["model"], f"{p['value'] * 100:.1f}%", p["metric"], p["protocol"], p["source"]]
+        for p in results["published"]
+    ]
+    return head, rows
+
+
+def _notes(results: dict[str, Any]) -> list[str]:
+    """The footnotes the per-game table's marks refer to."""
+    rows = results["rows"]
+    notes = []
+    if any(r["truncated_episodes"] and r["human_normalized"] for r in rows):
+        notes.append(_TRUNCATED_NOTE)
+    if any(r["episodes"] < FEW_SEEDS for r in rows):
+        notes.append(_FEW_NOTE)
+    if any(r["stuck_episodes"] for r in rows):
+        notes.append(_STUCK_NOTE)
+    return notes
+
+
+def _intro(results: dict[str, Any]) -> list[str]:
+    table, ci = results["table"], results["bootstrap"]
+    level = f"{ci['confidence'] * 100:g}%"
+    return [
+        f"Human-normalized with the {table['title']} reference scores ({table['source']}): "
+        "0% plays like the random policy, 100% like the human tester.",
+        f"Intervals: {level} stratified bootstrap ({ci['reps']} resamples, seed {ci['seed']}); "
+        "episodes are the resampled runs.",
+    ]
+
+
+_PUBLISHED_NOTE = (
+    "Numbers reported in papers, for orientation only: they were NOT produced by the runs above, and "
+    "come from a different protocol, games, human scores and model versions."
+)
+
+
+def _md_table(head: list[str], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    return lines + ["| " + " | ".join(_md(c) for c in cells) + " |" for cells in rows]
+
+
+def _markdown(results: dict[str, Any]) -> str:
+    lines = ["# Results", "", *_intro(results), "", "## Per game", ""]
+    lines += _md_table(*_per_game(results))
+    notes = _notes(results)
+    for note in notes:
+        lines += ["", note]
     lines += ["", "## Aggregates over games (human-normalized)", ""]
     if results["aggregates"]:
-        head = ["model", "prompt", *(["protocol"] if show_protocol else []), "games", "mean", "median", "IQM"]
-        lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-        for a in results["aggregates"]:
-            games = ", ".join(a["games"])
-            if a["games_without_reference"]:
-                games += f" (no reference: {', '.join(a['games_without_reference'])})"
-            model = _model_cell(a)
-            cells = [model, a["prompt"], *([a["protocol"]] if show_protocol else []), games]
-            mark = " *" if a["truncated_episodes"] else ""
-            cells += [_ci_text(a[k], percent=True) + mark for k in ("mean", "median", "iqm")]
-            lines.append("| " + " | ".join(_md(c) for c in cells) + " |")
-        if truncated:
+        lines += _md_table(*_aggregates(results))
+        if _TRUNCATED_NOTE in notes:
             lines += ["", _TRUNCATED_NOTE]
     else:
-        lines.append(f"No measured game has a reference score in the {table['name']} table.")
-    lines += [
-        "",
-        "## Published, not measured",
-        "",
-        "Numbers reported in papers, for orientation only: they were NOT produced by the runs above, and "
-        "come from a different protocol, games, human scores and model versions.",
-        "",
-        "| model | value | metric | protocol | source |",
-        "|---|---|---|---|---|",
-    ]
-    for p in results["published"]:
-        cells = [p["model"], f"{p['value'] * 100:.1f}%", p["metric"], p["protocol"], p["source"]]
-        lines.append("| " + " | ".join(_md(c) for c in cells) + " |")
+        lines.append(f"No measured game has a reference score in the {results['table']['name']} table.")
+    lines += ["", "## Published, not measured", "", _PUBLISHED_NOTE, ""]
+    lines += _md_table(*_published(results))
     if results["skipped"]:
         lines += [
             "",
             "Skipped: " + "; ".join(_md(f"{s['path']} ({s['reason']})") for s in results["skipped"]),
         ]
     return "\n".join(lines) + "\n"
+
+
+def markdown(results: dict[str, Any]) -> str:
+    """The results as Markdown (what ``results.md`` holds, and ``--format md`` prints)."""
+    return _markdown(results)
+
+
+# Per-game columns by how much they are needed in a narrow terminal (0: always shown).
+_TERMINAL_PRIORITY = {"game": 0, "model": 0, "prompt": 1, "episodes": 3, "unparsed": 7, "stuck": 8}
+
+
+def _terminal_column(header: str, names: int = 16) -> Column:
+    if header.startswith("mean return"):
+        return Column(header, 0, "right")
+    if header.startswith("human-normalized"):
+        return Column(header, 2, "right")
+    if header.startswith("random"):
+        return Column(header, 4, "right")
+    if header.startswith("expert"):
+        return Column(header, 5, "right")
+    if header == "cost $":
+        return Column(header, 6, "right")
+    if header in ("model", "games"):  # wraps at the spaces before its settings, never inside a name
+        return Column(header, 0, wrap=True, min_width=names)
+    return Column(header, _TERMINAL_PRIORITY.get(header, 9))
+
+
+def render_results(console: Console, results: dict[str, Any], *, wide: bool = False) -> None:
+    """The results tables for a terminal: the columns that fit (all with ``wide``), then the notes."""
+    for line in _intro(results):
+        console.print(escape(line))
+    head, rows = _per_game(results)
+    names = max(
+        (len(w) for r in [*results["rows"], *results["aggregates"]] for w in _model_cell(r).split()),
+        default=8,
+    )
+    columns = [_terminal_column(h, names) for h in head]
+    hidden = render_table(console, columns, rows, title="Per game", wide=wide)
+    if hidden:
+        console.print(f"[dim]not shown at this width: {'; '.join(hidden)} (--wide shows all)[/dim]")
+    for note in _notes(results):
+        console.print(escape(note.replace("\\*", "*")))
+    if results["aggregates"]:
+        head, rows = _aggregates(results)
+        columns = [
+            _terminal_column(h, names) if h in ("model", "games") else Column(h, 1, "right") for h in head
+        ]
+        columns[1] = Column("prompt")
+        hidden = render_table(
+            console, columns, rows, title="Aggregates over games (human-normalized)", wide=wide
+        )
+        if hidden:
+            console.print(f"[dim]not shown at this width: {'; '.join(hidden)} (--wide shows all)[/dim]")
+    head, rows = _published(results)
+    columns = [Column("model"), Column("value", 0, "right"), Column("metric", 2), Column("protocol", 1)]
+    columns.append(Column("source", 3, wrap=True, min_width=20))
+    render_table(console, columns, rows, title="Published, not measured (NOT from these runs)", wide=wide)
+    for s in results["skipped"]:
+        console.print(f"skipped: {escape(s['path'])} ({escape(s['reason'])})")
 
 
 _CSV_COLUMNS = (

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import functools
 import json
 import re
 from collections.abc import Callable, Mapping
@@ -24,8 +26,16 @@ from atari_vlm.errors import ConfigError
 from atari_vlm.executors import RayExecutor, ray_session
 from atari_vlm.experts import EXPERT_GAMES
 from atari_vlm.models.registry import LoadedModel, load_model
+from atari_vlm.rollout import EpisodeResult
 from atari_vlm.rundir import read_jsonl, resume_refusal
-from atari_vlm.runner import RunSummary, run_play
+from atari_vlm.runner import (
+    MeasuredDecision,
+    RunSummary,
+    decisions_bound,
+    measure_decision,
+    project,
+    run_play,
+)
 from atari_vlm.spec import BENCH_STUCK_DECISIONS, OBSERVATIONS, RunSpec, SweepSpec, parse_seeds
 from atari_vlm.workers import action_names, model_spec_for, prompt_builder
 
@@ -195,12 +205,28 @@ def _is_local(model: str) -> bool:
     return model == "demo" or Path(model).expanduser().is_dir()
 
 
+@dataclass
+class SweepCallbacks:
+    """What a sweep tells its caller as it goes (all optional): ``on_plan`` the combinations still to
+    play (before the first step), ``on_step`` each decision, ``on_episode`` each finished episode,
+    ``on_combination`` each combination done (its summary; None when it was done already)."""
+
+    on_plan: Callable[[list[Combination]], None] | None = None
+    on_step: Callable[[int], None] | None = None
+    on_episode: Callable[[Combination, EpisodeResult], None] | None = None
+    on_combination: Callable[[Combination, RunSummary | None], None] | None = None
+
+
 def run_bench(
     bench: BenchSpec,
     *,
     on_combination: Callable[[Combination, RunSummary | None], None] | None = None,
+    callbacks: SweepCallbacks | None = None,
 ) -> dict[str, Any]:
     """Run (or finish) the sweep; returns the results of :func:`atari_vlm.bench.write_results`."""
+    callbacks = callbacks or SweepCallbacks()
+    if on_combination is not None:
+        callbacks = dataclasses.replace(callbacks, on_combination=on_combination)
     combos, protocol, seeds = plan(bench)
     first = combos[0].spec
     on_ray = first.executor == "ray"
@@ -213,8 +239,10 @@ def run_bench(
     local_models: dict[str, LoadedModel] = {}  # local weights load once; API clients are cheap per run
     try:
         check_before_playing(combos, pending, local_models)
+        if callbacks.on_plan is not None:
+            callbacks.on_plan(pending)
         with ray_session(first.ray_address) if on_ray and pending else contextlib.nullcontext():
-            _sweep(combos, seeds, on_combination, local_models, on_ray)
+            _sweep(combos, seeds, callbacks, local_models, on_ray)
     finally:
         for model in local_models.values():
             asyncio.run(model.vlm.aclose())
@@ -225,7 +253,7 @@ def run_bench(
 def _sweep(
     combos: list[Combination],
     seeds: tuple[int, ...],
-    on_combination: Callable[[Combination, RunSummary | None], None] | None,
+    callbacks: SweepCallbacks,
     local_models: dict[str, LoadedModel],
     on_ray: bool,
 ) -> None:
@@ -233,8 +261,8 @@ def _sweep(
     spent = 0.0
     for combo in combos:
         if _is_complete(combo.out, len(seeds)):
-            if on_combination is not None:
-                on_combination(combo, None)
+            if callbacks.on_combination is not None:
+                callbacks.on_combination(combo, None)
             continue
         loaded = None
         if combo.agent == "vlm" and _is_local(combo.model) and not on_ray:
@@ -244,6 +272,7 @@ def _sweep(
         spec = combo.spec
         if spec.max_cost_usd is not None:
             spec = spec.replace(max_cost_usd=max(0.0, spec.max_cost_usd - spent))
+        on_episode = callbacks.on_episode
         # On Ray, each run's executor joins the sweep's Ray session; its workers load their own model.
         summary = run_play(
             spec,
@@ -251,12 +280,89 @@ def _sweep(
             resume=(combo.out / "config.json").exists(),
             loaded=loaded,
             executor=RayExecutor() if on_ray else None,
+            on_step=callbacks.on_step,
+            on_episode=None if on_episode is None else functools.partial(on_episode, combo),
         )
         spent += summary.spent_usd or 0.0
-        if on_combination is not None:
-            on_combination(combo, summary)
+        if callbacks.on_combination is not None:
+            callbacks.on_combination(combo, summary)
         if summary.stopped:
             break  # the budget is spent: the rest of the sweep waits for a resumed bench
 
 
-__all__ = ["BenchSpec", "Combination", "parse_seeds", "plan", "run_bench"]
+def estimate_bench(bench: BenchSpec) -> dict[str, Any]:
+    """``bench --dry-run``: every combination still to play, projected (tokens, dollars, model time)
+    from one real decision per model, prompt and observation setting (a prompt changes what a model
+    answers, so it is measured apart; games share it); writes nothing.
+
+    Reference agents call no model: their decisions count, their tokens and dollars are zero. The
+    totals add the combinations up; the dollars are None ("unknown") when a model has no price.
+
+    Raises:
+        ConfigError: whatever would refuse the sweep itself (:func:`check_before_playing`).
+    """
+    combos, _protocol, seeds = plan(bench)
+    pending = [c for c in combos if not _is_complete(c.out, len(seeds))]
+    local_models: dict[str, LoadedModel] = {}
+    measured: dict[tuple[str, str, str], MeasuredDecision] = {}
+    rows = []
+    try:
+        check_before_playing(combos, pending, local_models)
+        for combo in pending:
+            if combo.agent != "vlm":
+                per_episode, bound = decisions_bound(combo.spec)
+                decisions = per_episode * combo.spec.episodes
+                rows.append(
+                    {
+                        "label": combo.label,
+                        "agent": combo.agent,
+                        "decisions": decisions,
+                        "decisions_bound": bound,
+                        "model_decisions": 0,
+                        "projected_input_tokens": 0,
+                        "projected_output_tokens": 0,
+                        "estimated_cost_usd": 0.0,
+                        "projected_model_time_s": 0.0,
+                    }
+                )
+                continue
+            key = (combo.model, combo.prompt, combo.spec.observation.label)
+            if key not in measured:
+                measured[key] = measure_decision(combo.spec, loaded=local_models.get(combo.model))
+            projection = project(combo.spec, measured[key])
+            rows.append(
+                {
+                    "label": combo.label,
+                    "agent": "vlm",
+                    **projection,
+                    "model_decisions": projection["decisions"],
+                }
+            )
+    finally:
+        for model in local_models.values():
+            asyncio.run(model.vlm.aclose())
+    costs = [r["estimated_cost_usd"] for r in rows]
+    totals = {
+        key: sum(r[key] for r in rows)
+        for key in ("decisions", "model_decisions", "projected_input_tokens", "projected_output_tokens")
+    }
+    totals["projected_model_time_s"] = round(sum(r["projected_model_time_s"] for r in rows), 1)
+    totals["estimated_cost_usd"] = None if None in costs else round(sum(costs), 6)
+    totals["priced_cost_usd"] = round(sum(c for c in costs if c is not None), 6)
+    return {
+        "combinations": rows,
+        "done_already": len(combos) - len(pending),
+        "measured_decisions": len(measured),
+        "totals": totals,
+    }
+
+
+__all__ = [
+    "BenchSpec",
+    "Combination",
+    "SweepCallbacks",
+    "estimate_bench",
+    "parse_seeds",
+    "plan",
+    "run_bench",
+]

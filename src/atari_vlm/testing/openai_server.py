@@ -367,6 +367,7 @@ class FakeOpenAIServer(ThreadingHTTPServer):
         kind: str = "generic",
         constraints: str = "honour",
         choice_logprobs: Mapping[str, float] | None = None,
+        report_usage: bool = True,
     ) -> None:
         """``cache_min_tokens``: answer like OpenAI's prompt cache: a request whose leading messages and
         parts repeat ones already seen reports those tokens as ``cached_tokens``, once they reach this
@@ -374,12 +375,14 @@ class FakeOpenAIServer(ThreadingHTTPServer):
         :data:`SERVER_KINDS`). ``constraints``: ``honour`` the constraint field the kind takes (answer
         with a legal choice: the first one the reply names, else the first), ``ignore`` it (answer the
         reply as it is), or ``reject`` it with a 400. ``choice_logprobs``: the log-probability each
-        choice gets in ``top_logprobs`` when a constrained request asks for ``logprobs``."""
+        choice gets in ``top_logprobs`` when a constrained request asks for ``logprobs``.
+        ``report_usage=False``: answer with no ``usage`` (servers that count no tokens)."""
         if kind not in SERVER_KINDS or constraints not in CONSTRAINT_MODES:
             raise ValueError(f"kind must be one of {SERVER_KINDS} and constraints one of {CONSTRAINT_MODES}")
         self.kind = kind
         self.constraints = constraints
         self.choice_logprobs = dict(choice_logprobs or {})
+        self.report_usage = report_usage
         if latency_s < 0 or not 0 <= hang_s <= MAX_HANG_S:
             raise ValueError(f"need latency_s >= 0 and 0 <= hang_s <= {MAX_HANG_S}")
         self.model = model
@@ -726,7 +729,9 @@ class _Handler(BaseHTTPRequestHandler):
                     "completion_tokens": len(words),
                     "total_tokens": prompt_tokens + len(words),
                     "prompt_tokens_details": {"image_tokens": image_tokens, "cached_tokens": cached_tokens},
-                },
+                }
+                if server.report_usage
+                else None,
             },
         )
 

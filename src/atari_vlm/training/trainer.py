@@ -64,6 +64,7 @@ from atari_vlm.rundir import (
     write_json_atomic,
     write_text_atomic,
 )
+from atari_vlm.runner import decisions_bound
 from atari_vlm.spec import ModelSpec, RunSpec, check_int
 from atari_vlm.workers import action_names, build_agent, model_spec_for, prompt_builder
 
@@ -587,6 +588,15 @@ class VLMTrainer:
     def eval_points(self, num_episodes: int) -> list[int]:
         """Training-episode counts at which the agent is evaluated: 0, every ``eval_every``, the end."""
         return sorted({0, num_episodes, *range(self.eval_every, num_episodes, self.eval_every)})
+
+    def model_decisions(self, num_episodes: int) -> int:
+        """Model calls a run of ``num_episodes`` makes at most (``--dry-run``): every training episode
+        and every evaluation episode at each of :meth:`eval_points`, each up to its decision bound
+        (the random baseline's episodes call no model)."""
+        if self.spec.agent != "vlm":
+            return 0
+        evaluations = len(self.eval_points(num_episodes)) * len(self.eval_seeds)
+        return (num_episodes + evaluations) * decisions_bound(self.spec)[0]
 
     async def _train(self, num_episodes: int, s: _Session, *, close: bool) -> None:
         points = self.eval_points(num_episodes)
