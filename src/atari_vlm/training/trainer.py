@@ -46,6 +46,7 @@ import numpy as np
 from atari_vlm.agent import Agent, Decision, VLMAgent
 from atari_vlm.env import ENV_OPTIONS, AtariVLMEnv
 from atari_vlm.errors import ConfigError
+from atari_vlm.framestore import FrameStore
 from atari_vlm.memory import (
     Exemplar,
     TrajectoryStore,
@@ -766,6 +767,7 @@ class VLMTrainer:
             run=s.run,
             uses_model=self._vlm is not None,
             make_sink=sink,
+            frames=FrameStore(s.run.path, images=self.spec.frames),
             on_episode=finished,
         )
 
