@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from atari_vlm.bench.protocols import Protocol, load_protocol, with_protocol
-from atari_vlm.bench.results import write_results
+from atari_vlm.bench.results import build_results, collect_run_dirs, load_run, write_results
+from atari_vlm.bench.scores import DEFAULT_TABLE
 from atari_vlm.errors import ConfigError
 from atari_vlm.executors import RayExecutor, ray_session
 from atari_vlm.experts import EXPERT_GAMES
@@ -218,8 +219,51 @@ def run_bench(
     finally:
         for model in local_models.values():
             asyncio.run(model.vlm.aclose())
-    table = protocol.table if protocol else "dqn_nature"
-    return write_results([bench.out], bench.out / "results", table=table)
+    table = protocol.table if protocol else DEFAULT_TABLE
+    results = write_results([bench.out], bench.out / "results", table=table)
+    results["report"] = _report_if_possible(bench.out, results)
+    return results
+
+
+def results_table(bench_dir: str | Path) -> str:
+    """The reference table of a bench folder's results: its runs' protocol's, else the default (as
+    :func:`run_bench` chooses it).
+
+    Raises:
+        ConfigError: no run directory in ``bench_dir``, or runs under different protocols.
+    """
+    protocols = {load_run(p).spec.protocol for p in collect_run_dirs([bench_dir])}
+    protocols.discard(None)
+    if len(protocols) > 1:
+        raise ConfigError(
+            f"{bench_dir} holds runs of several protocols ({', '.join(sorted(protocols))}): "
+            "report each protocol's folder on its own"
+        )
+    return load_protocol(protocols.pop()).table if protocols else DEFAULT_TABLE
+
+
+def write_bench_report(bench_dir: str | Path) -> Path:
+    """``report.html`` at the root of a bench folder (and each run's own report where missing), from
+    the results of its runs (``atari-vlm report <bench dir>``).
+
+    Raises:
+        ConfigError: no run directory with a finished episode in ``bench_dir``.
+        DependencyNotInstalled: matplotlib is missing (``pip install "atari-vlm[report]"``).
+    """
+    from atari_vlm.report.bench import write_bench_report as write
+
+    return write(bench_dir, build_results([bench_dir], table=results_table(bench_dir)))
+
+
+def _report_if_possible(bench_dir: Path, results: dict[str, Any]) -> str | None:
+    """The bench report at the end of a sweep, when the report extra is installed (None when not)."""
+    from atari_vlm.errors import DependencyNotInstalled
+    from atari_vlm.report.bench import write_bench_report as write
+
+    try:
+        return str(write(bench_dir, results))
+    except DependencyNotInstalled:
+        return None
 
 
 def _sweep(
@@ -259,4 +303,12 @@ def _sweep(
             break  # the budget is spent: the rest of the sweep waits for a resumed bench
 
 
-__all__ = ["BenchSpec", "Combination", "parse_seeds", "plan", "run_bench"]
+__all__ = [
+    "BenchSpec",
+    "Combination",
+    "parse_seeds",
+    "plan",
+    "results_table",
+    "run_bench",
+    "write_bench_report",
+]

@@ -33,7 +33,7 @@ import numpy as np
 
 from atari_vlm.errors import ConfigError, require
 from atari_vlm.framestore import FRAMES_DIR, HASH, PROMPTS_DIR
-from atari_vlm.rundir import read_jsonl, read_run_spec
+from atari_vlm.rundir import read_jsonl, read_run_spec, write_text_atomic
 from atari_vlm.spec import RunSpec
 from atari_vlm.video import read_native_frames
 
@@ -670,9 +670,7 @@ def write_report(
         run_dir, max_frames_per_episode=max_frames_per_episode, max_frames_total=max_frames_total
     )
     path = Path(run_dir) / "report.html"
-    tmp = path.with_name(".report.html.tmp")
-    tmp.write_text(page, encoding="utf-8")
-    tmp.replace(path)
+    write_text_atomic(path, page)  # a fresh temp file renamed over: a link there is replaced, not followed
     return path
 
 
