@@ -13,6 +13,8 @@ A run directory holds::
     learning_curve.jsonl, learning_curve.csv  one row per evaluation point
     evaluations.jsonl                         one line per evaluation episode (evaluation steps are not
                                               logged in steps.jsonl, which holds training episodes only)
+    frames/, prompts/                         what each training decision sent (atari_vlm.framestore)
+    report.html                               rewritten after every evaluation (atari_vlm.report)
     trainer_state.json                        the checkpoint, written atomically after every batch
     tensorboard/                              when tensorboardX or tensorboard is installed
     summary.json                              at the end
@@ -822,8 +824,20 @@ class VLMTrainer:
                     s.writer.add_scalar(tag, row[key], done)
             s.writer.flush()
         self._checkpoint(s)
+        self._write_report()
         if s.on_evaluation is not None:
             s.on_evaluation(row)
+
+    def _write_report(self) -> None:
+        """report.html after every evaluation: learning curve, evaluation vs random, costs, the viewer
+        of the training episodes (skipped, silently, without the report extra)."""
+        from atari_vlm.errors import DependencyNotInstalled
+        from atari_vlm.report import write_report
+
+        try:
+            write_report(self.out_dir)
+        except DependencyNotInstalled:
+            pass
 
     def _checkpoint(self, s: _Session) -> None:
         """Derived files first, the state last: a crash between them is repaired by the resume."""
