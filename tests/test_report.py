@@ -228,23 +228,29 @@ def test_report_shows_what_was_sent(played_demo):
     assert data["actions"] == action_names(spec)
     assert data["systems"] == [prompt_builder(spec, action_names(spec)).system_prompt]
     step = data["episodes"][0]["steps"][1]
+    raw = read_jsonl(played_demo / "steps.jsonl")[1]
     system, ((role, parts),) = step[col["sent"]]
     assert system == 0 and role == "user"
     assert [p[0] for p in parts] == [0, 1, 0, 1, 0]
-    assert (
-        data["texts"][parts[0][1]] == "The screen at step 1:" and data["texts"][parts[1][2]] == "160x210 RGB"
-    )
-    raw = read_jsonl(played_demo / "steps.jsonl")[1]
+    assert [data["texts"][i] for i in parts[0][1]] == ["The screen at step 1:"]
+    assert data["texts"][parts[1][2]] == "160x210 RGB"
+    turn = raw["sent"]["messages"][0]["parts"][-1]["text"]
+    assert "\n".join(data["texts"][i] for i in parts[-1][1]) == turn  # line by line, exactly
     assert data["frames"][parts[1][1]] == raw["sent"]["messages"][0]["parts"][1]["image"]
     assert data["frames"][step[col["screen"]]] == raw["screen"]
     probs = step[col["probs"]]
     assert probs == [raw["probs"][a] for a in data["actions"]] and abs(sum(probs) - 1) < 1e-3
     assert all(e["images"] == [] for e in data["episodes"])  # nothing embedded: all by reference
-    # Each distinct text once: the interned texts are fewer than the text parts they stand for.
-    n_text_parts = sum(
-        p[0] == 0 for e in data["episodes"] for s in e["steps"] for p in s[col["sent"]][1][0][1]
-    )
-    assert len(data["texts"]) < n_text_parts
+    # Each distinct line once: the interned lines are fewer than the lines they stand for.
+    lines = [
+        i
+        for e in data["episodes"]
+        for s in e["steps"]
+        for p in s[col["sent"]][1][0][1]
+        if p[0] == 0
+        for i in p[1]
+    ]
+    assert len(data["texts"]) < len(lines) / 2
 
 
 def test_report_of_a_real_run(played):
@@ -272,7 +278,9 @@ def test_hostile_text_is_escaped(tmp_path):
     text_col = data["columns"].index("text")
     assert data["episodes"][0]["steps"][0][text_col] == HOSTILE  # the JSON round-trips exactly
     assert page.count("data:image/png;base64,") == 3  # + latency histogram
-    assert data["systems"] == ["System: " + HOSTILE] and HOSTILE in data["texts"]
+    assert data["systems"] == ["System: " + HOSTILE]
+    ((_, parts),) = data["episodes"][0]["steps"][0][data["columns"].index("sent")][1]
+    assert [data["texts"][i] for i in parts[0][1]] == [HOSTILE]
     assert "cost" in page and "$0.0006" in page
 
 

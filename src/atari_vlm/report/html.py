@@ -63,7 +63,7 @@ STEP_COLUMNS = (
     "text",
     "probs",  # list over ``actions`` (None where unknown), or None
     "screen",  # index into ``frames`` of the screen the step was decided on, or -1
-    "sent",  # [system index or -1, [[role, [[0, text index] | [1, frame index or -1, label index]]]]]
+    "sent",  # [system or -1, [[role, [[0, [line indices]] | [1, frame index or -1, label index]]]]]
 )
 
 
@@ -271,8 +271,8 @@ class _Sent:
             for part in message["parts"]:
                 if not isinstance(part, dict):
                     continue
-                if isinstance(part.get("text"), str):
-                    parts.append([0, self.texts.add(part["text"])])
+                if isinstance(part.get("text"), str):  # by line: a turn repeats most of the last one's
+                    parts.append([0, [self.texts.add(line) for line in part["text"].split("\n")]])
                 elif "shape" in part or "image" in part:
                     label = self.texts.add(_shape_label(part.get("shape")))
                     parts.append([1, self.frame(part.get("image")), label])
@@ -850,7 +850,8 @@ _JS = r"""
       box.appendChild(el("div", "role", String(message[0])));
       message[1].forEach(function (part) {
         if (part[0] === 0) {
-          box.appendChild(el("pre", "part", String(data.texts[part[1]])));
+          box.appendChild(el("pre", "part", part[1].map(function (i) { return String(data.texts[i]); })
+            .join("\n")));
           return;
         }
         images += 1;

@@ -29,6 +29,7 @@ interrupted. ``N`` is the total number of training episodes of the run, not a nu
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import csv
 import dataclasses
 import importlib
@@ -834,10 +835,8 @@ class VLMTrainer:
         from atari_vlm.errors import DependencyNotInstalled
         from atari_vlm.report import write_report
 
-        try:
+        with contextlib.suppress(DependencyNotInstalled):
             write_report(self.out_dir)
-        except DependencyNotInstalled:
-            pass
 
     def _checkpoint(self, s: _Session) -> None:
         """Derived files first, the state last: a crash between them is repaired by the resume."""
