@@ -8,9 +8,10 @@ request is recorded with the frame store (``frames/``, ``prompts/``); no video. 
 ``report.html`` ``--repeats`` times and prints the median CPU time of ``write_report``
 (``time.process_time``), the page's size, and what the run directory holds.
 
-    python benchmarks/report_size.py --episodes 5 --max-steps 1000 --repeats 3
+    python benchmarks/report_size.py --episodes 5 --max-steps 1000 --repeats 3 --browser --compare-recording
 
-``--compare-recording`` also plays one episode with and without the frame store and prints the CPU
+``--browser`` also opens the page in headless chromium (load time, JS heap, stepping through the
+viewer). ``--compare-recording`` also plays one episode with and without the frame store and prints the CPU
 time the recording adds per decision (median of ``--repeats``).
 """
 
@@ -80,16 +81,49 @@ def size(path: Path) -> int:
     )
 
 
+def browse(page: Path, profile: Path, steps: int = 200) -> None:
+    """Open the page in headless chromium: wall time to the load event, the JS heap, then ``steps``
+    steps through the viewer (each showing its screen and images, waited for)."""
+    import shutil
+
+    from atari_vlm.testing.chromium import Chromium
+
+    browser = Chromium(profile, shutil.which("chromium") or "chromium")
+    try:
+        start = time.perf_counter()
+        browser.open(page)
+        loaded = time.perf_counter() - start
+        heap = browser.send("Runtime.getHeapUsage")["usedSize"]
+        wait = "Promise.all(Array.from(document.images).map(i => i.decode().catch(() => 0))).then(() => 1)"
+        start = time.perf_counter()
+        for _ in range(steps):
+            browser.key("ArrowRight", 39)
+            browser.eval(wait)
+        stepped = (time.perf_counter() - start) / steps
+        shown = browser.eval("document.querySelectorAll('#sent-parts img').length")
+        broken = browser.eval("Array.from(document.images).filter(i => !i.naturalWidth).length")
+        print(
+            f"chromium: load event after {loaded:.2f} s wall, JS heap {heap / 1e6:.1f} MB; "
+            f"{stepped * 1e3:.0f} ms wall per step with its images decoded "
+            f"({steps} steps; {shown} request images on the last, "
+            f"{broken} broken); errors: {len(browser.errors())}"
+        )
+    finally:
+        browser.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--episodes", type=int, default=5)
     parser.add_argument("--max-steps", type=int, default=1000)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--compare-recording", action="store_true")
+    parser.add_argument("--keep", default=None, help="play the run into this folder and leave it there")
+    parser.add_argument("--browser", action="store_true", help="also open the page in headless chromium")
     args = parser.parse_args()
     print(machine())
     with tempfile.TemporaryDirectory() as tmp:
-        run = Path(tmp) / "run"
+        run = Path(args.keep) if args.keep else Path(tmp) / "run"
         play(run, args.episodes, args.max_steps, frames=True)
         steps = (run / "steps.jsonl").read_text(encoding="utf-8").count("\n")
         times = []
@@ -108,6 +142,8 @@ def main() -> None:
             f"frames/: {len(frames)} PNGs, {size(run / 'frames') / 1e6:.2f} MB; prompts/: "
             f"{len(list((run / 'prompts').iterdir()))}; steps.jsonl: {size(run / 'steps.jsonl') / 1e6:.2f} MB"
         )
+        if args.browser:
+            browse(page, Path(tmp) / "profile")
         if args.compare_recording:
             with_store, without = [], []
             for i in range(args.repeats):

@@ -12,6 +12,7 @@ import pytest
 
 from atari_vlm.cli import main
 from atari_vlm.report.bench import costs
+from atari_vlm.testing.chromium import Chromium
 
 pytest.importorskip("matplotlib", reason='plots need matplotlib: pip install "atari-vlm[report]"')
 
@@ -88,11 +89,11 @@ def test_report_command_on_a_bench_folder(bench, tmp_path, capsys):
 
 
 def test_the_bench_report_in_a_real_browser(bench, tmp_path):
-    from tests.test_report import CHROMIUM, Chromium
-
-    if CHROMIUM is None:
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
         pytest.skip("chromium is not installed: apt-get update && apt-get install -y chromium")
-    browser = Chromium(tmp_path / "profile")
+    pytest.importorskip("websocket", reason="needs websocket-client (pip install websocket-client)")
+    browser = Chromium(tmp_path / "profile", chromium)
     try:
         browser.open(bench / "report.html")
         rows = browser.eval(

@@ -6,15 +6,11 @@ chromium is not installed (``apt-get install -y chromium``).
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import re
 import shutil
-import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +22,7 @@ from atari_vlm.report import render_report, write_report
 from atari_vlm.rundir import read_jsonl, run_record
 from atari_vlm.runner import run_play
 from atari_vlm.spec import RunSpec
+from atari_vlm.testing.chromium import Chromium
 from atari_vlm.video import VideoWriter
 from atari_vlm.workers import action_names, prompt_builder
 
@@ -331,116 +328,12 @@ def test_bad_inputs(tmp_path, played, monkeypatch):
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
-class Chromium:
-    """Headless chromium driven over the DevTools protocol (one page, one websocket)."""
-
-    def __init__(self, profile: Path):
-        websocket = pytest.importorskip(
-            "websocket", reason="needs websocket-client (pip install websocket-client)"
-        )
-        self.proc = subprocess.Popen(
-            [
-                CHROMIUM,
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-quic",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--window-size=1200,1800",
-                f"--user-data-dir={profile}",
-                "--remote-debugging-port=0",
-                "about:blank",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        port_file = profile / "DevToolsActivePort"
-        deadline = time.monotonic() + 30
-        while not (port_file.is_file() and port_file.read_text().strip()):
-            if time.monotonic() > deadline or self.proc.poll() is not None:
-                self.close()
-                raise RuntimeError("chromium did not start (no DevToolsActivePort)")
-            time.sleep(0.05)
-        port = int(port_file.read_text().split()[0])
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=10) as r:
-            targets = json.load(r)
-        page = next(t for t in targets if t["type"] == "page")
-        self.ws = websocket.create_connection(page["webSocketDebuggerUrl"], timeout=30, suppress_origin=True)
-        self.events: list[dict] = []
-        self._id = 0
-        for domain in ("Page", "Runtime", "Log"):
-            self.send(f"{domain}.enable")
-
-    def send(self, method: str, **params):
-        self._id += 1
-        self.ws.send(json.dumps({"id": self._id, "method": method, "params": params}))
-        while True:
-            message = json.loads(self.ws.recv())
-            if message.get("id") == self._id:
-                if "error" in message:
-                    raise RuntimeError(f"{method}: {message['error']}")
-                return message.get("result", {})
-            self.events.append(message)
-
-    def wait_for(self, event: str, timeout: float = 20.0) -> dict:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for e in self.events:
-                if e.get("method") == event:
-                    return e
-            self.events.append(json.loads(self.ws.recv()))
-        raise TimeoutError(event)
-
-    def eval(self, expression: str):
-        result = self.send("Runtime.evaluate", expression=expression, returnByValue=True, awaitPromise=True)
-        if "exceptionDetails" in result:
-            raise RuntimeError(f"{expression}: {result['exceptionDetails']}")
-        return result["result"].get("value")
-
-    def key(self, key: str, code: int) -> None:
-        for kind in ("keyDown", "keyUp"):
-            self.send("Input.dispatchKeyEvent", type=kind, key=key, code=key, windowsVirtualKeyCode=code)
-
-    def open(self, path: Path) -> None:
-        self.send("Page.navigate", url=path.resolve().as_uri())
-        self.wait_for("Page.loadEventFired")
-        self.eval("1")  # a round trip: every event of the load has arrived
-
-    def errors(self) -> list[dict]:
-        bad = []
-        for e in self.events:
-            method, params = e.get("method"), e.get("params", {})
-            if (
-                method in ("Runtime.exceptionThrown", "Page.javascriptDialogOpening")
-                or (method == "Runtime.consoleAPICalled" and params.get("type") in ("error", "assert"))
-                or (method == "Log.entryAdded" and params.get("entry", {}).get("level") == "error")
-            ):
-                bad.append(e)
-        return bad
-
-    def screenshot(self, path: Path) -> Path:
-        path.write_bytes(base64.b64decode(self.send("Page.captureScreenshot", format="png")["data"]))
-        return path
-
-    def close(self) -> None:
-        if getattr(self, "ws", None) is not None:
-            self.ws.close()
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-
-
 @pytest.fixture
 def browser(tmp_path):
     if CHROMIUM is None:
         pytest.skip("chromium is not installed: apt-get update && apt-get install -y chromium")
-    b = Chromium(tmp_path / "profile")
+    pytest.importorskip("websocket", reason="needs websocket-client (pip install websocket-client)")
+    b = Chromium(tmp_path / "profile", CHROMIUM)
     yield b
     b.close()
 
