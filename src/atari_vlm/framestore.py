@@ -110,6 +110,23 @@ class FrameStore:
         self._put(self.prompts, f"{key}.txt", lambda: text.encode("utf-8", "replace"))
         return key
 
+    def files(self) -> dict[str, bytes]:
+        """Every file of the store, by its path in the run directory (a Ray worker sends them home)."""
+        out = {}
+        for folder in (self.frames, self.prompts):
+            for name in sorted(self._known.get(folder, ())):
+                out[f"{folder.name}/{name}"] = (folder / name).read_bytes()
+        return out
+
+    def put_file(self, relative: str, data: bytes) -> None:
+        """Store a file :meth:`files` gave (another process's store): only a hash-named file of a
+        store folder is taken."""
+        folder, _, name = relative.partition("/")
+        stem, _, ext = name.partition(".")
+        if (folder, ext) not in ((FRAMES_DIR, "png"), (PROMPTS_DIR, "txt")) or not HASH.fullmatch(stem):
+            raise ValueError(f"not a frame store file: {relative!r}")
+        self._put(self.root / folder, name, data)
+
 
 def sent_record(request: Request, store: FrameStore) -> dict[str, Any]:
     """What ``request`` sent, for its step record: the system prompt by hash, then every other message's
