@@ -39,7 +39,7 @@ from atari_vlm.video import read_native_frames
 
 MAX_FRAMES_PER_EPISODE = 600
 MAX_FRAMES_TOTAL = 600  # video thumbnails are embedded (~6 KB each): this keeps such a page near 4 MB
-MAX_ACTIONS = 64  # ALE has 18; a step record claiming more probabilities than this shows none
+MAX_ACTIONS = 64  # ALE has 18: no step (and no run) shows probabilities for more actions than this
 MAX_PROMPT_BYTES = 1 << 20  # a stored system prompt larger than this is not shown (run files are untrusted)
 JPEG_QUALITY = 80
 LEARNING_CURVE_FILES = ("learning_curve.jsonl", "curves.jsonl", "learning_curve.csv")
@@ -283,10 +283,11 @@ class _Sent:
         """A step's probabilities by action (made a list over every action seen, once all are known)."""
         if not isinstance(probs, dict) or not 0 < len(probs) <= MAX_ACTIONS:
             return None
-        values = {k: _num(v) for k, v in probs.items() if isinstance(k, str)}
+        values = {k[:64]: _num(v) for k, v in probs.items() if isinstance(k, str)}
         for name in values:
-            self.actions.add(name[:64])
-        return {k[:64]: v for k, v in values.items()}
+            if len(self.actions.items) < MAX_ACTIONS:  # over the whole run, not per step
+                self.actions.add(name)
+        return values
 
     def data(self, run_dir: Path) -> dict[str, Any]:
         return {
