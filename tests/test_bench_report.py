@@ -86,6 +86,10 @@ def test_report_command_on_a_bench_folder(bench, tmp_path, capsys):
     assert "<img src=x" not in page and "&lt;img src=x onerror=alert(3)&gt;" in page
     assert (copy / "Pong" / "random" / "report.html").is_file()  # the missing viewer is written again
     assert "<script" not in page  # a static page
+    (tmp_path / "empty").mkdir()
+    assert main(["report", str(tmp_path / "empty")]) == 2
+    message = " ".join(capsys.readouterr().err.split())  # one line once the CLI stops wrapping errors
+    assert "is neither a run directory (it has no config.json) nor a bench folder" in message
 
 
 def test_the_bench_report_in_a_real_browser(bench, tmp_path):

@@ -232,6 +232,11 @@ def results_table(bench_dir: str | Path) -> str:
     Raises:
         ConfigError: no run directory in ``bench_dir``, or runs under different protocols.
     """
+    if not any(Path(bench_dir).rglob("config.json")):
+        raise ConfigError(
+            f"{bench_dir} is neither a run directory (it has no config.json) nor a bench folder (it holds "
+            "no run directories): pass the --out of `atari-vlm play`, `train` or `bench`"
+        )
     protocols = {load_run(p).spec.protocol for p in collect_run_dirs([bench_dir])}
     protocols.discard(None)
     if len(protocols) > 1:
