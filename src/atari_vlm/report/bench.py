@@ -35,8 +35,8 @@ def _label(row: dict[str, Any]) -> str:
     reference = row.get("agent") in ("random", "expert") or row.get("prompt") == "-"
     text = row["model"] if reference else f"{row['model']} x {row['prompt']}"
     if row.get("settings"):
-        text += f" [{row['settings']}]"
-    return text + (" (RANDOM WEIGHTS)" if row.get("random_weights") else "")
+        text += f"\n[{row['settings']}]"  # a line of its own, so that the plot keeps its width
+    return text + ("\n(RANDOM WEIGHTS)" if row.get("random_weights") else "")
 
 
 def costs(row: dict[str, Any]) -> tuple[float | None, float | None]:
@@ -165,7 +165,7 @@ def _plots(results: dict[str, Any]) -> list[str]:
             _img(
                 plots.interval_plot(
                     f"Human-normalized score, mean over games ({level} CI)",
-                    "human-normalized score (%): 0 = random, 100 = human",
+                    "human-normalized score (%)",
                     [_label(a) for a in aggregates],
                     [tuple(a["mean"][k] * 100 for k in ("point", "low", "high")) for a in aggregates],
                     references=[("random", 0.0, "--"), ("human", 100.0, ":")],

@@ -123,7 +123,8 @@ def interval_plot(
 ) -> bytes:
     """One row per label: the point with its confidence interval as whiskers (``(point, low, high)``),
     and vertical reference lines ``(name, value, style)`` (the random agent, the expert, a human)."""
-    height = 1.2 + 0.38 * max(1, len(labels))
+    lines = sum(label.count("\n") + 1 for label in labels)
+    height = 1.2 + 0.22 * max(2, lines) + 0.12 * len(labels)
     fig = _figure(7.2, min(height, 14.0))
     ax = _axes(fig, title, xlabel, "")
     ys = list(range(len(labels)))[::-1]
