@@ -1,5 +1,6 @@
 """A benchmark sweep: every game x model x prompt on the same seeds under one protocol, with the
-random agent on those seeds too, each combination in its own run directory, then the results tables.
+random agent on those seeds too, each combination in its own run directory, then the results tables
+and the bench's ``report.html`` (:mod:`atari_vlm.report.bench`, with a viewer for every run).
 
 Every combination is a :class:`~atari_vlm.spec.RunSpec` built from the same settings, so that the
 only differences between two runs of a sweep are its factors. Resumable: a combination whose run is
@@ -201,7 +202,8 @@ def run_bench(
     *,
     on_combination: Callable[[Combination, RunSummary | None], None] | None = None,
 ) -> dict[str, Any]:
-    """Run (or finish) the sweep; returns the results of :func:`atari_vlm.bench.write_results`."""
+    """Run (or finish) the sweep; returns the results of :func:`atari_vlm.bench.write_results`, with
+    ``report``: the path of the bench's report.html (None without the report extra)."""
     combos, protocol, seeds = plan(bench)
     first = combos[0].spec
     on_ray = first.executor == "ray"
