@@ -862,6 +862,9 @@ _JS = r"""
           var image = el("img");
           image.loading = "lazy";
           image.alt = "image " + images + " as sent";
+          image.addEventListener("load", function () {  // a small image at 2x (the caption gives its size)
+            if (image.naturalWidth < 160) image.style.width = String(image.naturalWidth * 2) + "px";
+          });
           image.src = url;
           figure.appendChild(image);
         }
