@@ -6,26 +6,25 @@ chromium is not installed (``apt-get install -y chromium``).
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import re
 import shutil
-import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from atari_vlm.errors import ConfigError, DependencyNotInstalled
+from atari_vlm.framestore import FrameStore, content_hash
 from atari_vlm.report import render_report, write_report
-from atari_vlm.rundir import run_record
+from atari_vlm.rundir import read_jsonl, run_record
 from atari_vlm.runner import run_play
 from atari_vlm.spec import RunSpec
+from atari_vlm.testing.chromium import Chromium
 from atari_vlm.video import VideoWriter
+from atari_vlm.workers import action_names, prompt_builder
 
 pytest.importorskip("matplotlib", reason='plots need matplotlib: pip install "atari-vlm[report]"')
 
@@ -38,9 +37,25 @@ HOSTILE_SPEC = "<img src=x onerror=alert(3)>"
 
 @pytest.fixture(scope="module")
 def played(tmp_path_factory):
-    """A real run: Pong, random agent, 2 short episodes with videos."""
+    """A real run: Pong, random agent, 2 short episodes with videos and no frame store (the viewer's
+    frames come from the videos, as in runs recorded before the store)."""
     out = tmp_path_factory.mktemp("report") / "pong"
-    run_play(RunSpec.build(game="Pong", agent="random", episodes=2, max_steps=40, video=True), out)
+    spec = RunSpec.build(game="Pong", agent="random", episodes=2, max_steps=40, video=True, frames=False)
+    run_play(spec, out)
+    return out
+
+
+DEMO_SETTINGS = dict(
+    game="Pong", model="demo", episodes=2, max_steps=5, history_images=1, history_steps=2, video=False
+)
+
+
+@pytest.fixture(scope="module")
+def played_demo(tmp_path_factory):
+    """A real run of the demo model (scored decoding: probabilities known) with a remembered screen,
+    recorded with the frame store and no video."""
+    out = tmp_path_factory.mktemp("report") / "demo"
+    run_play(RunSpec.build(**DEMO_SETTINGS), out)
     return out
 
 
@@ -56,6 +71,23 @@ def _hostile_run(path: Path, steps: int = 6) -> Path:
     with VideoWriter(path / "videos" / "episode_0000.mp4", fps=15) as video:
         for _ in range(steps + 1):
             video.add(rng.integers(0, 255, size=(210, 160, 3), dtype=np.uint8))
+    store = FrameStore(path)
+    system = store.put_text("System: " + HOSTILE)
+    image = store.put_image(rng.integers(0, 255, size=(84, 84), dtype=np.uint8))
+    sent = {
+        "system": system,
+        "messages": [
+            {
+                "role": "user",
+                "parts": [
+                    {"text": HOSTILE},
+                    {"image": image, "shape": [84, 84]},
+                    {"image": "../../../etc/hostname", "shape": [1, 1]},  # not a hash: not linked
+                    {"text": "ACTION: <name>"},
+                ],
+            }
+        ],
+    }
     lines = []
     for k in range(1, steps + 1):
         record = {
@@ -74,6 +106,8 @@ def _hostile_run(path: Path, steps: int = 6) -> Path:
             "latency_s": 0.05 * k,
             "retries": 0,
             "cost_usd": 0.0001,
+            "sent": sent,
+            "probs": {"NOOP": 0.25, "FIRE": 0.75, "<b>X</b>": "<i>"} if k == 1 else None,
         }
         lines.append(json.dumps(record))
     (path / "steps.jsonl").write_text("\n".join(lines) + "\n")
@@ -109,6 +143,113 @@ def _viewer_data(page: str) -> dict:
 # --- the page itself -------------------------------------------------------------------------------------
 
 
+def test_each_step_records_what_it_sent(played_demo):
+    """The system prompt once (by hash), then every part in order: text verbatim, images by hash of
+    PNGs that decode to exactly what was sent, each distinct image stored once."""
+    spec = RunSpec.build(**DEMO_SETTINGS)
+    system = prompt_builder(spec, action_names(spec)).system_prompt
+    steps = read_jsonl(played_demo / "steps.jsonl")
+    assert len(steps) == 10
+    import cv2
+
+    references = []
+    for s in steps:
+        sent = s["sent"]
+        assert (played_demo / "prompts" / f"{sent['system']}.txt").read_text() == system
+        (message,) = sent["messages"]
+        assert message["role"] == "user"
+        kinds = ["text" if "text" in p else "image" for p in message["parts"]]
+        if s["step"] == 1:
+            assert kinds == ["image", "text"]
+        else:  # the remembered screen, then the current one, then the turn text
+            assert kinds == ["text", "image", "text", "image", "text"]
+            assert message["parts"][0]["text"] == f"The screen at step {s['step'] - 1}:"
+            assert message["parts"][2]["text"] == "The screen now:"
+            previous = steps[steps.index(s) - 1]["sent"]["messages"][0]["parts"][-2]["image"]
+            assert message["parts"][1]["image"] == previous
+        turn = message["parts"][-1]["text"]
+        assert "Game state: Your paddle (right)" in turn and turn.endswith("ACTION: <name>.\n")
+        if s["step"] > 1:  # the history, verbatim: what this episode's previous step played
+            previous_action = steps[steps.index(s) - 1]["action_name"]
+            assert f"- step {s['step'] - 1}: {previous_action}\n" in turn
+        for part in message["parts"]:
+            if "image" in part:
+                png = cv2.imread(str(played_demo / "frames" / f"{part['image']}.png"), cv2.IMREAD_UNCHANGED)
+                pixels = cv2.cvtColor(png, cv2.COLOR_BGR2RGB) if png.ndim == 3 else png
+                assert list(pixels.shape) == part["shape"] == [210, 160, 3]
+                assert content_hash(pixels) == part["image"]  # lossless: exactly what was sent
+                references.append(part["image"])
+        assert (played_demo / "frames" / f"{s['screen']}.png").is_file()
+        assert s["obtained"] == "scored" and set(s["probs"]) == set(action_names(spec))
+    stored = {p.stem for p in (played_demo / "frames").iterdir()}
+    assert len(references) == 18 and set(references) <= stored
+    assert len(set(references)) < len(references)  # each remembered screen is stored once
+    assert len(list((played_demo / "prompts").iterdir())) == 1
+
+
+def test_no_frames_records_images_by_shape_only(tmp_path):
+    out = tmp_path / "noframes"
+    run_play(RunSpec.build(**{**DEMO_SETTINGS, "episodes": 1, "max_steps": 2, "frames": False}), out)
+    assert not (out / "frames").exists()
+    steps = read_jsonl(out / "steps.jsonl")
+    assert "screen" not in steps[0]
+    assert steps[0]["sent"]["messages"][0]["parts"][0] == {"image": None, "shape": [210, 160, 3]}
+    data = _viewer_data(render_report(out))
+    assert data["frames"] == [] and data["episodes"][0]["steps"][0][data["columns"].index("screen")] == -1
+
+
+def test_the_store_writes_only_inside_the_run_directory(tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "frames").symlink_to(outside)
+    with pytest.raises(ConfigError, match="is a link or a file, not a folder"):
+        FrameStore(run).put_image(np.zeros((4, 4), np.uint8))
+    (run / "frames").unlink()
+    (run / "frames").mkdir()
+    pixels = np.arange(48, dtype=np.uint8).reshape(4, 4, 3)
+    target = outside / "victim.png"
+    target.write_bytes(b"keep me")
+    (run / "frames" / f"{content_hash(pixels)}.png").symlink_to(target)  # a link planted at its name
+    key = FrameStore(run).put_image(pixels)
+    assert target.read_bytes() == b"keep me"
+    stored = run / "frames" / f"{key}.png"
+    assert not stored.is_symlink() and stored.read_bytes().startswith(b"\x89PNG")
+
+
+def test_report_shows_what_was_sent(played_demo):
+    data = _viewer_data(write_report(played_demo).read_text())
+    col = {c: i for i, c in enumerate(data["columns"])}
+    spec = RunSpec.build(**DEMO_SETTINGS)
+    assert data["actions"] == action_names(spec)
+    assert data["systems"] == [prompt_builder(spec, action_names(spec)).system_prompt]
+    step = data["episodes"][0]["steps"][1]
+    raw = read_jsonl(played_demo / "steps.jsonl")[1]
+    system, ((role, parts),) = step[col["sent"]]
+    assert system == 0 and role == "user"
+    assert [p[0] for p in parts] == [0, 1, 0, 1, 0]
+    assert [data["texts"][i] for i in parts[0][1]] == ["The screen at step 1:"]
+    assert data["texts"][parts[1][2]] == "160x210 RGB"
+    turn = raw["sent"]["messages"][0]["parts"][-1]["text"]
+    assert "\n".join(data["texts"][i] for i in parts[-1][1]) == turn  # line by line, exactly
+    assert data["frames"][parts[1][1]] == raw["sent"]["messages"][0]["parts"][1]["image"]
+    assert data["frames"][step[col["screen"]]] == raw["screen"]
+    probs = step[col["probs"]]
+    assert probs == [raw["probs"][a] for a in data["actions"]] and abs(sum(probs) - 1) < 1e-3
+    assert all(e["images"] == [] for e in data["episodes"])  # nothing embedded: all by reference
+    # Each distinct line once: the interned lines are fewer than the lines they stand for.
+    lines = [
+        i
+        for e in data["episodes"]
+        for s in e["steps"]
+        for p in s[col["sent"]][1][0][1]
+        if p[0] == 0
+        for i in p[1]
+    ]
+    assert len(data["texts"]) < len(lines) / 2
+
+
 def test_report_of_a_real_run(played):
     path = write_report(played)
     assert path == played / "report.html"
@@ -127,12 +268,16 @@ def test_hostile_text_is_escaped(tmp_path):
     page = write_report(run).read_text()
     assert page.count("<script") == 2  # the JSON data block and the page's own script, nothing else
     assert "<script>alert(1)" not in page and "<img src=x" not in page and "<!-- <b>" not in page
+    assert "<b>X</b>" not in page and "etc/hostname" not in page
     assert "&lt;img src=x onerror=alert(3)&gt;" in page  # the model spec in the title and banner
     assert "RANDOM WEIGHTS" in page and "demo model: &lt;b&gt;random&lt;/b&gt; weights" in page
     data = _viewer_data(page)
     text_col = data["columns"].index("text")
     assert data["episodes"][0]["steps"][0][text_col] == HOSTILE  # the JSON round-trips exactly
     assert page.count("data:image/png;base64,") == 3  # + latency histogram
+    assert data["systems"] == ["System: " + HOSTILE]
+    ((_, parts),) = data["episodes"][0]["steps"][0][data["columns"].index("sent")][1]
+    assert [data["texts"][i] for i in parts[0][1]] == [HOSTILE]
     assert "cost" in page and "$0.0006" in page
 
 
@@ -183,116 +328,12 @@ def test_bad_inputs(tmp_path, played, monkeypatch):
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
-class Chromium:
-    """Headless chromium driven over the DevTools protocol (one page, one websocket)."""
-
-    def __init__(self, profile: Path):
-        websocket = pytest.importorskip(
-            "websocket", reason="needs websocket-client (pip install websocket-client)"
-        )
-        self.proc = subprocess.Popen(
-            [
-                CHROMIUM,
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-quic",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--window-size=1200,1800",
-                f"--user-data-dir={profile}",
-                "--remote-debugging-port=0",
-                "about:blank",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        port_file = profile / "DevToolsActivePort"
-        deadline = time.monotonic() + 30
-        while not (port_file.is_file() and port_file.read_text().strip()):
-            if time.monotonic() > deadline or self.proc.poll() is not None:
-                self.close()
-                raise RuntimeError("chromium did not start (no DevToolsActivePort)")
-            time.sleep(0.05)
-        port = int(port_file.read_text().split()[0])
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=10) as r:
-            targets = json.load(r)
-        page = next(t for t in targets if t["type"] == "page")
-        self.ws = websocket.create_connection(page["webSocketDebuggerUrl"], timeout=30, suppress_origin=True)
-        self.events: list[dict] = []
-        self._id = 0
-        for domain in ("Page", "Runtime", "Log"):
-            self.send(f"{domain}.enable")
-
-    def send(self, method: str, **params):
-        self._id += 1
-        self.ws.send(json.dumps({"id": self._id, "method": method, "params": params}))
-        while True:
-            message = json.loads(self.ws.recv())
-            if message.get("id") == self._id:
-                if "error" in message:
-                    raise RuntimeError(f"{method}: {message['error']}")
-                return message.get("result", {})
-            self.events.append(message)
-
-    def wait_for(self, event: str, timeout: float = 20.0) -> dict:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for e in self.events:
-                if e.get("method") == event:
-                    return e
-            self.events.append(json.loads(self.ws.recv()))
-        raise TimeoutError(event)
-
-    def eval(self, expression: str):
-        result = self.send("Runtime.evaluate", expression=expression, returnByValue=True)
-        if "exceptionDetails" in result:
-            raise RuntimeError(f"{expression}: {result['exceptionDetails']}")
-        return result["result"].get("value")
-
-    def key(self, key: str, code: int) -> None:
-        for kind in ("keyDown", "keyUp"):
-            self.send("Input.dispatchKeyEvent", type=kind, key=key, code=key, windowsVirtualKeyCode=code)
-
-    def open(self, path: Path) -> None:
-        self.send("Page.navigate", url=path.resolve().as_uri())
-        self.wait_for("Page.loadEventFired")
-        self.eval("1")  # a round trip: every event of the load has arrived
-
-    def errors(self) -> list[dict]:
-        bad = []
-        for e in self.events:
-            method, params = e.get("method"), e.get("params", {})
-            if (
-                method in ("Runtime.exceptionThrown", "Page.javascriptDialogOpening")
-                or (method == "Runtime.consoleAPICalled" and params.get("type") in ("error", "assert"))
-                or (method == "Log.entryAdded" and params.get("entry", {}).get("level") == "error")
-            ):
-                bad.append(e)
-        return bad
-
-    def screenshot(self, path: Path) -> Path:
-        path.write_bytes(base64.b64decode(self.send("Page.captureScreenshot", format="png")["data"]))
-        return path
-
-    def close(self) -> None:
-        if getattr(self, "ws", None) is not None:
-            self.ws.close()
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-
-
 @pytest.fixture
 def browser(tmp_path):
     if CHROMIUM is None:
         pytest.skip("chromium is not installed: apt-get update && apt-get install -y chromium")
-    b = Chromium(tmp_path / "profile")
+    pytest.importorskip("websocket", reason="needs websocket-client (pip install websocket-client)")
+    b = Chromium(tmp_path / "profile", CHROMIUM)
     yield b
     b.close()
 
@@ -339,9 +380,24 @@ def test_hostile_answer_shows_as_text_in_a_real_browser(browser, tmp_path):
     assert browser.eval("typeof window.__pwned") == "undefined"
     assert HOSTILE_SPEC in browser.eval("document.title")
     assert "RANDOM WEIGHTS" in browser.eval("document.querySelector('.banner').textContent")
-    assert browser.eval("document.getElementById('f-parsed').textContent") == "yes"
+    assert browser.eval("document.getElementById('f-obtained').textContent") == "parsed from the answer"
+    parts = browser.eval("Array.from(document.querySelectorAll('#sent-parts pre')).map(p => p.textContent)")
+    assert parts == ["System: " + HOSTILE, HOSTILE, "ACTION: <name>"]
+    assert browser.eval("document.querySelectorAll('#sent-parts img').length") == 1  # the bad key: no link
+    assert browser.eval("document.querySelector('#sent-parts img').naturalWidth") == 84
+    captions = browser.eval("Array.from(document.querySelectorAll('figcaption')).map(c => c.textContent)")
+    assert captions == [
+        "image 1: 84x84 grayscale",
+        "image 2: 1x1 grayscale (not kept: the run was played with --no-frames)",
+    ]
+    # The bars: two numbers; the hostile name shows as text, its non-number probability as no bar.
+    assert browser.eval("document.querySelectorAll('#probs .bar').length") == 2
+    assert browser.eval("document.querySelectorAll('#probs b, #probs i:not(:empty)').length") == 0
     browser.eval("document.getElementById('next').click()")
-    assert browser.eval("document.getElementById('f-parsed').textContent") == "no (fallback action)"
+    assert browser.eval("document.getElementById('f-obtained').textContent") == (
+        "fallback (no legal action in the answer)"
+    )
+    assert browser.eval("document.getElementById('probs-note').hidden") is False
     assert browser.eval("document.getElementById('answer').textContent") == "step 2 <i>answer</i>"
     shot = Path(os.environ.get("ATARI_VLM_SCREENSHOT_DIR", tmp_path)) / "report_hostile.png"
     browser.screenshot(shot)
@@ -356,4 +412,61 @@ def test_a_run_without_video_shows_no_broken_frame_in_a_real_browser(browser, tm
     assert browser.eval("document.getElementById('frame').hidden") is True
     assert browser.eval("getComputedStyle(document.getElementById('frame')).display") == "none"
     assert browser.eval("document.getElementById('frame-note').textContent") == "No frame for this step."
+    assert browser.errors() == []
+
+
+LOADED = "Promise.all(Array.from(document.images).map(i => i.decode().catch(() => 0))).then(() => 1)"
+"""Waits until every image of the page has loaded (or failed)."""
+
+
+def test_stepping_through_what_the_model_was_sent_in_a_real_browser(browser, played_demo, tmp_path):
+    """The viewer of a model run: the screen and every image of the request load from the frame
+    store, the prompt text is shown whole, the bars are the recorded probabilities."""
+    spec = RunSpec.build(**DEMO_SETTINGS)
+    steps = read_jsonl(played_demo / "steps.jsonl")
+    browser.open(write_report(played_demo))
+
+    def sent_view() -> dict:
+        return browser.eval(
+            """(() => ({
+              label: document.getElementById('step-label').textContent,
+              screen: document.getElementById('frame').getAttribute('src'),
+              screenWidth: document.getElementById('frame').naturalWidth,
+              texts: Array.from(document.querySelectorAll('#sent-parts pre.part')).map(p => p.textContent),
+              images: Array.from(document.querySelectorAll('#sent-parts img')).map(
+                i => [i.getAttribute('src'), i.naturalWidth, i.naturalHeight, i.loading]),
+              bars: Array.from(document.querySelectorAll('#probs .bar i')).map(
+                i => parseFloat(i.style.width)),
+              chosen: Array.from(document.querySelectorAll('#probs span.chosen')).map(c => c.textContent)[0],
+              obtained: document.getElementById('f-obtained').textContent,
+            }))()"""
+        )
+
+    browser.eval(LOADED)
+    first = sent_view()
+    assert first["label"] == "step 1 / 5" and first["screen"] == f"frames/{steps[0]['screen']}.png"
+    assert first["screenWidth"] == 160
+    assert first["obtained"] == "scored (the likeliest legal action)"
+    expected = [steps[0]["probs"][a] * 100 for a in action_names(spec)]
+    assert first["bars"] == pytest.approx(expected, abs=0.06) and first["chosen"] == steps[0]["action_name"]
+    browser.key("ArrowRight", 39)
+    browser.eval(LOADED)
+    second = sent_view()
+    parts = steps[1]["sent"]["messages"][0]["parts"]
+    assert second["label"] == "step 2 / 5"
+    assert second["texts"] == [p["text"] for p in parts if "text" in p]  # verbatim, in order
+    assert [i[0] for i in second["images"]] == [f"frames/{p['image']}.png" for p in parts if "image" in p]
+    assert all(i[1:] == [160, 210, "lazy"] for i in second["images"])  # decoded, as sent
+    summary = browser.eval("document.querySelector('#sent-parts details summary').textContent")
+    system = prompt_builder(spec, action_names(spec)).system_prompt
+    assert summary == f"system prompt ({len(system)} characters)"
+    browser.eval("document.querySelector('#sent-parts details').open = true")
+    assert browser.eval("document.querySelector('#sent-parts details pre').textContent") == system
+    browser.key("ArrowRight", 39)  # the system prompt stays open while stepping
+    assert browser.eval("document.querySelector('#sent-parts details').open") is True
+    shot = Path(os.environ.get("ATARI_VLM_SCREENSHOT_DIR", tmp_path)) / "report_sent.png"
+    browser.send(
+        "Emulation.setDeviceMetricsOverride", width=1200, height=2400, deviceScaleFactor=1, mobile=False
+    )
+    browser.screenshot(shot)
     assert browser.errors() == []

@@ -50,6 +50,8 @@ class Decision:
     retries: int = 0
     cost_usd: float | None = None  # None: no price known (a custom server), or no model
     reprompts: int = 0  # times the model was asked again after an answer with no legal action
+    # The request whose answer this is (the last one, after reprompts): what the run records as sent.
+    request: Request | None = field(default=None, compare=False, repr=False)
 
 
 class Agent(Protocol):
@@ -185,13 +187,16 @@ class VLMAgent:
     async def act(self, obs: dict[str, Any]) -> Decision:
         """One decision; an unusable answer is asked again (with the feedback) up to
         ``DecodingSpec.reprompts`` times, every call's tokens, cost and time counted in the decision."""
-        decision = self.decide(await self.model.generate(self.build_request(obs)))
+        request = self.build_request(obs)
+        decision = self.decide(await self.model.generate(request))
         for again in range(1, self.builder.decoding.reprompts + 1):
             if decision.parsed:
                 break
             self._feedback = reprompt_feedback()  # nothing was played yet: ask again
-            retry = self.decide(await self.model.generate(self.build_request(obs)))
+            request = self.build_request(obs)
+            retry = self.decide(await self.model.generate(request))
             decision = _combined(decision, retry, reprompts=again)
+        decision = dataclasses.replace(decision, request=request)
         self._remember(obs, decision)
         return decision
 

@@ -171,6 +171,7 @@ PLAY_SECTIONS: dict[str | None, Sequence[str] | str] = {
         "ray_address",
         "video",
         "video_overlay",
+        "frames",
     ),
     "env": ALL,
     "observation": ALL,
@@ -249,6 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
                 "ray_address",
                 "video",
                 "video_overlay",
+                "frames",
             ),
             "env": ALL,
             "observation": ALL,
@@ -327,9 +329,13 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument("--frame-stack", type=int, default=1)
     ft.add_argument("--device", default="cpu")
 
-    report = sub.add_parser("report", help="write report.html (summary, plots, episode viewer) for a run")
-    report.add_argument("run_dir", help="a run directory written by `atari-vlm play`")
-    report.add_argument("--max-frames", type=int, default=600, help="frames embedded per episode at most")
+    report = sub.add_parser(
+        "report", help="write report.html for a run (summary, plots, episode viewer) or a bench folder"
+    )
+    report.add_argument("run_dir", help="a run directory (`play`, `train`) or a `bench --out` folder")
+    report.add_argument(
+        "--max-frames", type=int, default=600, help="video frames embedded per episode (runs without frames/)"
+    )
 
     results = sub.add_parser("results", help="score tables (human-normalized, bootstrap CIs) over runs")
     results.add_argument("paths", nargs="+", help="run directories, or folders holding them")
@@ -441,6 +447,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     if not args.json:
         total = usd(spent[0]) if spent[1] else "no priced calls"
         out.print(f"spent by this sweep: {total}", soft_wrap=True)
+        if data.get("report"):
+            out.print(f"report: {data['report']}", soft_wrap=True)
     return 0
 
 
@@ -780,6 +788,11 @@ def _cmd_models(args: argparse.Namespace) -> int:
 def _cmd_report(args: argparse.Namespace) -> int:
     from atari_vlm.report import write_report
 
+    if not (Path(args.run_dir) / "config.json").is_file() and Path(args.run_dir).is_dir():
+        from atari_vlm.bench.sweep import write_bench_report
+
+        out.print(f"report: {write_bench_report(args.run_dir)}")  # a bench folder: its runs' report
+        return 0
     path = write_report(args.run_dir, max_frames_per_episode=args.max_frames)
     out.print(f"report: {path}")
     return 0

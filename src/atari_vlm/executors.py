@@ -23,11 +23,12 @@ import os
 import tempfile
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from atari_vlm.errors import ConfigError, ModelError, require
+from atari_vlm.framestore import FrameStore
 from atari_vlm.models.base import Completion, Request
 from atari_vlm.models.costs import BudgetedVLM
 from atari_vlm.models.registry import LoadedModel, load_model
@@ -60,6 +61,7 @@ class EpisodeOutput:
     result: EpisodeResult
     steps: list[dict[str, Any]]
     video: bytes | None
+    stored: dict[str, bytes] = field(default_factory=dict)  # the frame store's files, by path in the run
 
 
 class _CapturedRun(RunDir):
@@ -119,6 +121,7 @@ class EpisodePlayer:
         seeds = self.seeds(episode)
         with tempfile.TemporaryDirectory(prefix="atari-vlm-episode-") as tmp:
             run = _CapturedRun(Path(tmp))
+            frames = FrameStore(run.path, images=self.spec.frames)
             try:
                 result = await play_episode(
                     env,
@@ -129,13 +132,15 @@ class EpisodePlayer:
                     video=self.spec.video,
                     video_overlay=self.spec.video_overlay,
                     uses_model=self.model is not None,
+                    frames=frames,
                 )
             except BaseException:
                 env.close()  # a failed episode may leave its env mid-game: do not reuse it
                 raise
             self._idle.append((env, agent))
             video = (run.path / result.video).read_bytes() if result.video else None
-        return EpisodeOutput(result, run.steps, video)
+            stored = frames.files()
+        return EpisodeOutput(result, run.steps, video, stored)
 
     async def close(self) -> None:
         for env, _ in self._idle:
@@ -339,6 +344,9 @@ def _unwrap(exc: Exception) -> Exception:
 def write_episode(run: RunDir, output: EpisodeOutput) -> EpisodeResult:
     """Write one worker's episode into the driver's run directory, exactly as a local run would."""
     result = output.result
+    store = FrameStore(run.path)
+    for relative, data in output.stored.items():  # before the steps that refer to them
+        store.put_file(relative, data)
     for record in output.steps:
         run.log_step(record)
     if output.video is not None:

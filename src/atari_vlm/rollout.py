@@ -18,6 +18,7 @@ import numpy as np
 
 from atari_vlm.agent import Agent, Decision
 from atari_vlm.env import AtariVLMEnv
+from atari_vlm.framestore import FrameStore, sent_record
 from atari_vlm.models.base import Usage
 from atari_vlm.rundir import RunDir
 from atari_vlm.video import VideoWriter
@@ -141,8 +142,11 @@ async def play_episode(
     on_step: StepCallback | None = None,
     uses_model: bool = True,
     sink: EpisodeSink | None = None,
+    frames: FrameStore | None = None,
 ) -> EpisodeResult:
-    """Play one episode to its end (or truncation), logging every decision as it happens."""
+    """Play one episode to its end (or truncation), logging every decision as it happens: with
+    ``frames`` (the run's store), each step also records what its request sent and the screen it was
+    decided on, by reference to the store."""
     start = time.perf_counter()
     result = EpisodeResult(episode=episode, seed=seeds.env)
     finished = False
@@ -156,6 +160,7 @@ async def play_episode(
         writer.add(env.last_rgb_frame, f"episode {episode} start")
     try:
         while True:
+            screen = env.last_rgb_frame if frames is not None and frames.images else None
             decision: Decision = await agent.act(obs)
             if sink is not None:
                 seen_image, seen_text = obs["image"], obs["text"]
@@ -182,6 +187,12 @@ async def play_episode(
                     f"return {result.episode_return:g}",
                 )
             if run is not None:
+                recorded: dict[str, Any] = {}
+                if frames is not None:
+                    if screen is not None:
+                        recorded["screen"] = frames.put_image(screen)
+                    if decision.request is not None:
+                        recorded["sent"] = sent_record(decision.request, frames)
                 run.log_step(
                     {
                         "episode": episode,
@@ -202,6 +213,7 @@ async def play_episode(
                         "retries": decision.retries,
                         "reprompts": decision.reprompts,
                         "cost_usd": decision.cost_usd,
+                        **recorded,
                     }
                 )
             if on_step is not None:
@@ -242,6 +254,7 @@ async def play_episodes(
     episode_ids: Sequence[int] | None = None,
     env_seeds: Sequence[int] | None = None,
     build_in_thread: bool = True,
+    frames: FrameStore | None = None,
 ) -> list[EpisodeResult]:
     """Play ``episodes`` episodes on ``num_envs`` concurrent workers; results in episode order.
 
@@ -252,7 +265,8 @@ async def play_episodes(
     Episodes are numbered from ``episode_offset``, or are exactly ``episode_ids`` when given (a resumed
     run plays only the ones it lacks). Episode ``i`` always gets the ``i``-th seeds of ``root_seed``,
     so numbering, not scheduling, decides what an episode is; with ``env_seeds``, episode ``i`` is
-    played on env seed ``env_seeds[i]`` instead.
+    played on env seed ``env_seeds[i]`` instead. ``frames`` (with ``run``) records what each decision
+    sent (:func:`play_episode`).
     """
     ids = (
         list(episode_ids)
@@ -288,6 +302,7 @@ async def play_episodes(
                     on_step=on_step,
                     uses_model=uses_model,
                     sink=make_sink(i, seeds[i]) if make_sink is not None else None,
+                    frames=frames if run is not None else None,
                 )
                 results[i] = result
                 if run is not None:

@@ -25,6 +25,7 @@ import numpy as np
 
 from atari_vlm.bench.protocols import load_protocol
 from atari_vlm.errors import ConfigError
+from atari_vlm.framestore import FrameStore
 from atari_vlm.models.base import Usage
 from atari_vlm.models.costs import BudgetedVLM, BudgetExceeded, cost_usd, estimate_request_usage
 from atari_vlm.models.registry import LoadedModel, load_model
@@ -257,6 +258,7 @@ async def _play_and_close(
             on_episode=on_episode,
             uses_model=model is not None,
             env_seeds=spec.env_seeds,
+            frames=FrameStore(run.path, images=spec.frames),
         )
     finally:
         if model is not None and close_model:

@@ -838,6 +838,13 @@ class RunSpec(_Section):
         role="runtime",
     )
     video: bool = setting(True, help="an mp4 per episode", check=boolean, role="output")
+    frames: bool = setting(
+        True,
+        help="keep each image a decision sent, and the screen, once each in frames/ (PNG by content "
+        "hash) for the report's viewer",
+        check=boolean,
+        role="output",
+    )
     video_overlay: bool = setting(
         False, help="caption each video frame with the action", check=boolean, role="output"
     )

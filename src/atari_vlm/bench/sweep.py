@@ -1,5 +1,6 @@
 """A benchmark sweep: every game x model x prompt on the same seeds under one protocol, with the
-random agent on those seeds too, each combination in its own run directory, then the results tables.
+random agent on those seeds too, each combination in its own run directory, then the results tables
+and the bench's ``report.html`` (:mod:`atari_vlm.report.bench`, with a viewer for every run).
 
 Every combination is a :class:`~atari_vlm.spec.RunSpec` built from the same settings, so that the
 only differences between two runs of a sweep are its factors. Resumable: a combination whose run is
@@ -21,7 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from atari_vlm.bench.protocols import Protocol, load_protocol, with_protocol
-from atari_vlm.bench.results import write_results
+from atari_vlm.bench.results import build_results, collect_run_dirs, load_run, write_results
+from atari_vlm.bench.scores import DEFAULT_TABLE
 from atari_vlm.errors import ConfigError
 from atari_vlm.executors import RayExecutor, ray_session
 from atari_vlm.experts import EXPERT_GAMES
@@ -223,7 +225,8 @@ def run_bench(
     on_combination: Callable[[Combination, RunSummary | None], None] | None = None,
     callbacks: SweepCallbacks | None = None,
 ) -> dict[str, Any]:
-    """Run (or finish) the sweep; returns the results of :func:`atari_vlm.bench.write_results`."""
+    """Run (or finish) the sweep; returns the results of :func:`atari_vlm.bench.write_results`, with
+    ``report``: the path of the bench's report.html (None without the report extra)."""
     callbacks = callbacks or SweepCallbacks()
     if on_combination is not None:
         callbacks = dataclasses.replace(callbacks, on_combination=on_combination)
@@ -246,8 +249,56 @@ def run_bench(
     finally:
         for model in local_models.values():
             asyncio.run(model.vlm.aclose())
-    table = protocol.table if protocol else "dqn_nature"
-    return write_results([bench.out], bench.out / "results", table=table)
+    table = protocol.table if protocol else DEFAULT_TABLE
+    results = write_results([bench.out], bench.out / "results", table=table)
+    results["report"] = _report_if_possible(bench.out, results)
+    return results
+
+
+def results_table(bench_dir: str | Path) -> str:
+    """The reference table of a bench folder's results: its runs' protocol's, else the default (as
+    :func:`run_bench` chooses it).
+
+    Raises:
+        ConfigError: no run directory in ``bench_dir``, or runs under different protocols.
+    """
+    if not any(Path(bench_dir).rglob("config.json")):
+        raise ConfigError(
+            f"{bench_dir} is neither a run directory (it has no config.json) nor a bench folder (it holds "
+            "no run directories): pass the --out of `atari-vlm play`, `train` or `bench`"
+        )
+    protocols = {load_run(p).spec.protocol for p in collect_run_dirs([bench_dir])}
+    protocols.discard(None)
+    if len(protocols) > 1:
+        raise ConfigError(
+            f"{bench_dir} holds runs of several protocols ({', '.join(sorted(protocols))}): "
+            "report each protocol's folder on its own"
+        )
+    return load_protocol(protocols.pop()).table if protocols else DEFAULT_TABLE
+
+
+def write_bench_report(bench_dir: str | Path) -> Path:
+    """``report.html`` at the root of a bench folder (and each run's own report where missing), from
+    the results of its runs (``atari-vlm report <bench dir>``).
+
+    Raises:
+        ConfigError: no run directory with a finished episode in ``bench_dir``.
+        DependencyNotInstalled: matplotlib is missing (``pip install "atari-vlm[report]"``).
+    """
+    from atari_vlm.report.bench import write_bench_report as write
+
+    return write(bench_dir, build_results([bench_dir], table=results_table(bench_dir)))
+
+
+def _report_if_possible(bench_dir: Path, results: dict[str, Any]) -> str | None:
+    """The bench report at the end of a sweep, when the report extra is installed (None when not)."""
+    from atari_vlm.errors import DependencyNotInstalled
+    from atari_vlm.report.bench import write_bench_report as write
+
+    try:
+        return str(write(bench_dir, results))
+    except DependencyNotInstalled:
+        return None
 
 
 def _sweep(
@@ -364,5 +415,7 @@ __all__ = [
     "estimate_bench",
     "parse_seeds",
     "plan",
+    "results_table",
     "run_bench",
+    "write_bench_report",
 ]

@@ -1,8 +1,13 @@
 """``report.html``: one self-contained page that shows what a run did, step by step.
 
-No network is needed to view it: CSS and JS are inline, plots are PNG data URLs, and the episode
-viewer's frames are JPEG thumbnails taken from the run's videos (subsampled to a cap, which the page
-states). A strict Content-Security-Policy allows only the page's own script (by nonce) and data: images.
+No network is needed to view it: CSS and JS are inline and plots are PNG data URLs. The episode
+viewer shows, per step, what the request sent (the system prompt, then every part in order: text, and
+each image as the model received it) beside the answer, how the action was obtained and each legal
+action's probability. Images are loaded by reference from the run's frame store (``frames/<hash>.png``,
+:mod:`atari_vlm.framestore`) as the viewer reaches them, so a long run's page stays small; a run
+without a store falls back to JPEG thumbnails of its videos (subsampled to a cap the page states). A
+strict Content-Security-Policy allows only the page's own script (by nonce), data: images and the
+run directory's own files.
 
 Model answers are untrusted text: server-side text goes through :func:`html.escape`; run data reaches
 the script as JSON in a ``<script type="application/json">`` block (every ``<``, ``>``, ``&`` escaped as
@@ -16,6 +21,7 @@ import base64
 import html
 import json
 import math
+import os
 import re
 import secrets
 from collections import defaultdict
@@ -26,12 +32,15 @@ from typing import Any
 import numpy as np
 
 from atari_vlm.errors import ConfigError, require
-from atari_vlm.rundir import read_jsonl, read_run_spec
+from atari_vlm.framestore import FRAMES_DIR, HASH, PROMPTS_DIR
+from atari_vlm.rundir import read_jsonl, read_run_spec, write_text_atomic
 from atari_vlm.spec import RunSpec
 from atari_vlm.video import read_native_frames
 
 MAX_FRAMES_PER_EPISODE = 600
-MAX_FRAMES_TOTAL = 6000  # keeps a many-episode report loadable (~6 KB per thumbnail)
+MAX_FRAMES_TOTAL = 600  # video thumbnails are embedded (~6 KB each): this keeps such a page near 4 MB
+MAX_ACTIONS = 64  # ALE has 18: no step (and no run) shows probabilities for more actions than this
+MAX_PROMPT_BYTES = 1 << 20  # a stored system prompt larger than this is not shown (run files are untrusted)
 JPEG_QUALITY = 80
 LEARNING_CURVE_FILES = ("learning_curve.jsonl", "curves.jsonl", "learning_curve.csv")
 
@@ -41,6 +50,7 @@ STEP_COLUMNS = (
     "action",
     "action_name",
     "parsed",
+    "obtained",
     "reward",
     "return",
     "lives",
@@ -51,6 +61,9 @@ STEP_COLUMNS = (
     "retries",
     "cost_usd",
     "text",
+    "probs",  # list over ``actions`` (None where unknown), or None
+    "screen",  # index into ``frames`` of the screen the step was decided on, or -1
+    "sent",  # [system or -1, [[role, [[0, [line indices]] | [1, frame index or -1, label index]]]]]
 )
 
 
@@ -106,7 +119,14 @@ def _learning_curve(run_dir: Path) -> list[dict[str, float]]:
         for r in raw:
             row = {
                 k: _num(_to_float(r.get(k)))
-                for k in ("episode", "eval_mean_return", "eval_std", "random_mean_return")
+                for k in (
+                    "episode",
+                    "eval_mean_return",
+                    "eval_std",
+                    "random_mean_return",
+                    "train_return",
+                    "n_exemplars",
+                )
             }
             if row["episode"] is not None and row["eval_mean_return"] is not None:
                 records.append(row)
@@ -174,6 +194,110 @@ def _thumbnails(video: Path, steps: Sequence[int]) -> dict[int, str]:
     return out
 
 
+# --- what each step sent (the frame store) ------------------------------------------------------------
+
+
+class _Interned:
+    """Distinct values once, each referred to by its index (a long run repeats most of what it sends)."""
+
+    def __init__(self) -> None:
+        self.items: list[Any] = []
+        self._index: dict[Any, int] = {}
+
+    def add(self, value: Any) -> int:
+        index = self._index.get(value)
+        if index is None:
+            index = self._index[value] = len(self.items)
+            self.items.append(value)
+        return index
+
+
+def _stored(run_dir: Path, folder: str, suffix: str) -> set[str]:
+    """The hashes stored in a folder of the frame store (a link in its place counts as no store)."""
+    path = run_dir / folder
+    if path.is_symlink() or not path.is_dir():
+        return set()
+    names = set()
+    for entry in os.scandir(path):
+        stem, _, ext = entry.name.partition(".")
+        if ext == suffix and HASH.fullmatch(stem) and entry.is_file(follow_symlinks=False):
+            names.add(stem)
+    return names
+
+
+def _system_text(run_dir: Path, key: str) -> str:
+    path = run_dir / PROMPTS_DIR / f"{key}.txt"
+    try:
+        if path.is_symlink() or path.stat().st_size > MAX_PROMPT_BYTES:
+            return "(the stored system prompt is too large or not a file: not shown)"
+        return path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return "(the system prompt was not kept)"
+
+
+def _shape_label(shape: Any) -> str:
+    if not isinstance(shape, list) or not all(isinstance(n, int) and not isinstance(n, bool) for n in shape):
+        return "image"
+    if len(shape) == 2:
+        return f"{shape[1]}x{shape[0]} grayscale"
+    if len(shape) == 3:
+        return f"{shape[1]}x{shape[0]} RGB"
+    return "image"
+
+
+class _Sent:
+    """Turns the ``sent`` and ``screen`` fields of step records into the viewer's compact form."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.frames_present = _stored(run_dir, FRAMES_DIR, "png")
+        self.systems_present = _stored(run_dir, PROMPTS_DIR, "txt")
+        self.frames, self.texts, self.systems = _Interned(), _Interned(), _Interned()
+        self.actions = _Interned()
+
+    def frame(self, key: Any) -> int:
+        return self.frames.add(key) if isinstance(key, str) and key in self.frames_present else -1
+
+    def sent(self, sent: Any) -> list[Any] | None:
+        if not isinstance(sent, dict) or not isinstance(sent.get("messages"), list):
+            return None
+        key = sent.get("system")
+        system = self.systems.add(key) if isinstance(key, str) and key in self.systems_present else -1
+        messages = []
+        for message in sent["messages"]:
+            if not isinstance(message, dict) or not isinstance(message.get("parts"), list):
+                continue
+            role = message.get("role") if isinstance(message.get("role"), str) else "?"
+            parts: list[list[int]] = []
+            for part in message["parts"]:
+                if not isinstance(part, dict):
+                    continue
+                if isinstance(part.get("text"), str):  # by line: a turn repeats most of the last one's
+                    parts.append([0, [self.texts.add(line) for line in part["text"].split("\n")]])
+                elif "shape" in part or "image" in part:
+                    label = self.texts.add(_shape_label(part.get("shape")))
+                    parts.append([1, self.frame(part.get("image")), label])
+            messages.append([role[:40], parts])
+        return [system, messages]
+
+    def probs(self, probs: Any) -> dict[str, float | None] | None:
+        """A step's probabilities by action (made a list over every action seen, once all are known)."""
+        if not isinstance(probs, dict) or not 0 < len(probs) <= MAX_ACTIONS:
+            return None
+        values = {k[:64]: _num(v) for k, v in probs.items() if isinstance(k, str)}
+        for name in values:
+            if len(self.actions.items) < MAX_ACTIONS:  # over the whole run, not per step
+                self.actions.add(name)
+        return values
+
+    def data(self, run_dir: Path) -> dict[str, Any]:
+        return {
+            "frames": self.frames.items,
+            "texts": self.texts.items,
+            "systems": [_system_text(run_dir, key) for key in self.systems.items],
+            "actions": self.actions.items,
+        }
+
+
 # --- the viewer's data -----------------------------------------------------------------------------------
 
 
@@ -190,12 +314,32 @@ def _viewer_data(
         by_episode[s.get("episode")].append(s)
     ep_records = {e.get("episode"): e for e in episodes}
     order = sorted(by_episode, key=_episode_key)
-    cap = max(1, min(max_frames_per_episode, max_frames_total // max(1, len(order))))
+    sent = _Sent(run_dir)
+    encoded: dict[Any, list[list[Any]]] = {}
+    for number in order:
+        by_episode[number].sort(key=lambda s: _num(s.get("step")) or 0)
+        encoded[number] = [
+            [
+                *(_clean(s.get(c)) for c in STEP_COLUMNS[:-3]),
+                sent.probs(s.get("probs")),
+                sent.frame(s.get("screen")),
+                sent.sent(s.get("sent")),
+            ]
+            for s in by_episode[number]
+        ]
+    actions = sent.actions.items
+    for rows in encoded.values():  # each step's probabilities as a list over every action seen
+        for row in rows:
+            if row[-3] is not None:
+                row[-3] = [row[-3].get(a) for a in actions]
+    from_video = [n for n in order if all(row[-2] < 0 for row in encoded[n])]
+    cap = max(1, min(max_frames_per_episode, max_frames_total // max(1, len(from_video))))
     out = []
     for number in order:
-        rows = sorted(by_episode[number], key=lambda s: _num(s.get("step")) or 0)
+        rows = by_episode[number]
         record = ep_records.get(number)
-        video = _video_path(run_dir, record, number)
+        stored = number not in from_video
+        video = None if stored else _video_path(run_dir, record, number)
         chosen = _pick_steps(len(rows), cap) if video else []
         frames = _thumbnails(video, chosen) if video else {}
         images: list[str] = []
@@ -214,17 +358,19 @@ def _viewer_data(
                 "episode": number,
                 "return": _clean(record.get("return") if record else last_return),
                 "finished": record is not None,
-                "steps": [[_clean(s.get(c)) for c in STEP_COLUMNS] for s in rows],
+                "steps": encoded[number],
                 "images": images,
                 "frame_of_step": frame_of_step,
                 "frame_step": frame_step,
-                "frames_note": _frames_note(len(rows), len(images), video is not None),
+                "frames_note": _frames_note(len(rows), len(images), video is not None, stored),
             }
         )
-    return {"columns": list(STEP_COLUMNS), "episodes": out}
+    return {"columns": list(STEP_COLUMNS), "episodes": out, **sent.data(run_dir)}
 
 
-def _frames_note(n_steps: int, n_frames: int, has_video: bool) -> str:
+def _frames_note(n_steps: int, n_frames: int, has_video: bool, stored: bool = False) -> str:
+    if stored:
+        return "Screens and images from the run's frame store (frames/), loaded as you step."
     if not has_video:
         return "No video for this episode: the viewer shows the decisions without frames."
     if n_frames >= n_steps:
@@ -374,6 +520,61 @@ def _plots(
     return out
 
 
+def _training(run_dir: Path) -> str:
+    """A training run's section: each evaluation beside the random agent on the same seeds, and what
+    training and evaluation cost ("" for a run that is not a training run)."""
+    curve = _learning_curve(run_dir)
+    if not curve:
+        return ""
+    head = "".join(
+        f"<th>{_e(h)}</th>"
+        for h in (
+            "after episode",
+            "eval mean",
+            "eval std",
+            "random, same seeds",
+            "eval - random",
+            "training return",
+            "exemplar images",
+        )
+    )
+    body = []
+    for r in curve:
+        gap = None
+        if r["eval_mean_return"] is not None and r["random_mean_return"] is not None:
+            gap = r["eval_mean_return"] - r["random_mean_return"]
+        cells = (
+            r["episode"],
+            r["eval_mean_return"],
+            r["eval_std"],
+            r["random_mean_return"],
+            gap,
+            r["train_return"],
+            r["n_exemplars"],
+        )
+        body.append("<tr>" + "".join(f"<td>{_e(_fmt(c, 2))}</td>" for c in cells) + "</tr>")
+    paths = {name: run_dir / f"{name}.jsonl" for name in ("episodes", "evaluations")}
+    records = {k: read_jsonl(p) if p.is_file() else [] for k, p in paths.items()}
+    costs = []
+    for name, label in (("episodes", "training"), ("evaluations", "evaluation")):
+        cost = _sum(records[name], "cost_usd")
+        n = len(records[name])
+        costs.append((f"{label} cost", "-" if cost is None else f"${cost:,.4f}"))
+        costs.append((f"{label} episodes", _fmt(n)))
+        if cost is not None and n:
+            costs.append((f"cost per {label} episode", f"${cost / n:,.5f}"))
+        tokens = _sum(records[name], "input_tokens")
+        costs.append(
+            (f"{label} tokens in / out", f"{_fmt(tokens)} / {_fmt(_sum(records[name], 'output_tokens'))}")
+        )
+    return (
+        "<h2>Training</h2><p class='note'>Evaluations on the held-out seeds, beside the random agent on "
+        "the same seeds (the learning curve is plotted below).</p>"
+        f"<table class='grid' id='evaluations'><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody>"
+        f"</table><div class='cards' style='margin-top:8px' id='training-costs'>{_dl(costs)}</div>"
+    )
+
+
 def _dl(items: Sequence[tuple[str, str]]) -> str:
     return "".join(f"<div class='kv'><span>{_e(k)}</span><b>{_e(v)}</b></div>" for k, v in items)
 
@@ -432,6 +633,7 @@ def render_report(
         banner=banner,
         summary=_dl(_summary(config, steps, episodes)),
         settings=_dl(_settings(config, spec)),
+        training=_training(run_dir),
         episodes=_episodes_table(episodes) if episodes else "<p>No finished episode.</p>",
         plots=plots_html,
         data=_json_for_script(viewer),
@@ -469,9 +671,7 @@ def write_report(
         run_dir, max_frames_per_episode=max_frames_per_episode, max_frames_total=max_frames_total
     )
     path = Path(run_dir) / "report.html"
-    tmp = path.with_name(".report.html.tmp")
-    tmp.write_text(page, encoding="utf-8")
-    tmp.replace(path)
+    write_text_atomic(path, page)  # a fresh temp file renamed over: a link there is replaced, not followed
     return path
 
 
@@ -513,6 +713,23 @@ button:hover { border-color: var(--accent); }
   font: 13px/1.4 ui-monospace, SFMono-Regular, Menlo, monospace; }
 .bad { color: #b91c1c; } .good { color: #047857; }
 kbd { border: 1px solid #d1d5db; border-radius: 4px; padding: 0 4px; font-size: 12px; }
+.probs { display: grid; grid-template-columns: max-content 1fr 56px; gap: 3px 8px; align-items: center;
+  margin-top: 8px; font-size: 12px; }
+.probs .bar { background: #e5e7eb; border-radius: 3px; height: 12px; overflow: hidden; }
+.probs .bar i { display: block; height: 100%; background: #93c5fd; }
+.probs .chosen { font-weight: 700; } .probs .chosen .bar i { background: var(--accent); }
+.sent { background: #fff; border: 1px solid var(--line); border-radius: 8px; padding: 12px 14px;
+  margin-top: 12px; }
+.sent h3 { font-size: 14px; margin: 4px 0 8px; }
+.sent pre { white-space: pre-wrap; word-break: break-word; background: #f3f4f6; border-radius: 6px;
+  padding: 8px; margin: 4px 0; font: 12px/1.4 ui-monospace, SFMono-Regular, Menlo, monospace;
+  max-height: 320px; overflow: auto; }
+.sent figure { display: inline-block; margin: 4px 8px 4px 0; vertical-align: top; }
+.sent figure img { image-rendering: pixelated; border: 1px solid var(--line); max-width: 100%;
+  min-width: 84px; background: #000; }
+.sent figcaption { color: var(--muted); font-size: 11px; }
+.role { color: var(--muted); font-size: 12px; text-transform: uppercase; letter-spacing: .04em;
+  margin-top: 6px; }
 """
 
 _JS = r"""
@@ -523,13 +740,31 @@ _JS = r"""
   data.columns.forEach(function (name, i) { col[name] = i; });
   var $ = function (id) { return document.getElementById(id); };
   var select = $("episode"), slider = $("slider"), img = $("frame");
-  var ep = 0, pos = 0;
+  var ep = 0, pos = 0, systemOpen = false;
+  var HASH = /^[0-9a-f]{16}$/;
+  var OBTAINED = {
+    scored: "scored (the likeliest legal action)",
+    constrained: "constrained (the backend could only answer a legal action)",
+    parsed: "parsed from the answer",
+    fallback: "fallback (no legal action in the answer)",
+    policy: "policy (an agent without a model)"
+  };
 
   function text(id, value) { $(id).textContent = value; }
+  function el(tag, cls, content) {
+    var node = document.createElement(tag);
+    if (cls) node.className = cls;
+    if (content !== undefined) node.textContent = content;
+    return node;
+  }
   function num(v, digits) {
     if (v === null || v === undefined || v === "") return "-";
     if (typeof v !== "number") return String(v);
     return Number.isInteger(v) ? String(v) : v.toFixed(digits === undefined ? 2 : digits);
+  }
+  function frameUrl(index) {
+    var key = index >= 0 ? data.frames[index] : null;
+    return typeof key === "string" && HASH.test(key) ? "frames/" + key + ".png" : null;
   }
 
   if (!data.episodes.length) {
@@ -545,18 +780,16 @@ _JS = r"""
     select.appendChild(option);
   });
 
-  function show() {
-    var e = data.episodes[ep];
-    var n = e.steps.length;
-    slider.max = String(Math.max(0, n - 1));
-    slider.value = String(pos);
-    text("frames-note", e.frames_note);
-    if (!n) { text("step-label", "no steps"); return; }
-    var s = e.steps[pos];
-    var step = s[col.step];
-    text("step-label", "step " + step + " / " + n);
+  function showScreen(e, s, step) {
+    var stored = frameUrl(s[col.screen]);
     var f = e.frame_of_step[pos];
-    if (f >= 0 && typeof e.images[f] === "string" && e.images[f].indexOf("data:image/jpeg;base64,") === 0) {
+    if (stored) {
+      img.src = stored;
+      img.hidden = false;
+      text("frame-note", "The screen before step " + step + " (native 160x210; what the model was sent "
+        + "is below).");
+    } else if (f >= 0 && typeof e.images[f] === "string"
+               && e.images[f].indexOf("data:image/jpeg;base64,") === 0) {
       img.src = e.images[f];
       img.hidden = false;
       var own = e.frame_step[pos] === pos + 1;
@@ -568,10 +801,96 @@ _JS = r"""
       img.hidden = true;
       text("frame-note", "No frame for this step.");
     }
+  }
+
+  function showProbs(s) {
+    var box = $("probs");
+    box.textContent = "";
+    var probs = s[col.probs];
+    $("probs-note").hidden = !!probs;
+    if (!probs) return;
+    data.actions.forEach(function (name, i) {
+      var p = probs[i];
+      if (typeof p !== "number") return;
+      var chosen = name === s[col.action_name];
+      var label = el("span", chosen ? "chosen" : "", name);
+      var bar = el("span", "bar" + (chosen ? " chosen" : ""));
+      var fill = el("i");
+      fill.style.width = Math.max(0, Math.min(100, p * 100)).toFixed(1) + "%";
+      bar.appendChild(fill);
+      box.appendChild(label);
+      box.appendChild(bar);
+      box.appendChild(el("span", chosen ? "chosen" : "", (p * 100).toFixed(1) + "%"));
+    });
+  }
+
+  function showSent(e, s) {
+    var box = $("sent-parts");
+    box.textContent = "";
+    var sent = s[col.sent];
+    if (!sent) {
+      box.appendChild(el("p", "note", data.agent === "vlm"
+        ? "No request was recorded for this step (a run recorded before atari-vlm kept requests)."
+        : "Nothing was sent: this agent has no model."));
+      return;
+    }
+    var system = sent[0];
+    if (system >= 0 && typeof data.systems[system] === "string") {
+      var previous = pos > 0 ? e.steps[pos - 1][col.sent] : null;
+      var changed = pos > 0 && previous && previous[0] !== system;
+      var details = el("details");
+      details.open = systemOpen;
+      details.addEventListener("toggle", function () { systemOpen = details.open; });
+      details.appendChild(el("summary", "", "system prompt (" + data.systems[system].length + " characters)"
+        + (changed ? ": changed at this step" : "")));
+      details.appendChild(el("pre", "", data.systems[system]));
+      box.appendChild(details);
+    }
+    var images = 0;
+    sent[1].forEach(function (message) {
+      box.appendChild(el("div", "role", String(message[0])));
+      message[1].forEach(function (part) {
+        if (part[0] === 0) {
+          box.appendChild(el("pre", "part", part[1].map(function (i) { return String(data.texts[i]); })
+            .join("\n")));
+          return;
+        }
+        images += 1;
+        var figure = el("figure", "part");
+        var url = frameUrl(part[1]);
+        if (url) {
+          var image = el("img");
+          image.loading = "lazy";
+          image.alt = "image " + images + " as sent";
+          image.addEventListener("load", function () {  // a small image at 2x (the caption gives its size)
+            if (image.naturalWidth < 160) image.style.width = String(image.naturalWidth * 2) + "px";
+          });
+          image.src = url;
+          figure.appendChild(image);
+        }
+        figure.appendChild(el("figcaption", "", "image " + images + ": " + String(data.texts[part[2]])
+          + (url ? "" : " (not kept: the run was played with --no-frames)")));
+        box.appendChild(figure);
+      });
+    });
+  }
+
+  function show() {
+    var e = data.episodes[ep];
+    var n = e.steps.length;
+    slider.max = String(Math.max(0, n - 1));
+    slider.value = String(pos);
+    text("frames-note", e.frames_note);
+    if (!n) { text("step-label", "no steps"); return; }
+    var s = e.steps[pos];
+    var step = s[col.step];
+    text("step-label", "step " + step + " / " + n);
+    showScreen(e, s, step);
     text("f-action", s[col.action_name] + " (" + num(s[col.action]) + ")");
-    var parsed = s[col.parsed] === true;
-    text("f-parsed", parsed ? "yes" : "no (fallback action)");
-    $("f-parsed").className = parsed ? "good" : "bad";
+    var how = s[col.obtained];
+    if (typeof how !== "string") how = s[col.parsed] === true ? "parsed" : "fallback";
+    text("f-obtained", OBTAINED[how] || String(how));
+    $("f-obtained").className = how === "fallback" ? "bad" : "good";
     text("f-reward", num(s[col.reward], 1));
     text("f-return", num(s[col["return"]], 1));
     text("f-lives", num(s[col.lives]));
@@ -587,6 +906,8 @@ _JS = r"""
       answer = data.agent === "random" ? "(no answer: the random agent has no model)" : "(empty answer)";
     }
     text("answer", String(answer));
+    showProbs(s);
+    showSent(e, s);
   }
 
   function go(delta) {
@@ -616,8 +937,8 @@ _PAGE = """<!DOCTYPE html>
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <meta http-equiv="Content-Security-Policy"
-  content="default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src 'nonce-@@nonce@@'; \
-base-uri 'none'; form-action 'none'">
+  content="default-src 'none'; img-src data: 'self'; style-src 'unsafe-inline'; \
+script-src 'nonce-@@nonce@@'; base-uri 'none'; form-action 'none'">
 <title>@@title@@</title>
 <style>@@css@@</style>
 </head>
@@ -629,13 +950,15 @@ base-uri 'none'; form-action 'none'">
 <h2>Summary</h2>
 <div class="cards">@@summary@@</div>
 <details><summary>Settings</summary><div class="cards" style="margin-top:8px">@@settings@@</div></details>
+@@training@@
 <h2>Episodes</h2>
 @@episodes@@
 <h2>Plots</h2>
 <div class="plots">@@plots@@</div>
 <h2>Episode viewer</h2>
 <p id="viewer-empty" hidden>No decisions were recorded.</p>
-<div class="viewer" id="viewer">
+<div id="viewer">
+<div class="viewer">
   <div>
     <img id="frame" alt="the screen before this step">
     <div id="frame-note"></div>
@@ -650,7 +973,7 @@ base-uri 'none'; form-action 'none'">
     <div class="controls"><input id="slider" type="range" min="0" max="0" value="0" aria-label="step"></div>
     <div class="fields">
       <div class="kv"><span>action</span><b id="f-action"></b></div>
-      <div class="kv"><span>parsed</span><b id="f-parsed"></b></div>
+      <div class="kv"><span>obtained</span><b id="f-obtained"></b></div>
       <div class="kv"><span>reward</span><b id="f-reward"></b></div>
       <div class="kv"><span>return so far</span><b id="f-return"></b></div>
       <div class="kv"><span>lives</span><b id="f-lives"></b></div>
@@ -661,10 +984,18 @@ base-uri 'none'; form-action 'none'">
     </div>
     <div class="note">The model's answer (shown as plain text):</div>
     <pre id="answer"></pre>
+    <div class="note">Probability of each legal action:</div>
+    <div class="probs" id="probs"></div>
+    <div class="note" id="probs-note">Not known for this step (the backend gave none).</div>
     <div class="note" id="frames-note"></div>
     <div class="note">Keys: <kbd>&larr;</kbd> <kbd>&rarr;</kbd> step,
       <kbd>Home</kbd> <kbd>End</kbd> jump.</div>
   </div>
+</div>
+<div class="sent" id="sent">
+  <h3>What the model was sent at this step (images as it received them)</h3>
+  <div id="sent-parts"></div>
+</div>
 </div>
 </main>
 <script type="application/json" id="run-data">@@data@@</script>

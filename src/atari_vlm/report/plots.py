@@ -111,3 +111,40 @@ def learning_curve_plot(records: Sequence[Mapping[str, float]]) -> bytes:
         ax.plot(*zip(*randoms, strict=True), color=MUTED, linestyle="--", label="random agent")
     ax.legend(frameon=False)
     return _png(fig)
+
+
+def interval_plot(
+    title: str,
+    xlabel: str,
+    labels: Sequence[str],
+    intervals: Sequence[tuple[float, float, float]],
+    *,
+    references: Sequence[tuple[str, float, str]] = (),
+) -> bytes:
+    """One row per label: the point with its confidence interval as whiskers (``(point, low, high)``),
+    and vertical reference lines ``(name, value, style)`` (the random agent, the expert, a human)."""
+    lines = sum(label.count("\n") + 1 for label in labels)
+    height = 1.2 + 0.22 * max(2, lines) + 0.12 * len(labels)
+    fig = _figure(7.2, min(height, 14.0))
+    ax = _axes(fig, title, xlabel, "")
+    ys = list(range(len(labels)))[::-1]
+    points = [p for p, _, _ in intervals]
+    lower = [max(0.0, p - lo) for p, lo, _ in intervals]
+    upper = [max(0.0, hi - p) for p, _, hi in intervals]
+    ax.errorbar(
+        points, ys, xerr=[lower, upper], fmt="o", color=ACCENT, ecolor=ACCENT, capsize=4, markersize=5
+    )
+    ax.set_yticks(ys, list(labels), fontsize=8)
+    colors = {"random": MUTED, "expert": "#047857", "human": "#b45309"}
+    for name, value, style in references:
+        ax.axvline(
+            value,
+            color=colors.get(name.split()[0], "#111827"),
+            linestyle=style,
+            linewidth=1.2,
+            label=f"{name} {value:,.1f}",
+        )
+    if references:
+        ax.legend(frameon=False, fontsize=8, loc="best")
+    ax.margins(y=0.4 / max(1, len(labels)))
+    return _png(fig)

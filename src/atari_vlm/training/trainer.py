@@ -13,6 +13,8 @@ A run directory holds::
     learning_curve.jsonl, learning_curve.csv  one row per evaluation point
     evaluations.jsonl                         one line per evaluation episode (evaluation steps are not
                                               logged in steps.jsonl, which holds training episodes only)
+    frames/, prompts/                         what each training decision sent (atari_vlm.framestore)
+    report.html                               rewritten after every evaluation (atari_vlm.report)
     trainer_state.json                        the checkpoint, written atomically after every batch
     tensorboard/                              when tensorboardX or tensorboard is installed
     summary.json                              at the end
@@ -27,6 +29,7 @@ interrupted. ``N`` is the total number of training episodes of the run, not a nu
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import csv
 import dataclasses
 import importlib
@@ -46,6 +49,7 @@ import numpy as np
 from atari_vlm.agent import Agent, Decision, VLMAgent
 from atari_vlm.env import ENV_OPTIONS, AtariVLMEnv
 from atari_vlm.errors import ConfigError
+from atari_vlm.framestore import FrameStore
 from atari_vlm.memory import (
     Exemplar,
     TrajectoryStore,
@@ -776,6 +780,7 @@ class VLMTrainer:
             run=s.run,
             uses_model=self._vlm is not None,
             make_sink=sink,
+            frames=FrameStore(s.run.path, images=self.spec.frames),
             on_episode=finished,
         )
 
@@ -830,8 +835,18 @@ class VLMTrainer:
                     s.writer.add_scalar(tag, row[key], done)
             s.writer.flush()
         self._checkpoint(s)
+        self._write_report()
         if s.on_evaluation is not None:
             s.on_evaluation(row)
+
+    def _write_report(self) -> None:
+        """report.html after every evaluation: learning curve, evaluation vs random, costs, the viewer
+        of the training episodes (skipped, silently, without the report extra)."""
+        from atari_vlm.errors import DependencyNotInstalled
+        from atari_vlm.report import write_report
+
+        with contextlib.suppress(DependencyNotInstalled):
+            write_report(self.out_dir)
 
     def _checkpoint(self, s: _Session) -> None:
         """Derived files first, the state last: a crash between them is repaired by the resume."""
