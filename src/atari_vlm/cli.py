@@ -17,7 +17,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from atari_vlm import __version__
-from atari_vlm.errors import ConfigError, ModelError
+from atari_vlm.errors import ConfigError, DiskFull, ModelError, Terminated
 
 err = Console(stderr=True, highlight=False)
 out = Console(highlight=False)
@@ -627,9 +627,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ModelError as exc:
         err.print(f"[red]model error:[/red] {escape(str(exc))}")
         return 1
-    except KeyboardInterrupt:
-        err.print("interrupted")
-        return 130
+    except DiskFull as exc:
+        err.print(f"[red]error:[/red] {escape(str(exc))}")
+        return 1
+    except KeyboardInterrupt as exc:  # SIGINT, or SIGTERM (Terminated): the run wrote what it had
+        err.print(f"interrupted: {escape(str(exc))}" if str(exc) else "interrupted")
+        return 143 if isinstance(exc, Terminated) else 130
 
 
 if __name__ == "__main__":

@@ -15,8 +15,13 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import errno
+import os
+import shutil
+import signal
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -24,12 +29,12 @@ from typing import Any, Protocol
 import numpy as np
 
 from atari_vlm.bench.protocols import load_protocol
-from atari_vlm.errors import ConfigError
+from atari_vlm.errors import ConfigError, DiskFull, Terminated
 from atari_vlm.models.base import Usage
 from atari_vlm.models.costs import BudgetedVLM, BudgetExceeded
 from atari_vlm.models.registry import LoadedModel, load_model
 from atari_vlm.rollout import EpisodeResult, episode_seeds, explicit_seeds, play_episodes
-from atari_vlm.rundir import RunDir, read_jsonl, run_record, write_json_atomic
+from atari_vlm.rundir import RunDir, read_episode_records, run_record, write_json_atomic
 from atari_vlm.spec import RunSpec
 from atari_vlm.workers import action_names, model_spec_for, prompt_builder, worker_factory
 
@@ -66,8 +71,9 @@ class RunSummary:
     episodes: list[EpisodeResult]
     wall_s: float
     warning: str | None = None
-    stopped: str | None = None  # why the run ended early (a budget), None when it played everything
+    stopped: str | None = None  # why the run ended early (a budget, a signal), None when it played all
     spent_usd: float | None = None  # what this invocation's calls cost (a resumed run's earlier ones not)
+    skipped_records: int = 0  # bad lines in the run's files, skipped (never counted as episodes)
 
     @property
     def usage(self) -> Usage:
@@ -104,6 +110,7 @@ class RunSummary:
             "warning": self.warning,
             "stopped": self.stopped,
             "spent_usd": self.spent_usd,
+            "skipped_records": self.skipped_records,
         }
 
 
@@ -187,41 +194,141 @@ def _run_play(
         on_start(model, total)
     start = time.perf_counter()
     stopped = None
-    try:
-        if executor is not None:
-            executor.play(episode_ids=todo, run=run, on_step=on_step, on_episode=on_episode)
-        else:
-            asyncio.run(
-                _play_and_close(
-                    spec,
-                    model,
-                    close_model=loaded is None or close_loaded,
-                    run=run,
-                    episode_ids=todo,
-                    on_step=on_step,
-                    on_episode=on_episode,
-                )
-            )
-    except BudgetExceeded as exc:
-        stopped = f"budget: {exc}"  # finished episodes stand; the interrupted one replays on --resume
-    finally:
-        run.close()
-    # The run directory is the record: the summary is read back from it, whatever happened above.
-    finished = {
-        r["episode"]: r for r in read_jsonl(run.path / "episodes.jsonl") if r["episode"] < spec.episodes
-    }
-    summary = RunSummary(
-        out=run.path,
-        game=spec.game,
-        model=_describe(model, spec),
-        episodes=[EpisodeResult.from_record(finished[i]) for i in sorted(finished)],
-        wall_s=time.perf_counter() - start,
-        warning=model.warning if model else None,
-        stopped=stopped,
-        spent_usd=model.vlm.spent_usd if model and model.prices and executor is None else None,
-    )
-    write_json_atomic(run.path / "summary.json", summary.to_dict())
+    interrupt: KeyboardInterrupt | None = None
+    with _StopOnSignals() as stopper:
+        try:
+            try:
+                if executor is not None:
+                    executor.play(episode_ids=todo, run=run, on_step=on_step, on_episode=on_episode)
+                else:
+                    stopper.run(
+                        _play_and_close(
+                            spec,
+                            model,
+                            close_model=loaded is None or close_loaded,
+                            run=run,
+                            episode_ids=todo,
+                            on_step=on_step,
+                            on_episode=on_episode,
+                        )
+                    )
+            except BudgetExceeded as exc:
+                stopped = f"budget: {exc}"  # finished episodes stand; the cut one replays on --resume
+            except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: the same, a summary and a resumable run
+                interrupt = exc
+                stopped = f"interrupted by {'SIGTERM' if isinstance(exc, Terminated) else 'SIGINT'}"
+            finally:
+                run.close()
+        except OSError as exc:
+            if not _disk_full(exc, run.path):
+                raise
+            raise DiskFull(
+                f"the disk holding {run.path} is full ({exc.strerror or 'no space left'}); the finished "
+                f"episodes are kept: free some space and continue with --resume --out {run.path}"
+            ) from None
+        # The run directory is the record: the summary is read back from it, whatever happened above.
+        finished = read_episode_records(run.path / "episodes.jsonl", spec.episodes)
+        summary = RunSummary(
+            out=run.path,
+            game=spec.game,
+            model=_describe(model, spec),
+            episodes=[EpisodeResult.from_record(r) for r in finished.records],
+            wall_s=time.perf_counter() - start,
+            warning=model.warning if model else None,
+            stopped=stopped,
+            spent_usd=model.vlm.spent_usd if model and model.prices and executor is None else None,
+            skipped_records=finished.skipped,
+        )
+        write_json_atomic(run.path / "summary.json", summary.to_dict())
+    if interrupt is not None:
+        done = len(summary.episodes)
+        message = (
+            f"{stopped}: {done} of {spec.episodes} episodes finished, summary in "
+            f"{run.path / 'summary.json'}; continue with --resume --out {run.path}"
+        )
+        raise (Terminated if isinstance(interrupt, Terminated) else KeyboardInterrupt)(message) from None
     return summary
+
+
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+
+
+def _disk_full(exc: OSError, path: Path) -> bool:
+    """Whether ``exc`` came of a full disk: by its errno, or (ffmpeg's broken pipe, which carries
+    none) by the disk now having almost nothing free."""
+    if exc.errno in DISK_FULL_ERRNOS:
+        return True
+    try:
+        return shutil.disk_usage(path).free < 2**20
+    except OSError:
+        return False
+
+
+class _StopOnSignals:
+    """While a run plays, SIGINT and SIGTERM stop it the same way: the first cancels the playing task
+    (its ``finally`` blocks close files and clients) or, outside the event loop, raises
+    :class:`KeyboardInterrupt` (:class:`~atari_vlm.errors.Terminated` for SIGTERM); a second only
+    says the run is stopping (cleanup is not cut short, so no traceback and a whole summary); a third
+    exits at once (the run stays resumable: every finished episode is on disk).
+
+    Installed only in the main thread, and only over Python's default handlers (an embedding program
+    that set its own keeps them).
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.received: list[int] = []
+        self._task: asyncio.Task[Any] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopOnSignals:
+        if threading.current_thread() is not threading.main_thread():
+            return self
+        defaults = {signal.SIGINT: signal.default_int_handler, signal.SIGTERM: signal.SIG_DFL}
+        if any(signal.getsignal(s) is not defaults[s] for s in self.SIGNALS):
+            return self
+        for s in self.SIGNALS:
+            self._old[s] = signal.signal(s, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for s, handler in self._old.items():
+            signal.signal(s, handler)
+        self._old.clear()
+
+    def _exception(self) -> KeyboardInterrupt:
+        return Terminated() if self.received[0] == signal.SIGTERM else KeyboardInterrupt()
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.received.append(signum)
+        if len(self.received) == 1:
+            if self._task is not None and self._loop is not None and not self._task.done():
+                self._loop.call_soon_threadsafe(self._task.cancel)
+                return
+            raise self._exception()
+        if len(self.received) == 2:
+            os.write(2, b"stopping: closing the run and writing summary.json (signal again to quit now)\n")
+            return
+        os._exit(128 + signum)  # asked three times: every finished episode is already on disk
+
+    def run(self, coro: Coroutine[Any, Any, Any]) -> Any:
+        """``asyncio.run(coro)``, cancelled (not interrupted mid-bytecode) by the first signal."""
+
+        async def main() -> Any:
+            self._task, self._loop = asyncio.current_task(), asyncio.get_running_loop()
+            return await coro
+
+        try:
+            with asyncio.Runner() as runner:
+                return runner.run(main())
+        except asyncio.CancelledError:
+            if self.received:
+                raise self._exception() from None
+            raise
+        finally:
+            self._task = self._loop = None
 
 
 async def _play_and_close(

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -24,7 +23,7 @@ from atari_vlm.errors import ConfigError
 from atari_vlm.executors import RayExecutor, ray_session
 from atari_vlm.experts import EXPERT_GAMES
 from atari_vlm.models.registry import LoadedModel, load_model
-from atari_vlm.rundir import read_jsonl, resume_refusal
+from atari_vlm.rundir import read_episode_records, read_json_file, resume_refusal
 from atari_vlm.runner import RunSummary, run_play
 from atari_vlm.spec import BENCH_STUCK_DECISIONS, OBSERVATIONS, RunSpec, SweepSpec, parse_seeds
 from atari_vlm.workers import action_names, model_spec_for, prompt_builder
@@ -174,8 +173,8 @@ def _resume_refusal(combo: Combination) -> str | None:
     if not config_path.is_file():
         return None
     try:
-        old = json.loads(config_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
+        old = read_json_file(config_path)
+    except ConfigError as exc:
         return f"its config.json is unreadable ({exc})"
     new = {"kind": "play", "model": None}
     if isinstance(old, dict) and isinstance(old.get("model"), dict):
@@ -186,7 +185,7 @@ def _resume_refusal(combo: Combination) -> str | None:
 def _is_complete(out: Path, episodes: int) -> bool:
     if not (out / "summary.json").exists() or not (out / "episodes.jsonl").exists():
         return False
-    done = {r.get("episode") for r in read_jsonl(out / "episodes.jsonl")}
+    done = {r["episode"] for r in read_episode_records(out / "episodes.jsonl", episodes).records}
     return set(range(episodes)) <= done
 
 

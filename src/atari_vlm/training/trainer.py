@@ -58,8 +58,10 @@ from atari_vlm.models.registry import LoadedModel, load_model
 from atari_vlm.rollout import EpisodeResult, EpisodeSeeds, episode_seeds, play_episodes
 from atari_vlm.rundir import (
     RunDir,
+    read_json_file,
     read_jsonl,
     read_run_spec,
+    remove_run_file,
     run_record,
     write_json_atomic,
     write_text_atomic,
@@ -157,9 +159,9 @@ class _State:
         if not path.exists():  # interrupted before the first checkpoint: nothing is done
             return cls()
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ConfigError(f"cannot resume: {path} is unreadable or corrupt ({exc})") from exc
+            data = read_json_file(path)
+        except ConfigError as exc:
+            raise ConfigError(f"cannot resume: {exc}") from None
         ok = (
             isinstance(data, dict)
             and data.get("schema_version") == STATE_VERSION
@@ -491,9 +493,9 @@ class VLMTrainer:
         """
         path = Path(out_dir) / "config.json"
         try:
-            config = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ConfigError(f"nothing to resume in {out_dir}: cannot read {path} ({exc})") from exc
+            config = read_json_file(path)
+        except ConfigError as exc:
+            raise ConfigError(f"nothing to resume in {out_dir}: {exc}") from None
         if not isinstance(config, dict) or config.get("kind") != "train":
             raise ConfigError(f"nothing to resume in {out_dir}: it holds no training run")
         spec = read_run_spec(config, path).replace(**{"max_cost_usd": None, **changes})
@@ -580,7 +582,7 @@ class VLMTrainer:
     def _clear_outputs(self) -> None:
         """A fresh run starts from nothing (RunDir has cleared its own files, or there were none)."""
         for name in ("trainer_state.json", "learning_curve.jsonl", "learning_curve.csv", "evaluations.jsonl"):
-            (self.out_dir / name).unlink(missing_ok=True)
+            remove_run_file(self.out_dir / name)
         for name in ("memory", "tensorboard"):
             shutil.rmtree(self.out_dir / name, ignore_errors=True)
 
