@@ -322,8 +322,9 @@ class RunDir:
         _rewrite_jsonl(episodes_path, self.kept_episodes)
         if steps_path.exists():
             steps = read_jsonl_records(steps_path)
-            self.skipped_records += steps.skipped
-            _rewrite_jsonl(steps_path, [r for r in steps.records if _episode_number(r) in kept])
+            numbered = [r for r in steps.records if _episode_number(r) is not None]
+            self.skipped_records += steps.skipped + len(steps.records) - len(numbered)
+            _rewrite_jsonl(steps_path, [r for r in numbered if r["episode"] in kept])
         wanted = {self.video_path(i).name for i in kept}
         for video in self.videos.glob("*.mp4*"):
             if video.name not in wanted:

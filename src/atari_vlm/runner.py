@@ -237,7 +237,7 @@ def _run_play(
             warning=model.warning if model else None,
             stopped=stopped,
             spent_usd=model.vlm.spent_usd if model and model.prices and executor is None else None,
-            skipped_records=finished.skipped,
+            skipped_records=finished.skipped + run.skipped_records,  # this read's, and the resume's
         )
         write_json_atomic(run.path / "summary.json", summary.to_dict())
     if interrupt is not None:
