@@ -7,9 +7,12 @@ Exit codes: 0 success, 2 bad input (the message says what was wrong and what wou
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import signal
 import sys
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from rich.console import Console
@@ -631,8 +634,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         err.print(f"[red]error:[/red] {escape(str(exc))}")
         return 1
     except KeyboardInterrupt as exc:  # SIGINT, or SIGTERM (Terminated): the run wrote what it had
-        err.print(f"interrupted: {escape(str(exc))}" if str(exc) else "interrupted")
+        with _signals_ignored():  # one more Ctrl-C must not cut this message short with a traceback
+            err.print(f"interrupted: {escape(str(exc))}" if str(exc) else "interrupted")
         return 143 if isinstance(exc, Terminated) else 130
+
+
+@contextlib.contextmanager
+def _signals_ignored() -> Iterator[None]:
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
 
 
 if __name__ == "__main__":
