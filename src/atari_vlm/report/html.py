@@ -478,10 +478,10 @@ def write_report(
         ConfigError: not a run directory, or a bad cap.
         DependencyNotInstalled: matplotlib is missing (``pip install "atari-vlm[report]"``).
     """
+    refuse_links(run_dir)  # the page is written only inside the run directory, never through a link
     page = render_report(
         run_dir, max_frames_per_episode=max_frames_per_episode, max_frames_total=max_frames_total
     )
-    refuse_links(run_dir)  # the page is written only inside the run directory, never through a link
     path = Path(run_dir) / "report.html"
     write_text_atomic(path, page)
     return path
