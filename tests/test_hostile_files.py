@@ -244,6 +244,7 @@ def test_the_cli_says_one_line_and_exits_2_for_hostile_input(run_dir, tmp_path):
         assert result.returncode == 2, (args, result.stderr[-2000:])
         errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
         assert len(errors) == 1 and "Traceback" not in result.stderr, result.stderr
+        assert "malformed variable" not in errors[0]  # a prompt file too large says just that
     assert not any((tmp_path / name).exists() for name in "abc")
 
 
