@@ -105,6 +105,16 @@ def test_a_link_deep_in_the_run_directory_is_refused_too(run_dir, tmp_path):
     assert target.read_text() == "precious"
 
 
+def test_the_run_directory_itself_may_be_a_link(tmp_path):
+    real = tmp_path / "disk" / "run"
+    real.mkdir(parents=True)
+    (tmp_path / "run").symlink_to(real, target_is_directory=True)
+    run_play(SPEC.replace(episodes=1), tmp_path / "run")
+    write_report(tmp_path / "run")
+    assert (real / "summary.json").is_file() and (real / "report.html").is_file()
+    assert run_play(SPEC.replace(episodes=2), tmp_path / "run", resume=True).to_dict()["episodes"] == 2
+
+
 # --- bad records: skipped and counted, never fatal, never an episode -----------------------------------
 
 

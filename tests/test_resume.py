@@ -309,3 +309,44 @@ def test_sigterm_or_two_sigints_mid_request_end_the_run_like_ctrl_c_and_resume_f
     assert per_episode(out) == per_episode(reference)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["episodes"] == 3 and summary["stopped"] is None
+
+
+def sigterm_after_first(result):
+    """An on_episode callback that sends this process SIGTERM once episode 0 is on disk."""
+    if result.episode == 0:
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def test_sigterm_in_process_stops_play_with_a_summary_and_resume_finishes(tmp_path):
+    from atari_vlm.errors import Terminated
+    from atari_vlm.runner import run_play
+
+    spec = RunSpec.build(game="Pong", agent="random", seed=5, episodes=3, max_steps=6)
+    reference = run_play(spec, tmp_path / "reference")
+    out = tmp_path / "run"
+    with pytest.raises(Terminated, match=r"interrupted by SIGTERM: 1 of 3 episodes finished"):
+        run_play(spec, out, on_episode=sigterm_after_first)
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the run's handler is gone with it
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["episodes"] == 1 and summary["stopped"] == "interrupted by SIGTERM"
+    resumed = run_play(spec, out, resume=True)
+    assert [(e.episode, e.steps, e.episode_return) for e in resumed.episodes] == [
+        (e.episode, e.steps, e.episode_return) for e in reference.episodes
+    ]
+    assert per_episode(out) == per_episode(tmp_path / "reference")
+
+
+def test_sigterm_stops_training_with_a_summary_and_resume_finishes(tmp_path):
+    from atari_vlm.errors import Terminated
+    from atari_vlm.training import VLMTrainer
+
+    settings = dict(eval_every=5, eval_seeds=(10_000,), max_steps=5, env_options={"frame_skip": 8})
+    out = tmp_path / "train"
+    with pytest.raises(Terminated, match=r"interrupted by SIGTERM: 1 of 3 training episodes finished"):
+        VLMTrainer("Pong", "random", out_dir=out, **settings).train(3, on_episode=sigterm_after_first)
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["stopped"] == "interrupted by SIGTERM"
+    result = VLMTrainer.resume(out).train(3)
+    assert [e.episode for e in result.episodes] == [0, 1, 2]
+    assert sorted(e["episode"] for e in read_jsonl(out / "episodes.jsonl")) == [0, 1, 2]

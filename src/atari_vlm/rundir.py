@@ -108,11 +108,12 @@ def write_text_atomic(path: Path, text: str) -> None:
     """Write to a temp file beside ``path`` and rename it over: readers never see a partial file.
 
     Raises:
-        ConfigError: ``path`` or its folder is a symbolic link (nothing is written through a link).
+        ConfigError: ``path`` is a symbolic link (nothing is written through a link; the folders
+            inside a run directory are checked by :func:`refuse_links`, and the run directory itself
+            may be a link: where runs live is the user's choice).
     """
-    for p in (path, path.parent):
-        if p.is_symlink():
-            raise _link_error(p)
+    if path.is_symlink():
+        raise _link_error(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         os.chmod(tmp, 0o644)  # mkstemp makes it private; a run directory is meant to be shared

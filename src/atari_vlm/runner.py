@@ -16,12 +16,9 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import errno
-import os
 import shutil
-import signal
-import threading
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -36,6 +33,7 @@ from atari_vlm.models.registry import LoadedModel, load_model
 from atari_vlm.rollout import EpisodeResult, episode_seeds, explicit_seeds, play_episodes
 from atari_vlm.rundir import RunDir, read_episode_records, run_record, write_json_atomic
 from atari_vlm.spec import RunSpec
+from atari_vlm.stopping import StopOnSignals, signal_name
 from atari_vlm.workers import action_names, model_spec_for, prompt_builder, worker_factory
 
 __all__ = ["Executor", "RunSummary", "decisions_bound", "estimate_cost", "run_play", "validate"]
@@ -195,7 +193,7 @@ def _run_play(
     start = time.perf_counter()
     stopped = None
     interrupt: KeyboardInterrupt | None = None
-    with _StopOnSignals() as stopper:
+    with StopOnSignals() as stopper:
         try:
             try:
                 if executor is not None:
@@ -216,7 +214,7 @@ def _run_play(
                 stopped = f"budget: {exc}"  # finished episodes stand; the cut one replays on --resume
             except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: the same, a summary and a resumable run
                 interrupt = exc
-                stopped = f"interrupted by {'SIGTERM' if isinstance(exc, Terminated) else 'SIGINT'}"
+                stopped = f"interrupted by {signal_name(exc)}"
             finally:
                 run.close()
         except OSError as exc:
@@ -262,73 +260,6 @@ def _disk_full(exc: OSError, path: Path) -> bool:
         return shutil.disk_usage(path).free < 2**20
     except OSError:
         return False
-
-
-class _StopOnSignals:
-    """While a run plays, SIGINT and SIGTERM stop it the same way: the first cancels the playing task
-    (its ``finally`` blocks close files and clients) or, outside the event loop, raises
-    :class:`KeyboardInterrupt` (:class:`~atari_vlm.errors.Terminated` for SIGTERM); a second only
-    says the run is stopping (cleanup is not cut short, so no traceback and a whole summary); a third
-    exits at once (the run stays resumable: every finished episode is on disk).
-
-    Installed only in the main thread, and only over Python's default handlers (an embedding program
-    that set its own keeps them).
-    """
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-    def __init__(self) -> None:
-        self.received: list[int] = []
-        self._task: asyncio.Task[Any] | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._old: dict[int, Any] = {}
-
-    def __enter__(self) -> _StopOnSignals:
-        if threading.current_thread() is not threading.main_thread():
-            return self
-        defaults = {signal.SIGINT: signal.default_int_handler, signal.SIGTERM: signal.SIG_DFL}
-        if any(signal.getsignal(s) is not defaults[s] for s in self.SIGNALS):
-            return self
-        for s in self.SIGNALS:
-            self._old[s] = signal.signal(s, self._handle)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for s, handler in self._old.items():
-            signal.signal(s, handler)
-        self._old.clear()
-
-    def _exception(self) -> KeyboardInterrupt:
-        return Terminated() if self.received[0] == signal.SIGTERM else KeyboardInterrupt()
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        self.received.append(signum)
-        if len(self.received) == 1:
-            if self._task is not None and self._loop is not None and not self._task.done():
-                self._loop.call_soon_threadsafe(self._task.cancel)
-                return
-            raise self._exception()
-        if len(self.received) == 2:
-            os.write(2, b"stopping: closing the run and writing summary.json (signal again to quit now)\n")
-            return
-        os._exit(128 + signum)  # asked three times: every finished episode is already on disk
-
-    def run(self, coro: Coroutine[Any, Any, Any]) -> Any:
-        """``asyncio.run(coro)``, cancelled (not interrupted mid-bytecode) by the first signal."""
-
-        async def main() -> Any:
-            self._task, self._loop = asyncio.current_task(), asyncio.get_running_loop()
-            return await coro
-
-        try:
-            with asyncio.Runner() as runner:
-                return runner.run(main())
-        except asyncio.CancelledError:
-            if self.received:
-                raise self._exception() from None
-            raise
-        finally:
-            self._task = self._loop = None
 
 
 async def _play_and_close(

@@ -67,6 +67,7 @@ from atari_vlm.rundir import (
     write_text_atomic,
 )
 from atari_vlm.spec import ModelSpec, RunSpec, check_int
+from atari_vlm.stopping import StopOnSignals, signal_name
 from atari_vlm.workers import action_names, build_agent, model_spec_for, prompt_builder
 
 STATE_VERSION = 1
@@ -543,27 +544,41 @@ class VLMTrainer:
             raise
         writer = None
         stopped = None
+        interrupt: KeyboardInterrupt | None = None
         start = time.perf_counter()
-        try:
-            if resume:
-                state = _State.read(self.out_dir / "trainer_state.json")
-            else:
-                self._clear_outputs()
-                state = _State()
-            kept = {r["episode"]: EpisodeResult.from_record(r) for r in run.kept_episodes}
-            self.store.remove_incomplete(self.game)
-            for path in self.train_spec.demos:
-                import_demonstration(self.store, path, game=self.game)
-            writer = _summary_writer(self.out_dir / "tensorboard")
-            context = _Session(run, state, kept, writer, start, state.wall_s, on_episode, on_evaluation)
+        with StopOnSignals() as stopper:  # Ctrl-C and SIGTERM alike: a summary, then resumable
             try:
-                asyncio.run(self._train(num_episodes, context, close=loaded is not None))
-            except BudgetExceeded as exc:
-                stopped = f"budget: {exc}"  # finished batches stand; train again with resume to go on
-        finally:
-            run.close()
-            if writer is not None:
-                writer.close()
+                if resume:
+                    state = _State.read(self.out_dir / "trainer_state.json")
+                else:
+                    self._clear_outputs()
+                    state = _State()
+                kept = {r["episode"]: EpisodeResult.from_record(r) for r in run.kept_episodes}
+                self.store.remove_incomplete(self.game)
+                for path in self.train_spec.demos:
+                    import_demonstration(self.store, path, game=self.game)
+                writer = _summary_writer(self.out_dir / "tensorboard")
+                context = _Session(run, state, kept, writer, start, state.wall_s, on_episode, on_evaluation)
+                try:
+                    stopper.run(self._train(num_episodes, context, close=loaded is not None))
+                except BudgetExceeded as exc:
+                    stopped = f"budget: {exc}"  # finished batches stand; train again with resume to go on
+                except KeyboardInterrupt as exc:
+                    interrupt, stopped = exc, f"interrupted by {signal_name(exc)}"
+            finally:
+                run.close()
+                if writer is not None:
+                    writer.close()
+            return self._finish(num_episodes, kept, state, stopped, interrupt)
+
+    def _finish(
+        self,
+        num_episodes: int,
+        kept: dict[int, EpisodeResult],
+        state: _State,
+        stopped: str | None,
+        interrupt: KeyboardInterrupt | None,
+    ) -> TrainingResult:
         result = TrainingResult(
             out_dir=self.out_dir,
             episodes=[kept[i] for i in sorted(kept) if i < num_episodes],
@@ -573,6 +588,11 @@ class VLMTrainer:
             stopped=stopped,
         )
         write_json_atomic(self.out_dir / "summary.json", result.to_dict())
+        if interrupt is not None:
+            raise type(interrupt)(
+                f"{stopped}: {len(result.episodes)} of {num_episodes} training episodes finished, summary in "
+                f"{self.out_dir / 'summary.json'}; continue with train --resume --out {self.out_dir}"
+            ) from None
         return result
 
     def _config(self, spec: RunSpec, loaded: LoadedModel | None) -> dict[str, Any]:
