@@ -244,3 +244,109 @@ def test_a_nearly_full_disk_is_a_clear_error_before_play(tmp_path, monkeypatch):
     out = tmp_path / "run"
     assert main(["play", "--game", "Pong", "--agent", "random", "--out", str(out)]) == 2
     assert not out.exists()
+
+
+def wait_for(condition, what, proc, limit_s=120):
+    """Wait for a state of the run or the server (never a fixed sleep); fail if the run ends first."""
+    deadline = time.monotonic() + limit_s
+    while not condition():
+        assert proc.poll() is None, f"the run ended before {what}: {proc.stderr.read()}"
+        assert time.monotonic() < deadline, f"no {what} after {limit_s} s"
+        time.sleep(0.02)
+
+
+def finished_episodes(out):
+    path = out / "episodes.jsonl"
+    return [e["episode"] for e in read_jsonl(path)] if path.exists() else []
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signals", [(signal.SIGTERM,), (signal.SIGINT, signal.SIGINT)])
+def test_sigterm_or_two_sigints_mid_request_end_the_run_like_ctrl_c_and_resume_finishes_it(tmp_path, signals):
+    """A stalled request (the server holds it), then SIGTERM (or Ctrl-C twice): a message, no
+    traceback, summary.json of the finished episodes, and --resume plays the rest, none lost or doubled."""
+    with serve_in_thread(reply=reply, hang_s=120) as server:
+        reference = tmp_path / "reference"
+        done = subprocess.run(
+            play_args(server.base_url, reference), capture_output=True, text=True, timeout=300
+        )
+        assert done.returncode == 0, done.stderr
+
+        out = tmp_path / "stopped"
+        env = {**os.environ, "COLUMNS": "400"}
+        proc = subprocess.Popen(
+            play_args(server.base_url, out),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        wait_for(lambda: finished_episodes(out) == [0], "episode 0 finished", proc)
+        server.add_faults(*["hang"] * 20)  # every request from here on stalls (retries included)
+        wait_for(
+            lambda: server.stats()["in_flight"] >= 1 and server.pending_faults < 20, "a stalled request", proc
+        )
+        for signum in signals:  # a second Ctrl-C comes while the first is still being handled
+            os.kill(proc.pid, signum)
+        _, stderr = proc.communicate(timeout=120)
+        server.clear_faults()
+
+        name = "SIGTERM" if signals[0] == signal.SIGTERM else "SIGINT"
+        assert proc.returncode == (143 if name == "SIGTERM" else 130), stderr
+        assert "Traceback" not in stderr, stderr
+        assert f"interrupted: interrupted by {name}: 1 of 3 episodes finished" in stderr, stderr
+        assert "--resume" in stderr
+        summary = json.loads((out / "summary.json").read_text())
+        assert summary["episodes"] == 1 and summary["stopped"] == f"interrupted by {name}"
+        assert not list((out / "videos").glob("episode_0001*"))  # the cut episode left no video
+
+        resumed = subprocess.run(
+            play_args(server.base_url, out, "--resume"), capture_output=True, text=True, timeout=300
+        )
+        assert resumed.returncode == 0, resumed.stderr
+
+    assert finished_episodes(out) == [0, 1, 2]
+    assert per_episode(out) == per_episode(reference)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["episodes"] == 3 and summary["stopped"] is None
+
+
+def sigterm_after_first(result):
+    """An on_episode callback that sends this process SIGTERM once episode 0 is on disk."""
+    if result.episode == 0:
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def test_sigterm_in_process_stops_play_with_a_summary_and_resume_finishes(tmp_path):
+    from atari_vlm.errors import Terminated
+    from atari_vlm.runner import run_play
+
+    spec = RunSpec.build(game="Pong", agent="random", seed=5, episodes=3, max_steps=6)
+    reference = run_play(spec, tmp_path / "reference")
+    out = tmp_path / "run"
+    with pytest.raises(Terminated, match=r"interrupted by SIGTERM: 1 of 3 episodes finished"):
+        run_play(spec, out, on_episode=sigterm_after_first)
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the run's handler is gone with it
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["episodes"] == 1 and summary["stopped"] == "interrupted by SIGTERM"
+    resumed = run_play(spec, out, resume=True)
+    assert [(e.episode, e.steps, e.episode_return) for e in resumed.episodes] == [
+        (e.episode, e.steps, e.episode_return) for e in reference.episodes
+    ]
+    assert per_episode(out) == per_episode(tmp_path / "reference")
+
+
+def test_sigterm_stops_training_with_a_summary_and_resume_finishes(tmp_path):
+    from atari_vlm.errors import Terminated
+    from atari_vlm.training import VLMTrainer
+
+    settings = dict(eval_every=5, eval_seeds=(10_000,), max_steps=5, env_options={"frame_skip": 8})
+    out = tmp_path / "train"
+    with pytest.raises(Terminated, match=r"interrupted by SIGTERM: 1 of 3 training episodes finished"):
+        VLMTrainer("Pong", "random", out_dir=out, **settings).train(3, on_episode=sigterm_after_first)
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["stopped"] == "interrupted by SIGTERM"
+    result = VLMTrainer.resume(out).train(3)
+    assert [e.episode for e in result.episodes] == [0, 1, 2]
+    assert sorted(e["episode"] for e in read_jsonl(out / "episodes.jsonl")) == [0, 1, 2]

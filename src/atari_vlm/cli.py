@@ -7,16 +7,19 @@ Exit codes: 0 success, 2 bad input (the message says what was wrong and what wou
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import signal
 import sys
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from rich.markup import escape
 from rich.table import Table
 
 from atari_vlm import __version__
-from atari_vlm.errors import ConfigError, ModelError
+from atari_vlm.errors import ConfigError, DiskFull, ModelError, Terminated
 from atari_vlm.terminal import (
     DecisionProgress,
     error_line,
@@ -859,9 +862,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ModelError as exc:
         error_line(err, "model error", str(exc))
         return 1
-    except KeyboardInterrupt:
-        err.print("interrupted")
-        return 130
+    except DiskFull as exc:
+        error_line(err, "error", str(exc))
+        return 1
+    except KeyboardInterrupt as exc:  # SIGINT, or SIGTERM (Terminated): the run wrote what it had
+        with _signals_ignored():  # one more Ctrl-C must not cut this message short with a traceback
+            error_line(err, "interrupted", str(exc) or "stopped")
+        return 143 if isinstance(exc, Terminated) else 130
+
+
+@contextlib.contextmanager
+def _signals_ignored() -> Iterator[None]:
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
 
 
 if __name__ == "__main__":

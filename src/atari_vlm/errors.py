@@ -15,6 +15,16 @@ class DependencyNotInstalled(ConfigError, ImportError):
     """An optional package is missing; the message names the pip command that installs it."""
 
 
+class DiskFull(OSError):
+    """The disk filled up mid-run: the CLI prints one line (exit 1); finished episodes are kept and
+    ``--resume`` replays the cut one once space is freed."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM stopped the run: handled like Ctrl-C (finished episodes kept, summary written,
+    resumable), told apart only for the exit code (143 rather than 130)."""
+
+
 class ModelError(RuntimeError):
     """A model call failed in a way retrying will not fix (bad key, unknown model, bad request)."""
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import os
 import tempfile
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -350,10 +349,7 @@ def write_episode(run: RunDir, output: EpisodeOutput) -> EpisodeResult:
     for record in output.steps:
         run.log_step(record)
     if output.video is not None:
-        path = run.video_path(result.episode)
-        part = path.with_name(path.name + ".part")  # a crash mid-write leaves no broken .mp4
-        part.write_bytes(output.video)
-        os.replace(part, path)
+        path = run.write_video(result.episode, output.video)
         result.video = str(path.relative_to(run.path))
     run.log_episode(result.to_record())
     return result

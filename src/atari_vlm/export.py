@@ -42,7 +42,7 @@ import numpy as np
 from atari_vlm import __version__
 from atari_vlm.errors import ConfigError, require
 from atari_vlm.games import game_info, resolve_game
-from atari_vlm.rundir import read_jsonl, read_run_spec
+from atari_vlm.rundir import read_json_file, read_jsonl, read_run_spec
 from atari_vlm.spec import RunSpec, is_finite_number, is_integer
 from atari_vlm.video import read_native_frames
 
@@ -207,10 +207,7 @@ def _open_memory(path: Path) -> _Source:
 
 
 def _read_config(path: Path) -> tuple[dict[str, Any], RunSpec]:
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"cannot read {path}: {exc}") from exc
+    config = read_json_file(path)
     return config, read_run_spec(config, path)
 
 
@@ -232,9 +229,10 @@ def _open_run(path: Path) -> _Source:
             if is_integer(record.get("episode")):
                 by_episode.setdefault(record["episode"], []).append(record)
     finished: dict[int, dict[str, Any]] = {}
-    for record in read_jsonl(path / "episodes.jsonl"):
-        if is_integer(record.get("episode")):
-            finished.setdefault(record["episode"], record)
+    for record in read_jsonl(path / "episodes.jsonl"):  # bad lines skipped; each field checked as used
+        number = record.get("episode")
+        if is_integer(number) and 0 <= number < run_spec.episodes:
+            finished.setdefault(number, record)
     episodes = []
     for number in sorted(finished):
         record = finished[number]

@@ -51,6 +51,10 @@ STRATEGIES: tuple[str, ...] = ("key_moments", "similar")
 MAX_IMAGE_SIDE = 4096  # a 4x4 grid of 1024-pixel frames still fits
 MAX_EPISODE_STEPS = 1_000_000
 MAX_FRAMES_BYTES = 2**31  # 2 GiB of decoded pixels per episode: beyond it a file is refused, not loaded
+MAX_NPZ_EXPANSION = 600
+"""How many times its stored size an npz member may expand to. Real Atari frames deflate 96-362x (1000
+random-action frames of Freeway, MontezumaRevenge, Breakout, Pong; 112-410x for one frame repeated);
+zeros reach deflate's limit, ~1030x: a small file declaring a huge array is refused before decoding."""
 MAX_META_BYTES = 2**20
 MAX_STEP_LINE_BYTES = 2**14
 MAX_TEXT_LENGTH = 4096
@@ -360,6 +364,12 @@ def _read_npz(
                     raise _bad(path, f"unexpected member {info.filename!r}; allowed: {sorted(dtypes)}")
                 with archive.open(info) as handle:
                     headers[name] = _npy_header(handle)
+                if info.file_size > MAX_NPZ_EXPANSION * max(info.compress_size, 1) + 2**16:
+                    raise _bad(
+                        path,
+                        f"{info.filename} expands from {info.compress_size} to {info.file_size} bytes, more "
+                        f"than {MAX_NPZ_EXPANSION} times: not frames an episode holds (a zip bomb?)",
+                    )
     except ConfigError:
         raise
     except _NPZ_ERRORS as exc:

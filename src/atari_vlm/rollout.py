@@ -229,7 +229,9 @@ async def play_episode(
                 sink.finish(result.episode_return)
             else:
                 sink.abort()
-        if writer is not None:
+        if writer is not None and not finished:
+            writer.abort()  # no .mp4 for an episode that did not end: a resume plays it again
+        elif writer is not None:
             path = writer.close()
             if path is not None and run is not None:
                 result.video = str(path.relative_to(run.path))

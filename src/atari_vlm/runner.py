@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import errno
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,14 +26,15 @@ from typing import Any, Protocol
 import numpy as np
 
 from atari_vlm.bench.protocols import load_protocol
-from atari_vlm.errors import ConfigError
+from atari_vlm.errors import ConfigError, DiskFull, Terminated
 from atari_vlm.framestore import FrameStore
 from atari_vlm.models.base import Usage
 from atari_vlm.models.costs import BudgetedVLM, BudgetExceeded, cost_usd, estimate_request_usage
 from atari_vlm.models.registry import LoadedModel, load_model
 from atari_vlm.rollout import EpisodeResult, episode_seeds, explicit_seeds, play_episodes
-from atari_vlm.rundir import RunDir, read_jsonl, run_record, write_json_atomic
+from atari_vlm.rundir import RunDir, read_episode_records, run_record, write_json_atomic
 from atari_vlm.spec import RunSpec
+from atari_vlm.stopping import StopOnSignals, signal_name
 from atari_vlm.workers import action_names, model_spec_for, prompt_builder, worker_factory
 
 __all__ = [
@@ -77,8 +80,9 @@ class RunSummary:
     episodes: list[EpisodeResult]
     wall_s: float
     warning: str | None = None
-    stopped: str | None = None  # why the run ended early (a budget), None when it played everything
+    stopped: str | None = None  # why the run ended early (a budget, a signal), None when it played all
     spent_usd: float | None = None  # what this invocation's calls cost (a resumed run's earlier ones not)
+    skipped_records: int = 0  # bad lines in the run's files, skipped (never counted as episodes)
 
     @property
     def usage(self) -> Usage:
@@ -115,6 +119,7 @@ class RunSummary:
             "warning": self.warning,
             "stopped": self.stopped,
             "spent_usd": self.spent_usd,
+            "skipped_records": self.skipped_records,
         }
 
 
@@ -197,41 +202,74 @@ def _run_play(
         on_start(model, len(todo) * decisions_bound(spec)[0])  # each episode's bound: see decisions_bound
     start = time.perf_counter()
     stopped = None
-    try:
-        if executor is not None:
-            executor.play(episode_ids=todo, run=run, on_step=on_step, on_episode=on_episode)
-        else:
-            asyncio.run(
-                _play_and_close(
-                    spec,
-                    model,
-                    close_model=loaded is None or close_loaded,
-                    run=run,
-                    episode_ids=todo,
-                    on_step=on_step,
-                    on_episode=on_episode,
-                )
-            )
-    except BudgetExceeded as exc:
-        stopped = f"budget: {exc}"  # finished episodes stand; the interrupted one replays on --resume
-    finally:
-        run.close()
-    # The run directory is the record: the summary is read back from it, whatever happened above.
-    finished = {
-        r["episode"]: r for r in read_jsonl(run.path / "episodes.jsonl") if r["episode"] < spec.episodes
-    }
-    summary = RunSummary(
-        out=run.path,
-        game=spec.game,
-        model=_describe(model, spec),
-        episodes=[EpisodeResult.from_record(finished[i]) for i in sorted(finished)],
-        wall_s=time.perf_counter() - start,
-        warning=model.warning if model else None,
-        stopped=stopped,
-        spent_usd=model.vlm.spent_usd if model and model.prices and executor is None else None,
-    )
-    write_json_atomic(run.path / "summary.json", summary.to_dict())
+    interrupt: KeyboardInterrupt | None = None
+    with StopOnSignals() as stopper:
+        try:
+            try:
+                if executor is not None:
+                    executor.play(episode_ids=todo, run=run, on_step=on_step, on_episode=on_episode)
+                else:
+                    stopper.run(
+                        _play_and_close(
+                            spec,
+                            model,
+                            close_model=loaded is None or close_loaded,
+                            run=run,
+                            episode_ids=todo,
+                            on_step=on_step,
+                            on_episode=on_episode,
+                        )
+                    )
+            except BudgetExceeded as exc:
+                stopped = f"budget: {exc}"  # finished episodes stand; the cut one replays on --resume
+            except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: the same, a summary and a resumable run
+                interrupt = exc
+                stopped = f"interrupted by {signal_name(exc)}"
+            finally:
+                run.close()
+        except OSError as exc:
+            if not _disk_full(exc, run.path):
+                raise
+            raise DiskFull(
+                f"the disk holding {run.path} is full ({exc.strerror or 'no space left'}); the finished "
+                f"episodes are kept: free some space and continue with --resume --out {run.path}"
+            ) from None
+        # The run directory is the record: the summary is read back from it, whatever happened above.
+        finished = read_episode_records(run.path / "episodes.jsonl", spec.episodes)
+        summary = RunSummary(
+            out=run.path,
+            game=spec.game,
+            model=_describe(model, spec),
+            episodes=[EpisodeResult.from_record(r) for r in finished.records],
+            wall_s=time.perf_counter() - start,
+            warning=model.warning if model else None,
+            stopped=stopped,
+            spent_usd=model.vlm.spent_usd if model and model.prices and executor is None else None,
+            skipped_records=finished.skipped + run.skipped_records,  # this read's, and the resume's
+        )
+        write_json_atomic(run.path / "summary.json", summary.to_dict())
+    if interrupt is not None:
+        done = len(summary.episodes)
+        message = (
+            f"{stopped}: {done} of {spec.episodes} episodes finished, summary in "
+            f"{run.path / 'summary.json'}; continue with --resume --out {run.path}"
+        )
+        raise (Terminated if isinstance(interrupt, Terminated) else KeyboardInterrupt)(message) from None
     return summary
+
+
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+
+
+def _disk_full(exc: OSError, path: Path) -> bool:
+    """Whether ``exc`` came of a full disk: by its errno, or (ffmpeg's broken pipe, which carries
+    none) by the disk now having almost nothing free."""
+    if exc.errno in DISK_FULL_ERRNOS:
+        return True
+    try:
+        return shutil.disk_usage(path).free < 2**20
+    except OSError:
+        return False
 
 
 async def _play_and_close(

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -35,7 +34,7 @@ from atari_vlm.bench.scores import (
     stratified_bootstrap_ci,
 )
 from atari_vlm.errors import ConfigError
-from atari_vlm.rundir import read_jsonl, read_run_spec, write_json_atomic
+from atari_vlm.rundir import read_episode_records, read_json_file, read_run_spec, write_json_atomic
 from atari_vlm.spec import RunSpec, differences, is_finite_number
 from atari_vlm.terminal import Column, render_table
 
@@ -51,6 +50,7 @@ class RunRecord:
     model: str  # the model as loaded ("random"/"expert" for a reference agent)
     random_weights: bool
     episodes: tuple[dict[str, Any], ...]
+    skipped_records: int = 0  # bad lines of its episodes.jsonl, left out of every figure
 
     @property
     def game(self) -> str:
@@ -83,14 +83,11 @@ def load_run(path: str | Path) -> RunRecord:
     config_path = path / "config.json"
     if not config_path.is_file():
         raise ConfigError(f"{path} is not a run directory: it has no config.json")
-    try:
-        config = json.loads(config_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"cannot read {config_path}: {exc}") from exc
+    config = read_json_file(config_path)
     spec = read_run_spec(config, config_path)
-    episodes_path = path / "episodes.jsonl"
-    episodes = read_jsonl(episodes_path) if episodes_path.is_file() else []
-    episodes = [e for e in episodes if isinstance(e, dict) and is_finite_number(e.get("return"))]
+    # Only records that are whole episodes of this run count (typed fields, numbers 0..episodes-1).
+    found = read_episode_records(path / "episodes.jsonl", spec.episodes)
+    episodes = [e for e in found.records if is_finite_number(e.get("return"))]
     model = config.get("model") if isinstance(config.get("model"), dict) else {}
     return RunRecord(
         path=path,
@@ -98,6 +95,7 @@ def load_run(path: str | Path) -> RunRecord:
         model=spec.agent if spec.agent != "vlm" else str(model.get("spec", spec.model.model)),
         random_weights=bool(model.get("random_weights", False)),
         episodes=tuple(episodes),
+        skipped_records=found.skipped,
     )
 
 

@@ -14,7 +14,6 @@ import asyncio
 import contextlib
 import dataclasses
 import functools
-import json
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -29,7 +28,7 @@ from atari_vlm.executors import RayExecutor, ray_session
 from atari_vlm.experts import EXPERT_GAMES
 from atari_vlm.models.registry import LoadedModel, load_model
 from atari_vlm.rollout import EpisodeResult
-from atari_vlm.rundir import read_jsonl, resume_refusal
+from atari_vlm.rundir import read_episode_records, read_json_file, resume_refusal
 from atari_vlm.runner import (
     MeasuredDecision,
     RunSummary,
@@ -186,8 +185,8 @@ def _resume_refusal(combo: Combination) -> str | None:
     if not config_path.is_file():
         return None
     try:
-        old = json.loads(config_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
+        old = read_json_file(config_path)
+    except ConfigError as exc:
         return f"its config.json is unreadable ({exc})"
     new = {"kind": "play", "model": None}
     if isinstance(old, dict) and isinstance(old.get("model"), dict):
@@ -198,7 +197,7 @@ def _resume_refusal(combo: Combination) -> str | None:
 def _is_complete(out: Path, episodes: int) -> bool:
     if not (out / "summary.json").exists() or not (out / "episodes.jsonl").exists():
         return False
-    done = {r.get("episode") for r in read_jsonl(out / "episodes.jsonl")}
+    done = {r["episode"] for r in read_episode_records(out / "episodes.jsonl", episodes).records}
     return set(range(episodes)) <= done
 
 

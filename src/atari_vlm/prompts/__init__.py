@@ -118,6 +118,8 @@ def render_system_prompt(
             actions=actions,
             answer_instruction=answer_instruction(answer_format),
         )
+    except ConfigError:
+        raise  # an unreadable prompt file says so itself (a ConfigError is a ValueError too)
     except (KeyError, ValueError) as exc:
         raise ConfigError(
             f"prompt template {style!r} uses an unknown or malformed variable ({exc}); "

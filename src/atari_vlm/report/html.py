@@ -33,7 +33,15 @@ import numpy as np
 
 from atari_vlm.errors import ConfigError, require
 from atari_vlm.framestore import FRAMES_DIR, HASH, PROMPTS_DIR
-from atari_vlm.rundir import read_jsonl, read_run_spec, write_text_atomic
+from atari_vlm.rundir import (
+    read_episode_records,
+    read_json_file,
+    read_jsonl,
+    read_jsonl_records,
+    read_run_spec,
+    refuse_links,
+    write_text_atomic,
+)
 from atari_vlm.spec import RunSpec
 from atari_vlm.video import read_native_frames
 
@@ -71,10 +79,13 @@ STEP_COLUMNS = (
 
 
 def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"cannot read {path}: {exc}") from exc
+    """A JSON file of the run, read within bounds (:func:`~atari_vlm.rundir.read_json_file`)."""
+    return read_json_file(path)
+
+
+def _step_episode_ok(step: Mapping[str, Any], episodes: int) -> bool:
+    number = step.get("episode")
+    return isinstance(number, int) and not isinstance(number, bool) and 0 <= number < episodes
 
 
 def _num(value: Any) -> float | None:
@@ -598,12 +609,12 @@ def render_report(
     require("matplotlib", extra="report")
     config = _read_json(run_dir / "config.json")
     spec = read_run_spec(config, run_dir / "config.json")
-    steps = read_jsonl(run_dir / "steps.jsonl") if (run_dir / "steps.jsonl").is_file() else []
-    episodes = read_jsonl(run_dir / "episodes.jsonl") if (run_dir / "episodes.jsonl").is_file() else []
-    steps = [s for s in steps if isinstance(s, dict)]
-    episodes = sorted(
-        (e for e in episodes if isinstance(e, dict)), key=lambda e: _episode_key(e.get("episode"))
-    )
+    # Bad records (unreadable, mistyped, an episode number outside the run) are skipped, and counted.
+    step_records = read_jsonl_records(run_dir / "steps.jsonl")
+    episode_records = read_episode_records(run_dir / "episodes.jsonl", spec.episodes)
+    steps = [s for s in step_records.records if _step_episode_ok(s, spec.episodes)]
+    episodes = episode_records.records
+    skipped = step_records.skipped + len(step_records.records) - len(steps) + episode_records.skipped
     summary = _read_json(run_dir / "summary.json") if (run_dir / "summary.json").is_file() else {}
     model = config.get("model") if isinstance(config.get("model"), dict) else {}
     viewer = _viewer_data(
@@ -631,7 +642,9 @@ def render_report(
         title=_e(title),
         run_dir=_e(run_dir.resolve().name),
         banner=banner,
-        summary=_dl(_summary(config, steps, episodes)),
+        summary=_dl(
+            _summary(config, steps, episodes) + ([("bad records skipped", _fmt(skipped))] if skipped else [])
+        ),
         settings=_dl(_settings(config, spec)),
         training=_training(run_dir),
         episodes=_episodes_table(episodes) if episodes else "<p>No finished episode.</p>",
@@ -667,6 +680,7 @@ def write_report(
         ConfigError: not a run directory, or a bad cap.
         DependencyNotInstalled: matplotlib is missing (``pip install "atari-vlm[report]"``).
     """
+    refuse_links(run_dir)  # the page is written only inside the run directory, never through a link
     page = render_report(
         run_dir, max_frames_per_episode=max_frames_per_episode, max_frames_total=max_frames_total
     )

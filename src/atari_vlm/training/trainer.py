@@ -62,14 +62,17 @@ from atari_vlm.models.registry import LoadedModel, load_model
 from atari_vlm.rollout import EpisodeResult, EpisodeSeeds, episode_seeds, play_episodes
 from atari_vlm.rundir import (
     RunDir,
+    read_json_file,
     read_jsonl,
     read_run_spec,
+    remove_run_file,
     run_record,
     write_json_atomic,
     write_text_atomic,
 )
 from atari_vlm.runner import decisions_bound
 from atari_vlm.spec import ModelSpec, RunSpec, check_int
+from atari_vlm.stopping import StopOnSignals, signal_name
 from atari_vlm.workers import action_names, build_agent, model_spec_for, prompt_builder
 
 STATE_VERSION = 1
@@ -162,9 +165,9 @@ class _State:
         if not path.exists():  # interrupted before the first checkpoint: nothing is done
             return cls()
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ConfigError(f"cannot resume: {path} is unreadable or corrupt ({exc})") from exc
+            data = read_json_file(path)
+        except ConfigError as exc:
+            raise ConfigError(f"cannot resume: {exc}") from None
         ok = (
             isinstance(data, dict)
             and data.get("schema_version") == STATE_VERSION
@@ -496,9 +499,9 @@ class VLMTrainer:
         """
         path = Path(out_dir) / "config.json"
         try:
-            config = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ConfigError(f"nothing to resume in {out_dir}: cannot read {path} ({exc})") from exc
+            config = read_json_file(path)
+        except ConfigError as exc:
+            raise ConfigError(f"nothing to resume in {out_dir}: {exc}") from None
         if not isinstance(config, dict) or config.get("kind") != "train":
             raise ConfigError(f"nothing to resume in {out_dir}: it holds no training run")
         spec = read_run_spec(config, path).replace(**{"max_cost_usd": None, **changes})
@@ -546,27 +549,41 @@ class VLMTrainer:
             raise
         writer = None
         stopped = None
+        interrupt: KeyboardInterrupt | None = None
         start = time.perf_counter()
-        try:
-            if resume:
-                state = _State.read(self.out_dir / "trainer_state.json")
-            else:
-                self._clear_outputs()
-                state = _State()
-            kept = {r["episode"]: EpisodeResult.from_record(r) for r in run.kept_episodes}
-            self.store.remove_incomplete(self.game)
-            for path in self.train_spec.demos:
-                import_demonstration(self.store, path, game=self.game)
-            writer = _summary_writer(self.out_dir / "tensorboard")
-            context = _Session(run, state, kept, writer, start, state.wall_s, on_episode, on_evaluation)
+        with StopOnSignals() as stopper:  # Ctrl-C and SIGTERM alike: a summary, then resumable
             try:
-                asyncio.run(self._train(num_episodes, context, close=loaded is not None))
-            except BudgetExceeded as exc:
-                stopped = f"budget: {exc}"  # finished batches stand; train again with resume to go on
-        finally:
-            run.close()
-            if writer is not None:
-                writer.close()
+                if resume:
+                    state = _State.read(self.out_dir / "trainer_state.json")
+                else:
+                    self._clear_outputs()
+                    state = _State()
+                kept = {r["episode"]: EpisodeResult.from_record(r) for r in run.kept_episodes}
+                self.store.remove_incomplete(self.game)
+                for path in self.train_spec.demos:
+                    import_demonstration(self.store, path, game=self.game)
+                writer = _summary_writer(self.out_dir / "tensorboard")
+                context = _Session(run, state, kept, writer, start, state.wall_s, on_episode, on_evaluation)
+                try:
+                    stopper.run(self._train(num_episodes, context, close=loaded is not None))
+                except BudgetExceeded as exc:
+                    stopped = f"budget: {exc}"  # finished batches stand; train again with resume to go on
+                except KeyboardInterrupt as exc:
+                    interrupt, stopped = exc, f"interrupted by {signal_name(exc)}"
+            finally:
+                run.close()
+                if writer is not None:
+                    writer.close()
+            return self._finish(num_episodes, kept, state, stopped, interrupt)
+
+    def _finish(
+        self,
+        num_episodes: int,
+        kept: dict[int, EpisodeResult],
+        state: _State,
+        stopped: str | None,
+        interrupt: KeyboardInterrupt | None,
+    ) -> TrainingResult:
         result = TrainingResult(
             out_dir=self.out_dir,
             episodes=[kept[i] for i in sorted(kept) if i < num_episodes],
@@ -576,6 +593,11 @@ class VLMTrainer:
             stopped=stopped,
         )
         write_json_atomic(self.out_dir / "summary.json", result.to_dict())
+        if interrupt is not None:
+            raise type(interrupt)(
+                f"{stopped}: {len(result.episodes)} of {num_episodes} training episodes finished, summary in "
+                f"{self.out_dir / 'summary.json'}; continue with train --resume --out {self.out_dir}"
+            ) from None
         return result
 
     def _config(self, spec: RunSpec, loaded: LoadedModel | None) -> dict[str, Any]:
@@ -585,7 +607,7 @@ class VLMTrainer:
     def _clear_outputs(self) -> None:
         """A fresh run starts from nothing (RunDir has cleared its own files, or there were none)."""
         for name in ("trainer_state.json", "learning_curve.jsonl", "learning_curve.csv", "evaluations.jsonl"):
-            (self.out_dir / name).unlink(missing_ok=True)
+            remove_run_file(self.out_dir / name)
         for name in ("memory", "tensorboard"):
             shutil.rmtree(self.out_dir / name, ignore_errors=True)
 
