@@ -263,11 +263,11 @@ def test_the_cli_says_one_line_and_exits_2_for_hostile_input(run_dir, tmp_path):
 
 @pytest.fixture
 def tiny_disk(tmp_path):
-    """A 1 MiB tmpfs (root only; skipped elsewhere), with the start-of-run free-space check lowered."""
+    """An 8 MiB tmpfs (a run with its frame store fits; root only; skipped elsewhere), with the start-of-run free-space check lowered."""
     mount = tmp_path / "tiny"
     mount.mkdir()
     result = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True
+        ["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mount)], capture_output=True
     )
     if result.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {result.stderr.decode().strip()}")
