@@ -607,7 +607,8 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
     out.print(
         f"{result.steps} steps on {result.examples} examples from {len(result.episodes)} episode(s); "
         f"loss {result.losses[0]:.3f} -> {result.losses[-1]:.3f}; {time.perf_counter() - start:.1f} s wall "
-        f"({result.train_s:.1f} s of training steps), {time.process_time() - cpu_start:.1f} s CPU"
+        f"({result.train_s:.1f} s of training steps), {time.process_time() - cpu_start:.1f} s CPU",
+        soft_wrap=True,  # one line, whatever the terminal's width
     )
     out.print(f"play it: atari-vlm play --model {result.out_dir} ...")
     return 0
