@@ -161,6 +161,8 @@ def test_bad_requests_are_refused(base: Path, demos: Path, tmp_path: Path) -> No
         finetune(base, tmp_path / "nothing", tmp_path / "out")
     with pytest.raises(ConfigError, match="epochs"):
         finetune(base, demos, tmp_path / "out", epochs=0)
+    with pytest.raises(ConfigError, match="holds Pong episodes, not Breakout"):
+        finetune(base, demos / "Pong", tmp_path / "out", game="Breakout")
     adapter = tmp_path / "orphan"
     adapter.mkdir()
     (adapter / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "org/remote-model"}))

@@ -32,6 +32,7 @@ __all__ = [
     "check_transformers",
     "demo_cache_root",
     "demo_checkpoint",
+    "tested_range",
 ]
 
 ACTION_WORDS: tuple[str, ...] = (

@@ -7,9 +7,12 @@ used). **Examples**: for each kept step, the request the model would get in play
 :meth:`atari_vlm.prompts.builder.PromptBuilder.request` from an observation made of the stored image and state
 text, rendered with the checkpoint's chat template by the very code that renders it in play
 (:meth:`atari_vlm.models.local.LocalVLM.render`) and tokenized as in play; the target is
-``"ACTION: <name>"`` plus the end-of-sequence token, and the loss is on the target tokens only. (Play
-adds a feedback line after an unparsable answer; stored steps do not record it, so examples are the
-prompts of a player whose answers parse, as demonstrations' always do.)
+``"ACTION: <name>"`` plus the end-of-sequence token, and the loss is on the target tokens only.
+(Play adds a feedback line after an unparsable answer; stored steps do not record it, so examples
+are the prompts of a player whose answers parse, as demonstrations' always do.) **Batches** are
+padded on the right, with every output of the family's processor kept: per-token ones (Qwen's
+``mm_token_type_ids``) padded like the ids, image tensors zero-padded and concatenated (Qwen's
+flattened patches and ``image_grid_thw``, LLaVA-NeXT's patches, Idefics' pixel masks).
 
 **Saving**: with LoRA (peft, the default) ``out_dir`` is an adapter directory: ``adapter_model.safetensors``,
 ``adapter_config.json`` whose ``base_model_name_or_path`` is the base checkpoint's absolute path, a copy
