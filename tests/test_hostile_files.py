@@ -263,7 +263,8 @@ def test_the_cli_says_one_line_and_exits_2_for_hostile_input(run_dir, tmp_path):
 
 @pytest.fixture
 def tiny_disk(tmp_path):
-    """An 8 MiB tmpfs (a run with its frame store fits; root only; skipped elsewhere), with the start-of-run free-space check lowered."""
+    """An 8 MiB tmpfs (room for a short run with its frame store; root only, skipped elsewhere), with
+    the start-of-run free-space check lowered."""
     mount = tmp_path / "tiny"
     mount.mkdir()
     result = subprocess.run(

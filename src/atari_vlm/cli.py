@@ -315,9 +315,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_spec_arguments(rec, {"observation": ALL})
 
     ft = sub.add_parser("finetune", help="fine-tune a local VLM on the best recorded episodes (LoRA)")
-    ft.add_argument("--model", required=True, help="a local checkpoint directory (or a LoRA adapter dir)")
     ft.add_argument(
-        "--data", required=True, help="a trajectory store (atari-vlm record --out, a run's memory/)"
+        "--model", required=True, help="a local checkpoint directory, a LoRA adapter dir, or demo"
+    )
+    ft.add_argument(
+        "--data",
+        required=True,
+        help="a trajectory store (atari-vlm record --out, a run's memory/) or one of its game folders",
     )
     ft.add_argument("--out", required=True, help="new directory for the adapter (plays with --model <out>)")
     ft.add_argument("--game", default=None, help="only this game's episodes (default: all in --data)")
@@ -747,32 +751,63 @@ def _cmd_record(args: argparse.Namespace) -> int:
 
 
 def _cmd_finetune(args: argparse.Namespace) -> int:
+    import time
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
     from atari_vlm.training.finetune import finetune
 
-    def on_step(step: int, loss: float) -> None:
-        if step % 10 == 0:
-            err.print(f"step {step}: loss {loss:.4f}")
-
-    result = finetune(
-        args.model,
-        args.data,
-        args.out,
-        lora=not args.full,
-        epochs=args.epochs,
-        lr=args.lr,
-        batch_size=args.batch_size,
-        top_k=args.top_k,
-        seed=args.seed,
-        game=args.game,
-        prompt_style=args.prompt,
-        frame_stack=args.frame_stack,
-        max_examples=args.max_examples,
-        device=args.device,
-        on_step=on_step,
+    progress = Progress(
+        TextColumn("fine-tuning"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]}"),
+        TimeElapsedColumn(),
+        console=err,
+        transient=True,
     )
+    shown: dict[str, int] = {}
+    start, cpu_start = time.perf_counter(), time.process_time()
+
+    def on_start(total: int, examples: int) -> None:
+        err.print(f"{examples} examples, {total} optimizer steps")
+        shown["task"], shown["total"] = progress.add_task("", total=total, loss="-"), total
+        if err.is_terminal:  # a live bar; elsewhere (logs, pipes) one line per tenth of the steps
+            progress.start()
+
+    def on_step(step: int, loss: float) -> None:
+        total = shown["total"]
+        progress.update(shown["task"], completed=step, loss=f"{loss:.4f}")
+        if not err.is_terminal and (step % max(1, total // 10) == 0 or step == total):
+            err.print(f"step {step}/{total}: loss {loss:.4f} ({time.perf_counter() - start:.1f} s)")
+
+    try:
+        result = finetune(
+            args.model,
+            args.data,
+            args.out,
+            lora=not args.full,
+            epochs=args.epochs,
+            lr=args.lr,
+            batch_size=args.batch_size,
+            top_k=args.top_k,
+            seed=args.seed,
+            game=args.game,
+            prompt_style=args.prompt,
+            frame_stack=args.frame_stack,
+            max_examples=args.max_examples,
+            device=args.device,
+            on_start=on_start,
+            on_step=on_step,
+        )
+    finally:
+        if progress.live.is_started:
+            progress.stop()
     out.print(
-        f"{result.steps} steps on {result.examples} examples from {len(result.episodes)} episode(s) in "
-        f"{result.wall_s:.0f} s; loss {result.losses[0]:.3f} -> {result.losses[-1]:.3f}"
+        f"{result.steps} steps on {result.examples} examples from {len(result.episodes)} episode(s); "
+        f"loss {result.losses[0]:.3f} -> {result.losses[-1]:.3f}; {time.perf_counter() - start:.1f} s wall "
+        f"({result.train_s:.1f} s of training steps), {time.process_time() - cpu_start:.1f} s CPU",
+        soft_wrap=True,  # one line, whatever the terminal's width
     )
     out.print(f"play it: atari-vlm play --model {result.out_dir} ...")
     return 0

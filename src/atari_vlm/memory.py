@@ -898,6 +898,46 @@ def _read_pair(json_path: Path, npz_path: Path) -> tuple[dict[str, Any], tuple[S
     return info, steps, frames
 
 
+def _episode_dirs(folder: Path) -> list[Path]:
+    return sorted(
+        e for e in folder.iterdir() if e.name[0] != "." and e.is_dir() and (e / _META_FILE).is_file()
+    )
+
+
+def is_game_folder(path: Path) -> bool:
+    """Whether ``path`` is one game's folder of a trajectory store (``<store>/<Game>``, what
+    ``atari-vlm record`` prints): episode directories inside, not an episode itself."""
+    return path.is_dir() and not (path / _META_FILE).is_file() and bool(_episode_dirs(path))
+
+
+def demonstration_paths(path: str | Path, game: str) -> list[Path]:
+    """The recorded episodes a ``--demo`` path names, for :func:`import_demonstration`: an episode
+    directory or a ``NAME.npz`` + ``NAME.json`` pair (itself), a store's game folder (every episode
+    in it), or a store root (every episode of ``game`` in it).
+
+    Raises:
+        ConfigError: nothing there, or no ``game`` episodes in the folder.
+    """
+    path = Path(path).expanduser()
+    expected = (
+        "expected an episode folder, the game folder `atari-vlm record` prints (e.g. demos/Pong), "
+        "the store it is in (demos), or a NAME.npz + NAME.json pair"
+    )
+    if path.suffix in (".npz", ".json") and not path.is_dir():
+        if not (path.with_suffix(".npz").is_file() and path.with_suffix(".json").is_file()):
+            raise ConfigError(f"no demonstration at {path}: {path.with_suffix('')}.npz and .json needed")
+        return [path]
+    if not path.is_dir():
+        raise ConfigError(f"no demonstrations at {path}: {expected}")
+    if (path / _META_FILE).is_file():
+        return [path]
+    folder = path / resolve_game(game)
+    episodes = _episode_dirs(folder) if folder.is_dir() else _episode_dirs(path)
+    if not episodes:
+        raise ConfigError(f"no {resolve_game(game)} episodes in {path}: {expected}")
+    return episodes
+
+
 def import_demonstration(
     store: TrajectoryStore,
     path: str | Path,

@@ -27,9 +27,12 @@ __all__ = [
     "DEMO_FAMILY",
     "DEMO_VERSION",
     "TINY_FAMILIES",
+    "TRANSFORMERS_TESTED",
     "build_tiny_checkpoint",
+    "check_transformers",
     "demo_cache_root",
     "demo_checkpoint",
+    "tested_range",
 ]
 
 ACTION_WORDS: tuple[str, ...] = (
@@ -54,6 +57,10 @@ _CORPUS = [
 DEMO_VERSION = "1"
 DEMO_MARKER = "atari_vlm_demo.json"
 DEMO_README = "DEMO_README.txt"
+# The transformers versions the tiny families are tested with: [low, high). The configs, processors
+# and their keyword arguments here are those of transformers 5 (5.23.0 and 5.25.0 ran the tests);
+# pyproject's `local` extra pins the same range (a test checks they agree).
+TRANSFORMERS_TESTED: tuple[str, str] = ("5.23", "6")
 
 
 # --- chat templates, each in its family's real style (rendering content parts in order) ---
@@ -369,6 +376,35 @@ def _transformers() -> Any:
     return require("transformers", extra="local")
 
 
+def tested_range() -> str:
+    """:data:`TRANSFORMERS_TESTED` as a requirement specifier, e.g. ``>=5.23,<6``."""
+    low, high = TRANSFORMERS_TESTED
+    return f">={low},<{high}"
+
+
+def check_transformers() -> str:
+    """The installed transformers version, when the tiny families are tested with it.
+
+    Raises:
+        ConfigError: another version (the tiny configs and processors use that range's APIs), or
+            transformers missing.
+    """
+    installed = str(_transformers().__version__)
+    from packaging.version import InvalidVersion, Version  # a dependency of transformers
+
+    low, high = TRANSFORMERS_TESTED
+    try:
+        ok = Version(low) <= Version(installed) < Version(high)
+    except InvalidVersion:
+        ok = False
+    if not ok:
+        raise ConfigError(
+            f"the tiny checkpoints (--model demo, tests) are tested with transformers {tested_range()}, "
+            f"but {installed} is installed; install a tested one: pip install 'transformers{tested_range()}'"
+        )
+    return installed
+
+
 def _token_ids(ids: dict[str, int]) -> dict[str, int]:
     return {"bos_token_id": ids["bos"], "eos_token_id": ids["eos"], "pad_token_id": ids["pad"]}
 
@@ -434,6 +470,9 @@ def _write_processor(spec: _Family, processor: Any, out: Path) -> None:
 def _write_markers(out: Path, family: str, seed: int) -> None:
     marker = {"atari_vlm_demo": True, "random_weights": True, "family": family, "seed": seed}
     marker["version"] = DEMO_VERSION
+    # What it was built with, and the range the tiny families are tested with.
+    marker["transformers"] = str(_transformers().__version__)
+    marker["transformers_tested"] = tested_range()
     (out / DEMO_MARKER).write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
     (out / DEMO_README).write_text(
         f"This is a tiny {family} checkpoint with RANDOM weights, built offline by atari-vlm\n"
@@ -463,9 +502,14 @@ def build_tiny_checkpoint(family: str, out_dir: str | Path, *, seed: int = 0) ->
     ``AutoModelForImageTextToText`` and ``AutoProcessor`` (or :class:`~atari_vlm.models.local.LocalVLM`,
     which also loads the Qwen families without torchvision). It is written into a temporary sibling
     and renamed into place, so a crash leaves no half-written checkpoint behind.
+
+    Raises:
+        ConfigError: an unknown family, ``out_dir`` not empty, or a transformers version outside
+            :data:`TRANSFORMERS_TESTED` (:func:`check_transformers`).
     """
     if family not in _FAMILIES:
         raise ConfigError(f"unknown tiny family {family!r}; choose one of {', '.join(TINY_FAMILIES)}")
+    check_transformers()
     spec = _FAMILIES[family]
     out = Path(out_dir).expanduser()
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
@@ -530,7 +574,11 @@ def demo_checkpoint(cache_dir: Path | None = None) -> Path:
     """The checkpoint behind ``--model demo``: built on first use (seconds), then reused from the cache.
 
     The directory name carries :data:`DEMO_VERSION`, so a change to the recipe builds a fresh one.
+
+    Raises:
+        ConfigError: a transformers version the tiny families are not tested with.
     """
+    check_transformers()
     root = Path(cache_dir).expanduser() if cache_dir is not None else demo_cache_root()
     path = root / f"demo-{DEMO_FAMILY}-v{DEMO_VERSION}"
     if (path / DEMO_MARKER).is_file():

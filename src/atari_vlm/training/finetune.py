@@ -7,9 +7,12 @@ used). **Examples**: for each kept step, the request the model would get in play
 :meth:`atari_vlm.prompts.builder.PromptBuilder.request` from an observation made of the stored image and state
 text, rendered with the checkpoint's chat template by the very code that renders it in play
 (:meth:`atari_vlm.models.local.LocalVLM.render`) and tokenized as in play; the target is
-``"ACTION: <name>"`` plus the end-of-sequence token, and the loss is on the target tokens only. (Play
-adds a feedback line after an unparsable answer; stored steps do not record it, so examples are the
-prompts of a player whose answers parse, as demonstrations' always do.)
+``"ACTION: <name>"`` plus the end-of-sequence token, and the loss is on the target tokens only.
+(Play adds a feedback line after an unparsable answer; stored steps do not record it, so examples
+are the prompts of a player whose answers parse, as demonstrations' always do.) **Batches** are
+padded on the right, with every output of the family's processor kept: per-token ones (Qwen's
+``mm_token_type_ids``) padded like the ids, image tensors zero-padded and concatenated (Qwen's
+flattened patches and ``image_grid_thw``, LLaVA-NeXT's patches, Idefics' pixel masks).
 
 **Saving**: with LoRA (peft, the default) ``out_dir`` is an adapter directory: ``adapter_model.safetensors``,
 ``adapter_config.json`` whose ``base_model_name_or_path`` is the base checkpoint's absolute path, a copy
@@ -36,14 +39,22 @@ from typing import Any
 import numpy as np
 
 from atari_vlm.errors import ConfigError, require
-from atari_vlm.games import game_info
+from atari_vlm.games import game_info, resolve_game
 from atari_vlm.imaging import to_pil, to_rgb
-from atari_vlm.memory import Trajectory, TrajectoryStore
+from atari_vlm.memory import Trajectory, TrajectoryStore, is_game_folder
 from atari_vlm.models.local import LocalVLM, adapter_base
 from atari_vlm.prompts.builder import PromptBuilder
 from atari_vlm.spec import ObservationSpec, PromptSpec
 
-__all__ = ["IGNORE_INDEX", "Example", "FinetuneResult", "build_examples", "finetune", "select_best"]
+__all__ = [
+    "IGNORE_INDEX",
+    "Example",
+    "FinetuneResult",
+    "build_examples",
+    "finetune",
+    "resolve_base",
+    "select_best",
+]
 
 IGNORE_INDEX = -100  # label of the prompt and padding tokens: no loss there
 FINETUNE_RECORD = "atari_vlm_finetune.json"
@@ -69,6 +80,8 @@ class Example:
     input_ids: list[int] = field(default_factory=list)  # prompt + target + eos
     prompt_len: int = 0
     image_inputs: dict[str, Any] = field(default_factory=dict)  # pixel tensors from the processor
+    # Per-token processor outputs (Qwen's mm_token_type_ids...), one entry per id of input_ids.
+    token_inputs: dict[str, list[int]] = field(default_factory=dict)
 
 
 @dataclass
@@ -77,10 +90,12 @@ class FinetuneResult:
 
     losses: list[float]  # one per optimizer step
     steps: int
-    wall_s: float
+    wall_s: float  # the whole call: loading, building the examples, training, saving
     out_dir: Path
     examples: int = 0
     episodes: list[str] = field(default_factory=list)  # the episode ids trained on
+    cpu_s: float = 0.0  # CPU time of this process over the call (all threads)
+    train_s: float = 0.0  # wall time of the optimizer steps alone
 
 
 def select_best(trajectories: Sequence[Trajectory], top_k: int | None) -> list[Trajectory]:
@@ -92,10 +107,19 @@ def select_best(trajectories: Sequence[Trajectory], top_k: int | None) -> list[T
 def _load_data(
     data: str | Path | TrajectoryStore | Sequence[Trajectory], game: str | None
 ) -> list[Trajectory]:
+    """Trajectories from a store (a root: every game in it, or ``game``), a store's game folder (the
+    folder ``atari-vlm record`` prints, e.g. ``demos/Pong``), or a sequence of trajectories."""
     if isinstance(data, (str, Path, TrajectoryStore)):
-        store = data if isinstance(data, TrajectoryStore) else TrajectoryStore(data)
+        store = data if isinstance(data, TrajectoryStore) else TrajectoryStore(Path(data).expanduser())
         if not store.root.is_dir():
-            raise ConfigError(f"no trajectories at {store.root}: expected a trajectory store directory")
+            raise ConfigError(
+                f"no trajectories at {store.root}: expected a trajectory store directory "
+                "(atari-vlm record --out) or one of its game folders"
+            )
+        if is_game_folder(store.root):
+            if game is not None and resolve_game(game) != resolve_game(store.root.name):
+                raise ConfigError(f"{store.root} holds {store.root.name} episodes, not {game}")
+            store, game = TrajectoryStore(store.root.parent), store.root.name
         games = (
             [game]
             if game
@@ -111,6 +135,16 @@ def _load_data(
             f"no trajectories to fine-tune on in {data if isinstance(data, (str, Path)) else 'data'}"
         )
     return trajectories
+
+
+def resolve_base(model: str | Path) -> Path:
+    """The checkpoint directory ``model`` names: ``"demo"`` is the demo checkpoint (built on first
+    use, as ``--model demo`` plays it), anything else a directory path."""
+    if str(model) == "demo":
+        from atari_vlm.models.tiny import demo_checkpoint
+
+        return demo_checkpoint()
+    return Path(model).expanduser()
 
 
 def _builder_for(
@@ -168,7 +202,11 @@ def build_examples(
 
 
 def _tokenize(vlm: LocalVLM, example: Example) -> None:
-    """Prompt ids exactly as play encodes them (LocalVLM._generate_batch), then target ids and EOS."""
+    """Prompt ids exactly as play encodes them (LocalVLM._generate_batch), then target ids and EOS.
+
+    The processor's other outputs are kept: those with one entry per prompt token (Qwen's
+    ``mm_token_type_ids``) are extended over the target with 0 (text), the rest are image tensors.
+    """
     tokenizer = vlm.tokenizer
     bos = tokenizer.bos_token
     kwargs: dict[str, Any] = {
@@ -177,37 +215,68 @@ def _tokenize(vlm: LocalVLM, example: Example) -> None:
     }
     if example.images:
         kwargs["images"] = [example.images]
-    inputs = vlm.processor(**kwargs, return_tensors="pt")
+    inputs = dict(vlm.processor(**kwargs, return_tensors="pt"))
     prompt_ids = inputs.pop("input_ids")[0].tolist()
     inputs.pop("attention_mask", None)
     target_ids = tokenizer(example.target, add_special_tokens=False)["input_ids"]
     eos = tokenizer.eos_token_id
     example.input_ids = [*prompt_ids, *target_ids, eos]
     example.prompt_len = len(prompt_ids)
-    example.image_inputs = dict(inputs)
+    tail = [0] * (len(target_ids) + 1)
+    for key, value in inputs.items():
+        if getattr(value, "ndim", None) == 2 and tuple(value.shape) == (1, len(prompt_ids)):
+            example.token_inputs[key] = [*value[0].tolist(), *tail]
+        else:
+            example.image_inputs[key] = value
+
+
+def _stack_images(values: Sequence[Any], key: str, torch: Any) -> Any:
+    """One image input of a batch from the examples' own: tensors zero-padded to a common shape past
+    the first dimension (as the processors pad images, patches and pixel masks in a batch), then
+    concatenated along it (per image: Qwen's flattened patches and ``image_grid_thw`` rows)."""
+    if all(isinstance(v, list) for v in values):
+        return [item for v in values for item in v]
+    if not all(isinstance(v, torch.Tensor) for v in values) or len({v.ndim for v in values}) != 1:
+        raise ConfigError(f"cannot batch the processor's {key!r} output: {type(values[0]).__name__}")
+    if values[0].ndim == 0:
+        return torch.stack(list(values))
+    shape = [max(v.shape[d] for v in values) for d in range(1, values[0].ndim)]
+    padded = []
+    for v in values:
+        pad: list[int] = []
+        for d in reversed(range(1, v.ndim)):
+            pad += [0, shape[d - 1] - v.shape[d]]
+        padded.append(torch.nn.functional.pad(v, pad) if any(pad) else v)
+    return torch.cat(padded)
 
 
 def _collate(examples: Sequence[Example], pad_id: int, torch: Any) -> dict[str, Any]:
-    """Right-padded ids, attention mask and labels (-100 on prompt and padding); image tensors
-    concatenated along their first dimension (one image set per example, as the processor makes)."""
+    """A training batch, padded on the right: ids, attention mask, labels (-100 on prompt and
+    padding), the per-token processor outputs (0 on padding) and the image inputs (see
+    :func:`_stack_images`). Right padding keeps each prompt where play puts it, at position 0."""
     length = max(len(e.input_ids) for e in examples)
     ids = torch.full((len(examples), length), pad_id, dtype=torch.long)
     labels = torch.full((len(examples), length), IGNORE_INDEX, dtype=torch.long)
     mask = torch.zeros((len(examples), length), dtype=torch.long)
+    tokens = {key: torch.zeros((len(examples), length), dtype=torch.long) for key in examples[0].token_inputs}
     for row, e in enumerate(examples):
         n = len(e.input_ids)
         ids[row, :n] = torch.tensor(e.input_ids)
         mask[row, :n] = 1
         labels[row, e.prompt_len : n] = ids[row, e.prompt_len : n]
-    batch = {"input_ids": ids, "attention_mask": mask, "labels": labels}
+        for key, values in e.token_inputs.items():
+            tokens[key][row, :n] = torch.tensor(values)
+    batch = {"input_ids": ids, "attention_mask": mask, "labels": labels, **tokens}
     for key in examples[0].image_inputs:
-        batch[key] = torch.cat([e.image_inputs[key] for e in examples])
+        batch[key] = _stack_images([e.image_inputs[key] for e in examples], key, torch)
     return batch
 
 
 def _to_device(batch: dict[str, Any], model: Any) -> dict[str, Any]:
     return {
-        k: v.to(model.device, dtype=model.dtype) if v.is_floating_point() else v.to(model.device)
+        k: (v.to(model.device, dtype=model.dtype) if v.is_floating_point() else v.to(model.device))
+        if hasattr(v, "is_floating_point")
+        else v
         for k, v in batch.items()
     }
 
@@ -257,14 +326,18 @@ def finetune(
     max_examples: int | None = None,
     lora_rank: int = 16,
     device: str = "cpu",
+    on_start: Callable[[int, int], None] | None = None,
     on_step: Callable[[int, float], None] | None = None,
 ) -> FinetuneResult:
     """Fine-tune the checkpoint (or adapter) in ``model_dir`` on the best trajectories of ``data``.
 
-    ``data``: a trajectory store directory (every game in it, or ``game``), a store, or trajectories.
+    ``model_dir``: a checkpoint or adapter directory, or ``"demo"`` (the demo checkpoint).
+    ``data``: a trajectory store directory (every game in it, or ``game``), one of its game folders,
+    a store, or trajectories.
     ``lr`` defaults to 1e-3 for LoRA and 1e-4 for full fine-tuning. ``prompt_style``, ``frame_stack``
-    and ``frame_layout`` must be those the model will play with. ``on_step(step, loss)`` reports each
-    optimizer step. Returns the per-step losses, the step count, the wall time and ``out_dir``.
+    and ``frame_layout`` must be those the model will play with. ``on_start(total_steps, examples)``
+    is called once the examples are built, ``on_step(step, loss)`` after each optimizer step.
+    Returns the per-step losses, the step count, the wall and CPU times and ``out_dir``.
 
     Raises:
         ConfigError: a bad setting, no data, ``out_dir`` not empty, peft missing for LoRA.
@@ -276,6 +349,7 @@ def finetune(
         _check("top_k", top_k, 1)
     if max_examples is not None:
         _check("max_examples", max_examples, 1)
+    start, cpu_start = time.perf_counter(), time.process_time()
     lr = lr if lr is not None else (1e-3 if lora else 1e-4)
     _check("lr", lr, 0.0, float)
     if lora:
@@ -283,12 +357,11 @@ def finetune(
     out = Path(out_dir).expanduser()
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ConfigError(f"{out} already exists and is not an empty directory; pass a new directory")
-    model_path = Path(model_dir).expanduser()
-    base = adapter_base(model_path)
     trajectories = select_best(_load_data(data, game), top_k)
+    model_path = resolve_base(model_dir)
+    base = adapter_base(model_path) if model_path.is_dir() else None
 
     torch = require("torch", extra="local")
-    start = time.perf_counter()
     torch.manual_seed(seed)
     # The adapter's base when continuing an adapter with LoRA; otherwise LocalVLM merges it in.
     vlm = LocalVLM(base if (lora and base is not None) else model_path, device=device, dtype="float32")
@@ -310,7 +383,10 @@ def finetune(
     total = epochs * steps_per_epoch
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / max(1, total // 20)))
     pad_id = vlm.tokenizer.pad_token_id
+    if on_start is not None:
+        on_start(total, len(examples))
     losses: list[float] = []
+    train_start = time.perf_counter()
     for _ in range(epochs):
         order = rng.permutation(len(examples))
         for b in range(steps_per_epoch):
@@ -326,6 +402,7 @@ def finetune(
             losses.append(float(loss.detach()))
             if on_step is not None:
                 on_step(len(losses), losses[-1])
+    train_s = time.perf_counter() - train_start
     model.eval()
     record = {
         "base": str((base or model_path).resolve()),
@@ -344,7 +421,8 @@ def finetune(
             for t in trajectories
         ],
         "losses": [round(x, 5) for x in losses],
-        "train_s": round(time.perf_counter() - start, 3),
+        "train_s": round(train_s, 3),
+        "transformers": require("transformers", extra="local").__version__,
     }
     _save(model, vlm, out, record, lora=lora, base=(base or model_path).resolve())
     return FinetuneResult(
@@ -354,6 +432,8 @@ def finetune(
         out_dir=out,
         examples=len(examples),
         episodes=[t.meta.episode_id for t in trajectories],
+        cpu_s=time.process_time() - cpu_start,
+        train_s=train_s,
     )
 
 

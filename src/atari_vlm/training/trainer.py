@@ -53,6 +53,7 @@ from atari_vlm.framestore import FrameStore
 from atari_vlm.memory import (
     Exemplar,
     TrajectoryStore,
+    demonstration_paths,
     import_demonstration,
     select_exemplars,
 )
@@ -529,6 +530,7 @@ class VLMTrainer:
         """
         check_int("num_episodes", num_episodes, 1, 10_000_000)
         resume = self._resume if resume is None else resume
+        demos = [p for path in self.train_spec.demos for p in demonstration_paths(path, self.game)]
         if self._vlm is not None or self.spec.agent != "vlm":
             loaded = None
         else:
@@ -560,7 +562,7 @@ class VLMTrainer:
                     state = _State()
                 kept = {r["episode"]: EpisodeResult.from_record(r) for r in run.kept_episodes}
                 self.store.remove_incomplete(self.game)
-                for path in self.train_spec.demos:
+                for path in demos:
                     import_demonstration(self.store, path, game=self.game)
                 writer = _summary_writer(self.out_dir / "tensorboard")
                 context = _Session(run, state, kept, writer, start, state.wall_s, on_episode, on_evaluation)
