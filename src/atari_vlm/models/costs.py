@@ -8,6 +8,7 @@ its cache-write price, where the preset knows them (else at the input price: nev
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import math
 from typing import Any
@@ -124,7 +125,9 @@ class BudgetedVLM:
     what calls cost beyond their reservation: with one call at a time, by less than that call's
     cost; with N in flight, by what those N cost beyond what they reserved. ``max_cost_usd=None`` only
     counts; ``prices=None`` (unknown, e.g. a custom server) leaves completions' cost at None.
-    Failed calls cost nothing here (providers do not bill errors).
+    Failed calls cost nothing here (providers do not bill errors); a call cancelled in flight (the
+    other games of a run the budget stopped) is counted at its reservation, since a provider bills
+    an answer it had started (``cancelled_calls``, ``cancelled_usd``).
     """
 
     def __init__(self, inner: VLM, max_cost_usd: float | None, prices: Preset | Prices | None) -> None:
@@ -142,6 +145,8 @@ class BudgetedVLM:
         self.spent_usd = 0.0
         self.calls = 0
         self.max_call_usd = 0.0
+        self.cancelled_calls = 0
+        self.cancelled_usd = 0.0
         self._reserved_usd = 0.0
 
     def __repr__(self) -> str:
@@ -172,6 +177,11 @@ class BudgetedVLM:
         self._reserved_usd += reserve
         try:
             completion = await self.inner.generate(request)
+        except asyncio.CancelledError:
+            self.cancelled_calls += 1
+            self.cancelled_usd += reserve
+            self.spent_usd += reserve
+            raise
         finally:
             self._reserved_usd -= reserve
         self.calls += 1
@@ -181,6 +191,21 @@ class BudgetedVLM:
         self.spent_usd += usd
         self.max_call_usd = max(self.max_call_usd, usd)
         return with_cost(completion, usd)
+
+    def stop_message(self, stop: BudgetExceeded) -> str:
+        """Why a run stopped, with what was spent once every call had ended (the same figure as
+        ``spent_usd``, which summary.json records): the refused call's own message, brought up to date."""
+        cancelled = ""
+        if self.cancelled_calls:
+            cancelled = (
+                f", of which ${self.cancelled_usd:.4f} for {self.cancelled_calls} call"
+                f"{'s' if self.cancelled_calls != 1 else ''} cancelled in flight (at their estimated cost)"
+            )
+        return (
+            f"stopped before spending more: ${self.spent_usd:.4f} spent{cancelled} of the "
+            f"${stop.limit_usd:.4f} limit (--max-cost), and the next call could cost up to "
+            f"${stop.next_call_usd:.4f}"
+        )
 
     async def aclose(self) -> None:
         await self.inner.aclose()

@@ -17,6 +17,7 @@ from atari_vlm.models.base import ImagePart, Message, Request, TextPart, Usage
 from atari_vlm.models.constrain import choice_probs_from_logprobs, read_choice
 from atari_vlm.models.remote import MalformedResponse, Parsed, RemoteVLM
 from atari_vlm.models.retry import Transient, classify_status, clip, parse_retry_after
+from atari_vlm.models.transport import cap_body
 
 __all__ = ["DEFAULT_BASE_URL", "GEMINI_KEY_ENV_VARS", "GeminiVLM"]
 
@@ -68,7 +69,8 @@ class GeminiVLM(RemoteVLM):
         self._http = _httpx()
         self.thinking_budget = thinking_budget
         self._own_http_client = http_client is None
-        self._http_client = http_client or self._http.AsyncClient(timeout=self.timeout_s)
+        # Every answer body is read with a byte cap (models/transport.py).
+        self._http_client = cap_body(http_client or self._http.AsyncClient(timeout=self.timeout_s))
         options = genai.types.HttpOptions(
             base_url=self.base_url,
             timeout=math.ceil(self.timeout_s * 1000),  # milliseconds
