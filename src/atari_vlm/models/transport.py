@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
-__all__ = ["MAX_ANSWER_CHARS", "MAX_BODY_BYTES", "BodyTooLarge", "cap_body", "cut_answer"]
+__all__ = ["CUT_MARK", "MAX_ANSWER_CHARS", "MAX_BODY_BYTES", "BodyTooLarge", "cap_body", "cut_answer"]
 
 MAX_BODY_BYTES = 32 * 1024 * 1024
 """The largest answer body read (32 MiB): far above any real completion of a game decision (a few
@@ -26,9 +26,17 @@ class BodyTooLarge(Exception):
     """An answer body over the byte cap (retried like any malformed answer)."""
 
 
+CUT_MARK = "\n[... answer cut by atari-vlm ...]\n"
+
+
 def cut_answer(text: str, limit: int = MAX_ANSWER_CHARS) -> tuple[str, bool]:
-    """``text`` cut to ``limit`` characters, and whether it was cut."""
-    return (text, False) if len(text) <= limit else (text[:limit], True)
+    """``text`` cut to ``limit`` characters (its head and its tail, where answers put the action,
+    around :data:`CUT_MARK`), and whether it was cut."""
+    if len(text) <= limit:
+        return text, False
+    head = (limit - len(CUT_MARK)) // 2
+    tail = limit - len(CUT_MARK) - head
+    return text[:head] + CUT_MARK + text[len(text) - tail :], True
 
 
 def cap_body(client: Any, max_bytes: int = MAX_BODY_BYTES) -> Any:

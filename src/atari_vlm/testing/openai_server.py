@@ -57,6 +57,7 @@ FAULT_KINDS = (
     "usage",
     "body",
     "trickle",
+    "ok",
 )
 MAX_BODY_BYTES = 32 * 1024 * 1024
 MAX_FAULTS = 10_000
@@ -106,7 +107,7 @@ class Fault:
     the field out). ``body``: a 200 whose body is ``body``: bytes or str sent as they are (non-UTF-8
     included), anything else as JSON. ``trickle``: a normal answer sent one byte every ``trickle_s``
     seconds after ``hang_s`` (the server's) of leading spaces; the server counts a client that
-    hangs up on it (``FakeOpenAIServer.hung_up``).
+    hangs up on it (``FakeOpenAIServer.hung_up``). ``ok``: answer normally (a place in the queue).
     """
 
     kind: str
