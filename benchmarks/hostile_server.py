@@ -75,31 +75,29 @@ def usage_cases(root: Path) -> list[list[Any]]:
 
 
 def budget_case(root: Path) -> list[Any]:
-    # 8 games; the 8 first calls held until all are in flight, every later call hangs: the budget
-    # (here about 1.9 first calls' reservations each) stops the run with calls in flight.
-    with serve_in_thread(reply=REPLY, hold_until=8, hang_s=60.0) as server:
+    # 8 games. A probe measures one call's cost c; then the 8 first calls are held until all are in
+    # flight, every later call hangs, and the budget of 15.5 c lets 7 second calls start and refuses
+    # the 8th: the run stops with 7 calls in flight, by construction.
+    with serve_in_thread(reply=REPLY, image_tokens=600) as server:
+        play(server.base_url, root / "probe", "--max-steps", "1")
+    c = summary(root / "probe")["spent_usd"]
+    with serve_in_thread(reply=REPLY, image_tokens=600, hold_until=8, hang_s=60.0) as server:
         server.add_faults(*["ok"] * 8, *["hang"] * 64)
         out = root / "budget8"
         code, printed, _ = play(
             server.base_url,
             out,
-            "--episodes",
-            "8",
-            "--num-envs",
-            "8",
-            "--max-steps",
-            "10",
-            "--max-cost",
-            "0.0012",
+            *("--episodes", "8", "--num-envs", "8", "--max-steps", "10", "--max-cost", f"{15.5 * c:.8f}"),
         )
         received = len(server.requests)
     s = summary(out)
     said = re.search(r"\$(\d+\.\d+) spent", " ".join(printed.split()))
     return [
-        "8 games, budget stops with calls in flight",
+        "8 games, budget (15.5 calls) stops with calls in flight",
         f"{received} requests, {len(read_jsonl(out / 'steps.jsonl'))} recorded",
         f"exit {code}, {s.get('cancelled_calls')} counted as cancelled; message says "
-        f"${said.group(1) if said else '?'} spent, summary.json spent_usd ${s.get('spent_usd', 0):.4f}",
+        f"${said.group(1) if said else '?'} spent, summary.json spent_usd ${s.get('spent_usd', 0):.4f} "
+        f"(one call: ${c:.6f})",
     ]
 
 
@@ -168,28 +166,43 @@ def malformed_case(root: Path) -> list[Any]:
 
 
 def size_case(mb: int) -> list[Any]:
-    """Run in a child process, so that its peak RSS is its own."""
-    code = (
-        "import sys, resource, tempfile, pathlib; sys.path.insert(0, 'benchmarks');"
-        "import hostile_server as h;"
-        f"print(h._size_child({mb}, pathlib.Path(tempfile.mkdtemp())))"
+    """The server in a process of its own, and the client too, so that the peak RSS is the client's."""
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "atari_vlm.testing.openai_server",
+            "--reply",
+            REPLY,
+            "--reply-padding",
+            str(mb * 10**6),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    try:
+        port = int(server.stdout.readline().split()[1])
+        code = (
+            "import sys, pathlib, tempfile; sys.path.insert(0, 'benchmarks'); import hostile_server as h;"
+            f"print(h._size_child('http://127.0.0.1:{port}/v1', {mb}, pathlib.Path(tempfile.mkdtemp())))"
+        )
+        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def _size_child(mb: int, root: Path) -> str:
-    huge = "I think. " + "x" * (mb * 1_000_000) + "\nACTION: FIRE"
-    with serve_in_thread(reply=lambda body: huge) as server:
-        out = root / "size"
-        code, _, _ = play(server.base_url, out, "--max-steps", "2", "--retry-time", "0")
+def _size_child(url: str, mb: int, root: Path) -> str:
+    out = root / "size"
+    code, _, _ = play(url, out, "--max-steps", "2", "--retry-time", "0")
     steps = read_jsonl(out / "steps.jsonl") if (out / "steps.jsonl").exists() else []
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     size = (out / "steps.jsonl").stat().st_size if steps else 0
     return json.dumps(
         [
-            f"{mb} MB answers",
-            f"exit {code}, peak RSS {rss:.0f} MB",
+            f"{mb} MB answers" if mb else "short answers (baseline)",
+            f"exit {code}, client peak RSS {rss:.0f} MB",
             f"steps.jsonl {size / 1e3:.0f} kB, stored answers {[len(s['text']) for s in steps]} chars, "
             f"answer_truncated {[s['answer_truncated'] for s in steps]}",
         ]
@@ -221,7 +234,7 @@ def main_() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         rows = [*usage_cases(root), budget_case(root), *timing_cases(root), malformed_case(root)]
-        rows += [size_case(10), size_case(20), size_case(100), credentials_case(root)]
+        rows += [size_case(0), size_case(10), size_case(20), size_case(100), credentials_case(root)]
     print_table(["case", "what happened", "detail"], rows)
 
 

@@ -913,6 +913,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port (printed)")
     parser.add_argument("--model", default=None, help="answer 404 model_not_found for other models")
     parser.add_argument("--reply", default="ACTION: NOOP", help="the text of every answer")
+    parser.add_argument(
+        "--reply-padding",
+        type=int,
+        default=0,
+        help="this many characters of filler before the reply (huge answers)",
+    )
     parser.add_argument("--latency", type=float, default=0.0, help="seconds added to every chat request")
     parser.add_argument("--api-key", default=None, help="answer 401 unless this bearer key is sent")
     parser.add_argument("--image-tokens", type=int, default=85, help="prompt tokens counted per image")
@@ -927,7 +933,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     server = FakeOpenAIServer(
         args.port,
         model=args.model,
-        reply=args.reply,
+        reply="x" * max(args.reply_padding, 0) + "\n" + args.reply if args.reply_padding else args.reply,
         latency_s=args.latency,
         api_key=args.api_key,
         image_tokens=args.image_tokens,
