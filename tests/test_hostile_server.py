@@ -427,3 +427,35 @@ def test_url_secrets_are_redacted_from_server_messages() -> None:
         server.add_faults({"status": 400, "message": "bad key Query-Key-5678 in ?api-key=Query-Key-5678"})
         err = fails(vlm_for(server, base_url=f"{server.base_url}?api-key=Query-Key-5678"))
     assert "Query-Key-5678" not in str(err) and "***" in str(err)
+
+
+@pytest.mark.parametrize("provider", ["anthropic", "gemini"])
+def test_other_sdks_retry_a_word_for_a_count_and_estimate_a_negative_one(provider: str) -> None:
+    if provider == "anthropic":
+        from test_anthropic_backend import MESSAGE as good
+        from test_anthropic_backend import make
+
+        word, negative = (
+            {"input_tokens": "many", "output_tokens": 3},
+            {"input_tokens": -5, "output_tokens": 3},
+        )
+        field = "usage"
+    else:
+        from test_gemini_backend import RESPONSE as good
+        from test_gemini_backend import make
+
+        word, negative = {"promptTokenCount": "many"}, {"promptTokenCount": -5, "candidatesTokenCount": 3}
+        field = "usageMetadata"
+    script = HttpScript(httpx2.Response(200, json={**good, field: negative}))
+    script.then(httpx2.Response(200, json={**good, field: word}))
+    completion = asyncio.run(_generate_closed(make(script), REQUEST))
+    assert completion.retries == 1 and len(script.requests) == 2  # the word: a malformed answer
+    assert completion.usage_estimated  # the negative count: atari-vlm's own, by the provider's image formula
+    assert completion.usage == expected_usage(REQUEST, completion.text, provider=provider)
+
+
+async def _generate_closed(vlm: Any, request: Request) -> Completion:
+    try:
+        return await vlm.generate(request)
+    finally:
+        await vlm.aclose()

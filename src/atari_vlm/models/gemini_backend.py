@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import math
 import re
+import sys
 from typing import Any
 
 from atari_vlm.errors import ModelError, require
@@ -204,6 +205,10 @@ class GeminiVLM(RemoteVLM):
                 key_hint=self.key_hint,
                 retry_after_s=_retry_after(exc),
             )
+        pydantic = sys.modules.get("pydantic")  # the SDK types answers with it: loaded if it answered
+        if pydantic is not None and isinstance(exc, pydantic.ValidationError):
+            # A body of the wrong shape (a usage count that is a word, a string for an object).
+            return Transient(f"malformed response: {clip(str(exc).splitlines()[0])}")
         return None
 
 

@@ -181,6 +181,7 @@ class RemoteVLM(ABC):
         self._clock = clock
         self._semaphore = asyncio.Semaphore(concurrency)
         self._constraint_refused: str | None = None
+        self._usage_warned = False
 
     def _resolve_key(self, api_key: str | None, base_url: str | None) -> str:
         """The key to send; ``base_url`` is the caller's (None: the default endpoint)."""
@@ -267,17 +268,18 @@ class RemoteVLM(ABC):
             parsed.usage,
             expected_usage(
                 request,
-                text,
+                parsed.text,  # the whole answer, as billed (the cut one is what is kept)
                 provider=self.provider_id,
                 detail=self._image_detail,
                 reasoning_tokens=(
                     0 if self.reasoning == "off" else self.answer_limit(request) - request.max_tokens
                 ),
             ),
-            answer=text,
+            answer=parsed.text,
             answer_limit=self.answer_limit(request),
         )
-        if estimated:
+        if estimated and not self._usage_warned:
+            self._usage_warned = True  # once per backend: the steps say which calls (usage_estimated)
             log.warning(
                 "%s reported unbelievable usage %s; counted at atari-vlm's estimate %s",
                 self.public_url,
