@@ -15,7 +15,6 @@ import contextlib
 import io
 import json
 import re
-import resource
 import subprocess
 import sys
 import tempfile
@@ -197,7 +196,9 @@ def _size_child(url: str, mb: int, root: Path) -> str:
     out = root / "size"
     code, _, _ = play(url, out, "--max-steps", "2", "--retry-time", "0")
     steps = read_jsonl(out / "steps.jsonl") if (out / "steps.jsonl").exists() else []
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    # VmHWM, not ru_maxrss: Linux carries ru_maxrss across exec, from the parent's peak.
+    status = Path("/proc/self/status").read_text()
+    rss = int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1)) / 1024
     size = (out / "steps.jsonl").stat().st_size if steps else 0
     return json.dumps(
         [
