@@ -247,11 +247,13 @@ class OpenAICompatVLM(RemoteVLM):
         """Ask the server what it is, once (``auto``); a probe that fails leaves it ``generic``."""
         try:
             key = None if self._key == PLACEHOLDER_API_KEY else self._key
-            info = await asyncio.to_thread(
-                probe_server, self.base_url, api_key=key, timeout_s=min(self.timeout_s, 10)
+            limit = min(self.timeout_s, 10)
+            # urllib's timeout is per read: the whole probe gets one deadline, as every call does.
+            info = await asyncio.wait_for(
+                asyncio.to_thread(probe_server, self.base_url, api_key=key, timeout_s=limit), 2 * limit
             )
             self.server_kind = info.kind
-        except ConfigError:
+        except (ConfigError, TimeoutError):
             self.server_kind = "generic"
 
     def _derived_cache_key(self, request: Request, messages: list[dict[str, Any]]) -> str:
