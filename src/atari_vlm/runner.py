@@ -66,9 +66,9 @@ class RunSummary:
     episodes: list[EpisodeResult]
     wall_s: float
     warning: str | None = None
+    cancelled_calls: int = 0  # calls cancelled in flight when the budget stopped (in spent_usd, estimated)
     stopped: str | None = None  # why the run ended early (a budget), None when it played everything
     spent_usd: float | None = None  # what this invocation's calls cost (a resumed run's earlier ones not)
-    cancelled_calls: int = 0  # calls cancelled in flight when the budget stopped (in spent_usd, estimated)
 
     @property
     def usage(self) -> Usage:
@@ -101,13 +101,13 @@ class RunSummary:
             "retries": sum(e.retries for e in self.episodes),
             "usage_estimated": sum(e.usage_estimated for e in self.episodes),
             "answers_truncated": sum(e.answers_truncated for e in self.episodes),
+            "cancelled_calls": self.cancelled_calls,
             **usage.to_record(),
             "cost_usd": self.cost_usd,
             "wall_s": round(self.wall_s, 3),
             "warning": self.warning,
             "stopped": self.stopped,
-            "spent_usd": None if self.spent_usd is None else round(self.spent_usd, 8),
-            "cancelled_calls": self.cancelled_calls,
+            "spent_usd": self.spent_usd,
         }
 
 
@@ -191,7 +191,6 @@ def _run_play(
         on_start(model, total)
     start = time.perf_counter()
     stopped = None
-    budget_stop: BudgetExceeded | None = None
     try:
         if executor is not None:
             executor.play(episode_ids=todo, run=run, on_step=on_step, on_episode=on_episode)
@@ -208,13 +207,9 @@ def _run_play(
                 )
             )
     except BudgetExceeded as exc:
-        budget_stop = exc  # finished episodes stand; the interrupted ones replay on --resume
+        stopped = f"budget: {exc}"  # finished episodes stand; the interrupted one replays on --resume
     finally:
         run.close()
-    if budget_stop is not None:
-        # Said once every call has ended: the figure is the one summary.json records as spent_usd.
-        vlm = model.vlm if model is not None else None
-        stopped = f"budget: {vlm.stop_message(budget_stop) if isinstance(vlm, BudgetedVLM) else budget_stop}"
     # The run directory is the record: the summary is read back from it, whatever happened above.
     finished = {
         r["episode"]: r for r in read_jsonl(run.path / "episodes.jsonl") if r["episode"] < spec.episodes
@@ -226,9 +221,9 @@ def _run_play(
         episodes=[EpisodeResult.from_record(finished[i]) for i in sorted(finished)],
         wall_s=time.perf_counter() - start,
         warning=model.warning if model else None,
+        cancelled_calls=model.vlm.cancelled_calls if model and executor is None else 0,
         stopped=stopped,
         spent_usd=model.vlm.spent_usd if model and model.prices and executor is None else None,
-        cancelled_calls=model.vlm.cancelled_calls if model and executor is None else 0,
     )
     write_json_atomic(run.path / "summary.json", summary.to_dict())
     return summary

@@ -103,16 +103,29 @@ def with_cost(completion: Completion, usd: float | None) -> Completion:
 
 
 class BudgetExceeded(RuntimeError):
-    """The next call could take spending past the limit, so it was not made."""
+    """The next call could take spending past the limit, so it was not made.
 
-    def __init__(self, spent_usd: float, limit_usd: float, next_call_usd: float) -> None:
-        super().__init__(
-            f"stopped before spending more: ${spent_usd:.4f} spent of the ${limit_usd:.4f} limit "
-            f"(--max-cost), and the next call could cost up to ${next_call_usd:.4f}"
-        )
-        self.spent_usd = spent_usd
+    Its message is read from the budget when it is shown, not when it was raised: by then the calls
+    that were in flight have ended (the other games of the run are stopped first), so it says what
+    was spent in all, the figure summary.json records as ``spent_usd``.
+    """
+
+    def __init__(
+        self, spent_usd: float, limit_usd: float, next_call_usd: float, budget: BudgetedVLM | None = None
+    ) -> None:
+        super().__init__(spent_usd, limit_usd, next_call_usd)
+        self.spent_usd = spent_usd  # when the call was refused
         self.limit_usd = limit_usd
         self.next_call_usd = next_call_usd
+        self._budget = budget
+
+    def __str__(self) -> str:
+        if self._budget is not None:
+            return self._budget.stop_message(self)
+        return (
+            f"stopped before spending more: ${self.spent_usd:.4f} spent of the ${self.limit_usd:.4f} limit "
+            f"(--max-cost), and the next call could cost up to ${self.next_call_usd:.4f}"
+        )
 
 
 class BudgetedVLM:
@@ -173,7 +186,7 @@ class BudgetedVLM:
         # No await between the check and the reservation: concurrent calls see each other's.
         limit = self.max_cost_usd
         if limit is not None and self.spent_usd + self._reserved_usd + reserve > limit:
-            raise BudgetExceeded(self.spent_usd, limit, reserve)
+            raise BudgetExceeded(self.spent_usd, limit, reserve, self)
         self._reserved_usd += reserve
         try:
             completion = await self.inner.generate(request)
@@ -193,8 +206,8 @@ class BudgetedVLM:
         return with_cost(completion, usd)
 
     def stop_message(self, stop: BudgetExceeded) -> str:
-        """Why a run stopped, with what was spent once every call had ended (the same figure as
-        ``spent_usd``, which summary.json records): the refused call's own message, brought up to date."""
+        """Why a run stopped, with what is spent now (``spent_usd``): shown once every call has ended,
+        the figure summary.json records, cancelled calls included."""
         cancelled = ""
         if self.cancelled_calls:
             cancelled = (
