@@ -289,7 +289,7 @@ def test_gives_up_after_max_retries() -> None:
     script = HttpScript(anthropic_error(529, "overloaded_error", "Overloaded"))
     err = fails(make(script, max_retries=2), REQUEST)
     assert len(script.requests) == 3
-    assert "failed 3 times" in str(err) and "HTTP 529" in str(err) and "Overloaded" in str(err)
+    assert "after 3 attempts" in str(err) and "HTTP 529" in str(err) and "Overloaded" in str(err)
 
 
 def test_401_is_fatal_at_once_and_says_what_to_fix() -> None:

@@ -207,11 +207,11 @@ def test_parses_usage_with_thinking_and_image_tokens() -> None:
 
 
 def test_a_blocked_prompt_is_reported_not_retried() -> None:
-    body = {"promptFeedback": {"blockReason": "SAFETY"}, "usageMetadata": {"promptTokenCount": 10}}
+    body = {"promptFeedback": {"blockReason": "SAFETY"}, "usageMetadata": {"promptTokenCount": 300}}
     script = HttpScript(httpx2.Response(200, json=body))
     completion = run(make(script), REQUEST)
     assert completion.text == "" and completion.finish_reason == "blocked: SAFETY"
-    assert len(script.requests) == 1 and completion.usage.input_tokens == 10
+    assert len(script.requests) == 1 and completion.usage.input_tokens == 300
 
 
 def test_429_honours_the_retry_info_delay_then_succeeds() -> None:
@@ -242,7 +242,7 @@ def test_server_errors_timeouts_and_resets_are_retried() -> None:
 def test_gives_up_after_max_retries() -> None:
     script = HttpScript(google_error(503, "UNAVAILABLE", "The model is overloaded."))
     err = fails(make(script, max_retries=1), REQUEST)
-    assert len(script.requests) == 2 and "failed 2 times" in str(err) and "overloaded" in str(err)
+    assert len(script.requests) == 2 and "after 2 attempts" in str(err) and "overloaded" in str(err)
 
 
 def test_bad_key_is_fatal_at_once() -> None:

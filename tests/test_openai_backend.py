@@ -39,6 +39,7 @@ from atari_vlm.models.costs import cost_usd
 from atari_vlm.models.openai_compat import PLACEHOLDER_API_KEY, OpenAICompatVLM
 from atari_vlm.models.presets import get_preset
 from atari_vlm.models.retry import (
+    RETRY_AFTER_CAP_S,
     RetryPolicy,
     Transient,
     describe_transport_error,
@@ -273,7 +274,9 @@ class SleepRecorder:
     [
         ({"status": 429, "retry_after": "2"}, 30.0, 2.0),
         ({"status": 429, "retry_after_ms": 1500}, 30.0, 1.5),
-        ({"status": 429, "retry_after": "3600"}, 5.0, 5.0),  # capped
+        ({"status": 429, "retry_after": "3600"}, 5.0, RETRY_AFTER_CAP_S),  # capped at the stated cap
+        ({"status": 429, "retry_after": "86400"}, 5.0, RETRY_AFTER_CAP_S),  # a day
+        ({"status": 429, "retry_after": "Thu, 01 Jan 2099 00:00:00 GMT"}, 5.0, RETRY_AFTER_CAP_S),
     ],
 )
 def test_429_honours_retry_after(
@@ -333,7 +336,7 @@ def test_not_json_every_time_gives_a_clear_error(server: FakeOpenAIServer) -> No
 def test_retries_exhausted_names_the_attempts(server: FakeOpenAIServer) -> None:
     server.add_faults(503, 503, 503, 503)
     err = generate_error(make_vlm(server, max_retries=2), TEXT_ONLY, ModelError)
-    assert "failed 3 times" in str(err)
+    assert "after 3 attempts over" in str(err)
     assert "HTTP 503" in str(err)
     assert len(server.requests) == 3
     assert server.pending_faults == 1
@@ -342,7 +345,7 @@ def test_retries_exhausted_names_the_attempts(server: FakeOpenAIServer) -> None:
 def test_no_retries_means_one_try(server: FakeOpenAIServer) -> None:
     server.add_faults(500)
     err = generate_error(make_vlm(server, max_retries=0), TEXT_ONLY, ModelError)
-    assert "failed 1 time " in str(err)
+    assert "after 1 attempt over" in str(err)
     assert len(server.requests) == 1
 
 
@@ -536,12 +539,19 @@ def test_the_cache_key_follows_the_prefix_and_an_explicit_key_wins(server: FakeO
 def test_openai_base_url_is_honoured_and_shown_without_credentials(
     server: FakeOpenAIServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    secret_url = server.base_url.replace("http://", "http://alice:hunter2@") + "?token=t0ps3cret"
-    monkeypatch.setenv("OPENAI_BASE_URL", secret_url)
+    monkeypatch.setenv("OPENAI_BASE_URL", server.base_url + "?token=t0ps3cret")
     vlm = make_vlm(server, base_url=None)
     assert vlm.public_url == server.base_url
     for text in (repr(vlm), vlm.where if hasattr(vlm, "where") else ""):
-        assert "hunter2" not in text and "t0ps3cret" not in text
+        assert "t0ps3cret" not in text
+    (completion,) = generate(vlm, TEXT_ONLY)  # the query goes with the request, to the right path
+    assert completion.text == REPLY
+    assert server.requests[-1].path == "/v1/chat/completions?token=t0ps3cret"
+    # A user and password would travel in every request and into logs: refused, without showing them.
+    monkeypatch.setenv("OPENAI_BASE_URL", server.base_url.replace("http://", "http://alice:hunter2@"))
+    with pytest.raises(ConfigError, match="must not hold a user name or password") as refused:
+        make_vlm(server, base_url=None)
+    assert "hunter2" not in str(refused.value) and "alice" not in str(refused.value)
     monkeypatch.setenv("OPENAI_BASE_URL", "notaurl")
     with pytest.raises(ConfigError, match="OPENAI_BASE_URL must be an http"):
         make_vlm(server, base_url=None)
@@ -619,10 +629,10 @@ def test_parse_retry_after(headers: dict[str, str], expected: float | None) -> N
 )
 def test_backoff_delay_is_bounded(retry: int, base: float, cap: float, retry_after: float | None) -> None:
     delay = RetryPolicy(3, base, cap).delay_s(retry, random.Random(retry), retry_after)
-    if retry_after is None:
+    if retry_after is None or retry_after < 0:  # a negative Retry-After is ignored: own backoff
         assert 0 <= delay <= min(cap, base * 2.0**retry)
     else:
-        assert delay == min(max(retry_after, 0.0), cap)
+        assert delay == min(retry_after, RETRY_AFTER_CAP_S)
 
 
 def test_parse_retry_after_http_date() -> None:

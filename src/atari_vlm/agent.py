@@ -50,6 +50,8 @@ class Decision:
     retries: int = 0
     cost_usd: float | None = None  # None: no price known (a custom server), or no model
     reprompts: int = 0  # times the model was asked again after an answer with no legal action
+    usage_estimated: bool = False  # the server's usage was unbelievable: counted at atari-vlm's estimate
+    answer_truncated: bool = False  # the answer was longer than a backend keeps, and was cut
     # The request whose answer this is (the last one, after reprompts): what the run records as sent.
     request: Request | None = field(default=None, compare=False, repr=False)
 
@@ -171,6 +173,8 @@ class VLMAgent:
             latency_s=completion.latency_s,
             retries=completion.retries,
             cost_usd=completion.cost_usd,
+            usage_estimated=completion.usage_estimated,
+            answer_truncated=completion.answer_truncated,
         )
 
     def _remember(self, obs: dict[str, Any], decision: Decision) -> None:
@@ -251,4 +255,5 @@ def _combined(first: Decision, then: Decision, *, reprompts: int) -> Decision:
         retries=first.retries + then.retries,
         cost_usd=sum(costs) if costs else None,
         reprompts=reprompts,
+        usage_estimated=first.usage_estimated or then.usage_estimated,
     )

@@ -53,6 +53,8 @@ class EpisodeResult:
     constraint_ignored: int = 0  # constrained answers outside the legal set (the backend ignored it)
     constraint_note: str | None = None  # why the backend answered free when asked to constrain, if it did
     retries: int = 0
+    usage_estimated: int = 0  # decisions whose server usage was unbelievable (counted at the estimate)
+    answers_truncated: int = 0  # decisions whose answer was cut to the backend's limit
     usage: Usage = field(default_factory=Usage)
     cost_usd: float | None = None
     model_latency_s: float = 0.0
@@ -78,6 +80,8 @@ class EpisodeResult:
             if isinstance(record.get("constraint_note"), str)
             else None,
             retries=int(record.get("retries", 0)),
+            usage_estimated=_count(record.get("usage_estimated")),
+            answers_truncated=_count(record.get("answers_truncated")),
             usage=Usage.from_record(record),
             model_latency_s=float(record.get("model_latency_s") or 0.0),
             cost_usd=record.get("cost_usd"),
@@ -100,6 +104,8 @@ class EpisodeResult:
             "constraint_ignored": self.constraint_ignored,
             "constraint_note": self.constraint_note,
             "retries": self.retries,
+            "usage_estimated": self.usage_estimated,
+            "answers_truncated": self.answers_truncated,
             **self.usage.to_record(),
             "cost_usd": None if self.cost_usd is None else round(self.cost_usd, 8),
             "model_latency_s": round(self.model_latency_s, 4),
@@ -112,6 +118,11 @@ class EpisodeResult:
 
 
 StepCallback = Callable[[int], None]
+
+
+def _count(value: Any) -> int:
+    """A count read back from a run file: a non-negative int, else 0 (records written before it)."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
 
 
 class EpisodeSink(Protocol):
@@ -176,6 +187,8 @@ async def play_episode(
                 result.constraint_ignored += decision.constraint_ignored
                 result.constraint_note = result.constraint_note or decision.constraint_note
                 result.retries += decision.retries
+                result.usage_estimated += decision.usage_estimated
+                result.answers_truncated += decision.answer_truncated
                 result.usage = result.usage + decision.usage
                 result.model_latency_s += decision.latency_s
                 if decision.cost_usd is not None:
@@ -213,6 +226,8 @@ async def play_episode(
                         "retries": decision.retries,
                         "reprompts": decision.reprompts,
                         "cost_usd": decision.cost_usd,
+                        "usage_estimated": decision.usage_estimated,
+                        "answer_truncated": decision.answer_truncated,
                         **recorded,
                     }
                 )
@@ -314,5 +329,14 @@ async def play_episodes(
         finally:
             env.close()
 
-    await asyncio.gather(*(worker() for _ in range(max(1, min(num_envs, len(ids))))))
+    tasks = [asyncio.ensure_future(worker()) for _ in range(max(1, min(num_envs, len(ids))))]
+    try:
+        await asyncio.gather(*tasks)
+    except BaseException:
+        # One game failed (a budget stop, a dead server): the others stop here, before the run ends,
+        # so that their calls in flight are cancelled (and counted) while the run is still open.
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
     return [results[i] for i in ids]

@@ -80,6 +80,7 @@ class RunSummary:
     episodes: list[EpisodeResult]
     wall_s: float
     warning: str | None = None
+    cancelled_calls: int = 0  # calls cancelled in flight when the budget stopped (in spent_usd, estimated)
     stopped: str | None = None  # why the run ended early (a budget, a signal), None when it played all
     spent_usd: float | None = None  # what this invocation's calls cost (a resumed run's earlier ones not)
     skipped_records: int = 0  # bad lines in the run's files, skipped (never counted as episodes)
@@ -113,6 +114,9 @@ class RunSummary:
             "constraint_ignored": sum(e.constraint_ignored for e in self.episodes),
             "constraint_note": next((e.constraint_note for e in self.episodes if e.constraint_note), None),
             "retries": sum(e.retries for e in self.episodes),
+            "usage_estimated": sum(e.usage_estimated for e in self.episodes),
+            "answers_truncated": sum(e.answers_truncated for e in self.episodes),
+            "cancelled_calls": self.cancelled_calls,
             **usage.to_record(),
             "cost_usd": self.cost_usd,
             "wall_s": round(self.wall_s, 3),
@@ -243,6 +247,7 @@ def _run_play(
             episodes=[EpisodeResult.from_record(r) for r in finished.records],
             wall_s=time.perf_counter() - start,
             warning=model.warning if model else None,
+            cancelled_calls=model.vlm.cancelled_calls if model and executor is None else 0,
             stopped=stopped,
             spent_usd=model.vlm.spent_usd if model and model.prices and executor is None else None,
             skipped_records=finished.skipped + run.skipped_records,  # this read's, and the resume's
@@ -375,7 +380,7 @@ def measure_decision(spec: RunSpec, *, loaded: LoadedModel | None = None) -> Mea
         decision = asyncio.run(one_decision())
     finally:
         env.close()
-    usage, estimated = decision.usage, False
+    usage, estimated = decision.usage, decision.usage_estimated
     if usage.input_tokens == 0 and recorder.request is not None:  # a server that counts no tokens
         usage, estimated = estimate_request_usage(recorder.request), True
     cost = decision.cost_usd

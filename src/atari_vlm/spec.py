@@ -580,6 +580,11 @@ class DecodingSpec(_Section):
     )
 
 
+RETRY_AFTER_CAP_S = 60.0
+"""The longest Retry-After a model call honours: a server asking for a day (or a date in 2099) waits
+this long, then the call is tried again (within ``ModelSpec.retry_s``)."""
+
+
 @dataclass(frozen=True)
 class ModelSpec(_Section):
     """Which model answers, and how it is reached or loaded."""
@@ -650,6 +655,16 @@ class ModelSpec(_Section):
         check=number(0.1, 3600.0),
         role="runtime",
         flag="--timeout",
+        metavar="SECONDS",
+    )
+    retry_s: float = setting(
+        120.0,
+        help="seconds one API call may keep retrying transient failures (5xx, 429, timeouts, malformed "
+        "answers), with exponential backoff and jitter, Retry-After honoured up to "
+        f"{RETRY_AFTER_CAP_S:g} s; then the run stops",
+        check=number(0.0, 86400.0),
+        role="runtime",
+        flag="--retry-time",
         metavar="SECONDS",
     )
     prompt_cache_key: str | None = setting(

@@ -5,11 +5,11 @@ Standard library only, and below everything that takes a URL (the run spec, the 
 
 from __future__ import annotations
 
-from urllib.parse import urlparse, urlunparse
+from urllib.parse import parse_qsl, urlparse, urlunparse
 
 from atari_vlm.errors import ConfigError
 
-__all__ = ["safe_url", "validate_base_url"]
+__all__ = ["safe_url", "split_query", "validate_base_url"]
 
 
 def validate_base_url(url: str, *, what: str = "--base-url") -> str:
@@ -34,7 +34,22 @@ def validate_base_url(url: str, *, what: str = "--base-url") -> str:
         raise ConfigError(f"{what} has a port that is not a number in 1-65535: {safe_url(text)!r}") from None
     if not parsed.hostname or (port is not None and not 0 < port < 65536):
         raise ConfigError(f"{what} needs a host name (and a port in 1-65535); got {safe_url(text)!r}")
+    if "@" in parsed.netloc:
+        raise ConfigError(
+            f"{what} must not hold a user name or password (they would travel in every request and "
+            f"into logs); got {safe_url(text)!r}: pass the key in the provider's environment variable "
+            "(OPENAI_API_KEY, ...) instead"
+        )
     return text.rstrip("/")
+
+
+def split_query(url: str) -> tuple[str, dict[str, str]]:
+    """``url`` without its query and fragment, and the query's parameters (sent with every request
+    as the SDK's default query: a base URL's own query would be mangled when paths are joined)."""
+    parsed = urlparse(url)
+    query = dict(parse_qsl(parsed.query, keep_blank_values=True))
+    bare = urlunparse((parsed.scheme, parsed.netloc, parsed.path, "", "", "")).rstrip("/")
+    return bare, query
 
 
 def safe_url(url: str | None) -> str:

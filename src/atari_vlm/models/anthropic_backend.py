@@ -19,6 +19,7 @@ from atari_vlm.models.base import ImagePart, Message, Request, TextPart, Usage
 from atari_vlm.models.constrain import TOOL_NAME, choice_schema, read_tool_input
 from atari_vlm.models.remote import MalformedResponse, Parsed, RemoteVLM
 from atari_vlm.models.retry import Transient, classify_status, clip, parse_retry_after
+from atari_vlm.models.transport import cap_body
 
 __all__ = ["ANTHROPIC_KEY_ENV_VARS", "DEFAULT_BASE_URL", "AnthropicVLM"]
 
@@ -53,12 +54,15 @@ class AnthropicVLM(RemoteVLM):
         self._anthropic = require("anthropic", extra="anthropic")
         self.send_temperature = self.sends_temperature if send_temperature is None else send_temperature
         # Passing key and base URL explicitly stops the SDK from reading credentials or profiles itself.
+        # Every answer body is read with a byte cap (models/transport.py).
+        http_client = http_client or self._anthropic.DefaultAsyncHttpxClient(timeout=self.timeout_s)
         self._client = self._anthropic.AsyncAnthropic(
             api_key=self._key,
             base_url=self.base_url,
             timeout=self.timeout_s,
             max_retries=0,
-            http_client=http_client,
+            default_query=self.base_query or None,
+            http_client=cap_body(http_client),
         )
 
     async def aclose(self) -> None:

@@ -238,6 +238,8 @@ class Completion:
     choice: str | None = None  # the backend's constrained or scored pick (one of Request.choices), if any
     choice_probs: dict[str, float] | None = None  # probability of each legal choice, where known
     constraint_note: str | None = None  # why a constraint was asked for but not applied (a 400 fallback)
+    usage_estimated: bool = False  # the server's usage was missing or unbelievable: atari-vlm's own count
+    answer_truncated: bool = False  # the answer was longer than the backend keeps, and was cut
 
 
 @runtime_checkable

@@ -8,6 +8,7 @@ its cache-write price, where the preset knows them (else at the input price: nev
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import math
 from typing import Any
@@ -102,16 +103,29 @@ def with_cost(completion: Completion, usd: float | None) -> Completion:
 
 
 class BudgetExceeded(RuntimeError):
-    """The next call could take spending past the limit, so it was not made."""
+    """The next call could take spending past the limit, so it was not made.
 
-    def __init__(self, spent_usd: float, limit_usd: float, next_call_usd: float) -> None:
-        super().__init__(
-            f"stopped before spending more: ${spent_usd:.4f} spent of the ${limit_usd:.4f} limit "
-            f"(--max-cost), and the next call could cost up to ${next_call_usd:.4f}"
-        )
-        self.spent_usd = spent_usd
+    Its message is read from the budget when it is shown, not when it was raised: by then the calls
+    that were in flight have ended (the other games of the run are stopped first), so it says what
+    was spent in all, the figure summary.json records as ``spent_usd``.
+    """
+
+    def __init__(
+        self, spent_usd: float, limit_usd: float, next_call_usd: float, budget: BudgetedVLM | None = None
+    ) -> None:
+        super().__init__(spent_usd, limit_usd, next_call_usd)
+        self.spent_usd = spent_usd  # when the call was refused
         self.limit_usd = limit_usd
         self.next_call_usd = next_call_usd
+        self._budget = budget
+
+    def __str__(self) -> str:
+        if self._budget is not None:
+            return self._budget.stop_message(self)
+        return (
+            f"stopped before spending more: ${self.spent_usd:.4f} spent of the ${self.limit_usd:.4f} limit "
+            f"(--max-cost), and the next call could cost up to ${self.next_call_usd:.4f}"
+        )
 
 
 class BudgetedVLM:
@@ -124,7 +138,9 @@ class BudgetedVLM:
     what calls cost beyond their reservation: with one call at a time, by less than that call's
     cost; with N in flight, by what those N cost beyond what they reserved. ``max_cost_usd=None`` only
     counts; ``prices=None`` (unknown, e.g. a custom server) leaves completions' cost at None.
-    Failed calls cost nothing here (providers do not bill errors).
+    Failed calls cost nothing here (providers do not bill errors); a call cancelled in flight (the
+    other games of a run the budget stopped) is counted at its reservation, since a provider bills
+    an answer it had started (``cancelled_calls``, ``cancelled_usd``).
     """
 
     def __init__(self, inner: VLM, max_cost_usd: float | None, prices: Preset | Prices | None) -> None:
@@ -142,6 +158,8 @@ class BudgetedVLM:
         self.spent_usd = 0.0
         self.calls = 0
         self.max_call_usd = 0.0
+        self.cancelled_calls = 0
+        self.cancelled_usd = 0.0
         self._reserved_usd = 0.0
 
     def __repr__(self) -> str:
@@ -168,10 +186,15 @@ class BudgetedVLM:
         # No await between the check and the reservation: concurrent calls see each other's.
         limit = self.max_cost_usd
         if limit is not None and self.spent_usd + self._reserved_usd + reserve > limit:
-            raise BudgetExceeded(self.spent_usd, limit, reserve)
+            raise BudgetExceeded(self.spent_usd, limit, reserve, self)
         self._reserved_usd += reserve
         try:
             completion = await self.inner.generate(request)
+        except asyncio.CancelledError:
+            self.cancelled_calls += 1
+            self.cancelled_usd += reserve
+            self.spent_usd += reserve
+            raise
         finally:
             self._reserved_usd -= reserve
         self.calls += 1
@@ -181,6 +204,21 @@ class BudgetedVLM:
         self.spent_usd += usd
         self.max_call_usd = max(self.max_call_usd, usd)
         return with_cost(completion, usd)
+
+    def stop_message(self, stop: BudgetExceeded) -> str:
+        """Why a run stopped, with what is spent now (``spent_usd``): shown once every call has ended,
+        the figure summary.json records, cancelled calls included."""
+        cancelled = ""
+        if self.cancelled_calls:
+            cancelled = (
+                f", of which ${self.cancelled_usd:.4f} for {self.cancelled_calls} call"
+                f"{'s' if self.cancelled_calls != 1 else ''} cancelled in flight (at their estimated cost)"
+            )
+        return (
+            f"stopped before spending more: ${self.spent_usd:.4f} spent{cancelled} of the "
+            f"${stop.limit_usd:.4f} limit (--max-cost), and the next call could cost up to "
+            f"${stop.next_call_usd:.4f}"
+        )
 
     async def aclose(self) -> None:
         await self.inner.aclose()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import math
 import re
+import sys
 from typing import Any
 
 from atari_vlm.errors import ModelError, require
@@ -17,6 +18,7 @@ from atari_vlm.models.base import ImagePart, Message, Request, TextPart, Usage
 from atari_vlm.models.constrain import choice_probs_from_logprobs, read_choice
 from atari_vlm.models.remote import MalformedResponse, Parsed, RemoteVLM
 from atari_vlm.models.retry import Transient, classify_status, clip, parse_retry_after
+from atari_vlm.models.transport import cap_body
 
 __all__ = ["DEFAULT_BASE_URL", "GEMINI_KEY_ENV_VARS", "GeminiVLM"]
 
@@ -68,7 +70,8 @@ class GeminiVLM(RemoteVLM):
         self._http = _httpx()
         self.thinking_budget = thinking_budget
         self._own_http_client = http_client is None
-        self._http_client = http_client or self._http.AsyncClient(timeout=self.timeout_s)
+        # Every answer body is read with a byte cap (models/transport.py).
+        self._http_client = cap_body(http_client or self._http.AsyncClient(timeout=self.timeout_s))
         options = genai.types.HttpOptions(
             base_url=self.base_url,
             timeout=math.ceil(self.timeout_s * 1000),  # milliseconds
@@ -202,6 +205,10 @@ class GeminiVLM(RemoteVLM):
                 key_hint=self.key_hint,
                 retry_after_s=_retry_after(exc),
             )
+        pydantic = sys.modules.get("pydantic")  # the SDK types answers with it: loaded if it answered
+        if pydantic is not None and isinstance(exc, pydantic.ValidationError):
+            # A body of the wrong shape (a usage count that is a word, a string for an object).
+            return Transient(f"malformed response: {clip(str(exc).splitlines()[0])}")
         return None
 
 

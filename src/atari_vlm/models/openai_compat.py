@@ -30,7 +30,9 @@ from atari_vlm.models.constrain import (
 )
 from atari_vlm.models.endpoints import SERVER_KINDS, probe_server
 from atari_vlm.models.remote import MalformedResponse, Parsed, RemoteVLM
-from atari_vlm.models.retry import Transient, clip, parse_retry_after
+from atari_vlm.models.retry import Transient, clip, parse_retry_after, redact
+from atari_vlm.models.transport import cap_body
+from atari_vlm.models.usage_check import read_count
 
 __all__ = ["DEFAULT_BASE_URL", "OpenAICompatVLM"]
 
@@ -114,17 +116,25 @@ class OpenAICompatVLM(RemoteVLM):
             "base_url": self.base_url,
             "timeout": self.timeout_s,
             "max_retries": 0,
+            "default_query": self.base_query or None,
         }
+        # Every answer body is read with a byte cap (models/transport.py).
         if self.http_backend == "aiohttp":
             # The SDK's own aiohttp transport: less client CPU per request than httpx, which is what
             # many games against one server are short of (BENCHMARKS.md, section 2).
-            transport = self._openai.DefaultAioHttpClient(timeout=self.timeout_s)
+            transport = cap_body(self._openai.DefaultAioHttpClient(timeout=self.timeout_s))
             self._clients = [self._openai.AsyncOpenAI(**options, http_client=transport)]
         else:
             # One client (one connection pool) per POOL_CONNECTIONS requests in flight, used in turn:
             # at 64 in flight, one pool's per-request scan of its connections costs 16% of the CPU.
             pools = -(-self.concurrency // POOL_CONNECTIONS)
-            self._clients = [self._openai.AsyncOpenAI(**options) for _ in range(pools)]
+            self._clients = [
+                self._openai.AsyncOpenAI(
+                    **options,
+                    http_client=cap_body(self._openai.DefaultAsyncHttpxClient(timeout=self.timeout_s)),
+                )
+                for _ in range(pools)
+            ]
         self._client = self._clients[0]
         self._turn = itertools.count()
 
@@ -237,11 +247,13 @@ class OpenAICompatVLM(RemoteVLM):
         """Ask the server what it is, once (``auto``); a probe that fails leaves it ``generic``."""
         try:
             key = None if self._key == PLACEHOLDER_API_KEY else self._key
-            info = await asyncio.to_thread(
-                probe_server, self.base_url, api_key=key, timeout_s=min(self.timeout_s, 10)
+            limit = min(self.timeout_s, 10)
+            # urllib's timeout is per read: the whole probe gets one deadline, as every call does.
+            info = await asyncio.wait_for(
+                asyncio.to_thread(probe_server, self.base_url, api_key=key, timeout_s=limit), 2 * limit
             )
             self.server_kind = info.kind
-        except ConfigError:
+        except (ConfigError, TimeoutError):
             self.server_kind = "generic"
 
     def _derived_cache_key(self, request: Request, messages: list[dict[str, Any]]) -> str:
@@ -276,10 +288,15 @@ class OpenAICompatVLM(RemoteVLM):
 
     def _parse(self, response: Any, request: Request | None = None) -> Parsed:
         # The SDK hands back the body as a str when the content type is not JSON.
-        if isinstance(response, str) or not getattr(response, "choices", None):
+        if isinstance(response, str) or not isinstance(getattr(response, "choices", None), list):
             raise MalformedResponse(f"no chat completion in the response body: {clip(str(response))!r}")
+        if not response.choices:
+            raise MalformedResponse("the response body has an empty list of choices")
         choice = response.choices[0]
-        text = choice.message.content or ""
+        content = choice.message.content  # a choice that is not an object: AttributeError, retried
+        if content is not None and not isinstance(content, str):
+            raise MalformedResponse(f"the message content is a {type(content).__name__}, not a string")
+        text = content or ""
         pick = probs = None
         if request is not None:
             as_json = self._constraint_field(request) in (
@@ -293,8 +310,8 @@ class OpenAICompatVLM(RemoteVLM):
         return Parsed(
             text=text,
             usage=_usage(response.usage),
-            model=response.model or "",
-            finish_reason=choice.finish_reason or "stop",
+            model=response.model if isinstance(response.model, str) else "",
+            finish_reason=choice.finish_reason if isinstance(choice.finish_reason, str) else "stop",
             choice=pick,
             choice_probs=probs,
         )
@@ -363,28 +380,37 @@ class OpenAICompatVLM(RemoteVLM):
         return ModelError(f"{self.public_url} answered HTTP {status}: {server_says}")
 
     def _redact(self, text: str) -> str:
-        return text if self._key == PLACEHOLDER_API_KEY else super()._redact(text)
+        return redact(text, *self._url_secrets) if self._key == PLACEHOLDER_API_KEY else super()._redact(text)
 
 
 def _count(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+    """A count as sent, or -1 where it is not a non-negative int (``usage_check`` then estimates)."""
+    count = read_count(value)
+    return -1 if count is None else count
+
+
+def _field(obj: Any, name: str) -> Any:
+    """``obj.name`` or ``obj[name]``: the SDK leaves parts of a body it could not type as dicts."""
+    return obj.get(name) if isinstance(obj, dict) else getattr(obj, name, None)
 
 
 def _usage(usage: Any) -> Usage:
     """OpenAI's usage: ``prompt_tokens`` includes ``prompt_tokens_details.cached_tokens`` (billed at the
-    cache rate); ``completion_tokens`` includes ``completion_tokens_details.reasoning_tokens``."""
+    cache rate); ``completion_tokens`` includes ``completion_tokens_details.reasoning_tokens``. Missing
+    or malformed counts read as -1 (usage_check replaces the usage with its estimate)."""
     if usage is None:
-        return Usage()
-    details = getattr(usage, "prompt_tokens_details", None)
-    image_tokens = getattr(details, "image_tokens", None) if details is not None else None
-    completion_details = getattr(usage, "completion_tokens_details", None)
-    prompt = _count(usage.prompt_tokens)
+        return Usage(-1, -1)
+    details = _field(usage, "prompt_tokens_details")
+    completion_details = _field(usage, "completion_tokens_details")
+    image_tokens = read_count(_field(details, "image_tokens")) if details is not None else None
+    cached = _field(details, "cached_tokens") if details is not None else 0
+    reasoning = _field(completion_details, "reasoning_tokens") if completion_details is not None else 0
     return Usage(
-        input_tokens=prompt,
-        output_tokens=_count(usage.completion_tokens),
-        image_tokens=image_tokens if isinstance(image_tokens, int) else None,
-        cached_input_tokens=min(_count(getattr(details, "cached_tokens", None)), prompt),
-        reasoning_tokens=_count(getattr(completion_details, "reasoning_tokens", None)),
+        input_tokens=_count(_field(usage, "prompt_tokens")),
+        output_tokens=_count(_field(usage, "completion_tokens")),
+        image_tokens=image_tokens,
+        cached_input_tokens=_count(cached or 0),
+        reasoning_tokens=_count(reasoning or 0),
     )
 
 

@@ -112,6 +112,7 @@ def _load_openai(model: str, options: ModelSpec, **backend_options: Any) -> Load
         image_detail=options.image_detail,
         reasoning=options.reasoning,
         timeout_s=options.timeout_s,
+        retry_s=options.retry_s,
         prompt_cache_key=options.prompt_cache_key,
         server_kind=options.server_kind,
         **backend_options,
@@ -187,6 +188,7 @@ def _sdk_loader(provider: str, module: str, class_name: str, example: str):
             concurrency=options.concurrency or DEFAULT_CONCURRENCY,
             reasoning=options.reasoning,
             timeout_s=options.timeout_s,
+            retry_s=options.retry_s,
             **backend_options,
         )
         return LoadedModel(vlm, f"{provider}:{model}", provider)

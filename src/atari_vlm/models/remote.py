@@ -17,8 +17,10 @@ import os
 import random
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 from atari_vlm import imaging
 from atari_vlm.errors import ConfigError, ModelError
@@ -35,6 +37,7 @@ from atari_vlm.models.capabilities import Capability, capability_for, reasoning_
 from atari_vlm.models.constrain import ConstraintRejected
 from atari_vlm.models.endpoints import BASE_URL_ENV_VARS, safe_url, validate_base_url
 from atari_vlm.models.retry import (
+    RETRY_S,
     RetryPolicy,
     SharedBackoff,
     Sleep,
@@ -44,6 +47,9 @@ from atari_vlm.models.retry import (
     redact,
     with_retries,
 )
+from atari_vlm.models.transport import BodyTooLarge, cut_answer
+from atari_vlm.models.usage_check import checked_usage, expected_usage
+from atari_vlm.urls import split_query
 
 __all__ = ["MalformedResponse", "Parsed", "RemoteVLM", "resolve_key"]
 
@@ -54,6 +60,17 @@ REJECTION_STATUSES = frozenset({400, 422})
 
 class MalformedResponse(Exception):
     """A 200 whose body is not a usable answer (a proxy's HTML page, a cut-off body): retried."""
+
+
+class DeadlineExceeded(Exception):
+    """One attempt took longer than ``timeout_s`` in all (connect, first byte and whole body)."""
+
+
+MALFORMED = (MalformedResponse, BodyTooLarge, UnicodeDecodeError, json.JSONDecodeError)
+"""What an answer that came back but cannot be used raises (retried, never a traceback)."""
+PARSE_ERRORS = (AttributeError, TypeError, KeyError, IndexError, ValueError)
+"""What reading a body of the wrong shape raises (``{"message": null}``, a string for a choice):
+turned into :class:`MalformedResponse` where the body is read."""
 
 
 @dataclass(frozen=True)
@@ -105,18 +122,23 @@ class RemoteVLM(ABC):
         image_format: imaging.ImageFormat = "jpeg",
         jpeg_quality: int = 90,
         timeout_s: float = 60.0,
-        max_retries: int = 4,
+        max_retries: int | None = None,
+        retry_s: float = RETRY_S,
         concurrency: int = 8,
         backoff_base_s: float = 0.5,
         backoff_max_s: float = 30.0,
         seed: int | None = None,
         sleep: Sleep | None = None,
+        clock: Callable[[], float] = time.monotonic,
         reasoning: ReasoningLevel = "off",
         capability: Capability | None = None,
     ) -> None:
         """``base_url`` None: the SDK's own variable (``OPENAI_BASE_URL`` ...) if set, else the provider's
         API. ``reasoning``: see :data:`~atari_vlm.models.base.REASONING_LEVELS`. ``capability``: the
-        model's rules; None looks them up by model id (on the provider's own API, or a proxy of it)."""
+        model's rules; None looks them up by model id (on the provider's own API, or a proxy of it).
+        ``timeout_s``: the whole of one attempt (connect, first byte, body); ``retry_s``: how long a
+        call keeps retrying transient failures (``max_retries``, if set, bounds the count too).
+        ``sleep``/``clock``: injected by tests, so that backoff takes no real time."""
         if not model:
             raise ConfigError("model must be a non-empty model name")
         if image_format not in imaging.IMAGE_FORMATS:
@@ -129,7 +151,7 @@ class RemoteVLM(ABC):
             raise ConfigError(f"concurrency must be >= 1, got {concurrency}")
         if reasoning not in REASONING_LEVELS:
             raise ConfigError(f"reasoning must be one of {REASONING_LEVELS}, got {reasoning!r}")
-        self._policy = RetryPolicy(max_retries, backoff_base_s, backoff_max_s)
+        self._policy = RetryPolicy(max_retries, backoff_base_s, backoff_max_s, retry_s)
         self.backoff = SharedBackoff()  # every game using this model pauses together on a 429
         self.name = model
         self.model = model
@@ -138,7 +160,10 @@ class RemoteVLM(ABC):
             base_url = validate_base_url(os.environ[env_var], what=env_var)
         elif base_url is not None:
             base_url = validate_base_url(base_url)
-        self.base_url = (base_url or self.default_base_url).rstrip("/")
+        self._url_secrets = url_secrets(base_url or "")
+        # A query in the base URL (``?api-key=...``, ``?api-version=...``) goes with every request as
+        # the SDK's default query; it is in no message, repr or run file.
+        self.base_url, self.base_query = split_query(base_url or self.default_base_url)
         self.public_url = safe_url(self.base_url)  # what messages, repr and run files show
         self.custom_endpoint = self.base_url != self.default_base_url.rstrip("/")
         self.capability = capability or capability_for(
@@ -153,8 +178,10 @@ class RemoteVLM(ABC):
         self._key = self._resolve_key(api_key, base_url if self.custom_endpoint else None)
         self._rng = random.Random(seed)
         self._sleep: Sleep = sleep or asyncio.sleep
+        self._clock = clock
         self._semaphore = asyncio.Semaphore(concurrency)
         self._constraint_refused: str | None = None
+        self._usage_warned = False
 
     def _resolve_key(self, api_key: str | None, base_url: str | None) -> str:
         """The key to send; ``base_url`` is the caller's (None: the default endpoint)."""
@@ -168,7 +195,7 @@ class RemoteVLM(ABC):
             "reasoning": self.reasoning,
             "image_format": self.image_format,
             "timeout_s": self.timeout_s,
-            "max_retries": self._policy.max_retries,
+            "retry_s": self._policy.retry_s,
             "concurrency": self.concurrency,
         }
 
@@ -236,9 +263,32 @@ class RemoteVLM(ABC):
             parsed, retries = await self._run(request, False)
             retries += 1  # the refused try
         latency = time.perf_counter() - start
+        text, truncated = cut_answer(parsed.text)
+        usage, estimated = checked_usage(
+            parsed.usage,
+            expected_usage(
+                request,
+                parsed.text,  # the whole answer, as billed (the cut one is what is kept)
+                provider=self.provider_id,
+                detail=self._image_detail,
+                reasoning_tokens=(
+                    0 if self.reasoning == "off" else self.answer_limit(request) - request.max_tokens
+                ),
+            ),
+            answer=parsed.text,
+            answer_limit=self.answer_limit(request),
+        )
+        if estimated and not self._usage_warned:
+            self._usage_warned = True  # once per backend: the steps say which calls (usage_estimated)
+            log.warning(
+                "%s reported unbelievable usage %s; counted at atari-vlm's estimate %s",
+                self.public_url,
+                clip(repr(parsed.usage), 200),
+                usage.to_record(),
+            )
         return Completion(
-            text=parsed.text,
-            usage=parsed.usage,
+            text=text,
+            usage=usage,
             latency_s=latency,
             model=parsed.model or self.model,
             finish_reason=parsed.finish_reason,
@@ -247,6 +297,8 @@ class RemoteVLM(ABC):
             choice=parsed.choice if constrained else None,
             choice_probs=parsed.choice_probs if constrained else None,
             constraint_note=note,
+            usage_estimated=estimated,
+            answer_truncated=truncated,
         )
 
     async def _run(self, request: Request, constrained: bool) -> tuple[Parsed, int]:
@@ -259,6 +311,7 @@ class RemoteVLM(ABC):
             sleep=self._sleep,
             what=self._what(),
             gate=self.backoff,
+            clock=self._clock,
         )
 
     @abstractmethod
@@ -325,18 +378,42 @@ class RemoteVLM(ABC):
             raise ValueError("images are not allowed in system messages")
         return "\n\n".join(texts) if texts else None
 
+    @property
+    def _image_detail(self) -> str:
+        return str(getattr(self, "image_detail", "auto"))
+
     async def _attempt(self, body: dict[str, Any], request: Request | None = None) -> Parsed:
         async with self._semaphore:
-            response = await self._send(body)
-        return self._parse(response, request)  # inside the retry loop: a malformed body is retried
+            try:
+                # One deadline for the whole attempt: an SDK's timeout restarts with every byte read,
+                # so a server trickling a byte a second would never time out on its own.
+                async with asyncio.timeout(self.timeout_s):
+                    response = await self._send(body)
+            except TimeoutError:
+                raise DeadlineExceeded(
+                    f"no whole answer from {self.public_url} within timeout_s={self.timeout_s:g} "
+                    "(connect, first byte and body together)"
+                ) from None
+        try:  # inside the retry loop: a malformed body is retried
+            parsed = self._parse(response, request)
+        except PARSE_ERRORS as exc:
+            if isinstance(exc, MALFORMED):
+                raise
+            raise MalformedResponse(f"the answer has the wrong shape ({type(exc).__name__})") from None
+        if not isinstance(parsed.text, str):
+            raise MalformedResponse(f"the answer's text is a {type(parsed.text).__name__}, not a string")
+        return parsed
 
     def _classify(self, exc: Exception, constrained: bool = False) -> Transient | ModelError | None:
         if constrained and self._status(exc) in REJECTION_STATUSES:
             verdict = self._verdict(exc)
             return ConstraintRejected(self._redact(str(verdict) if verdict else f"HTTP {self._status(exc)}"))
-        if isinstance(exc, (MalformedResponse, json.JSONDecodeError)):
-            verdict: Transient | ModelError | None = Transient(
-                f"malformed response ({clip(str(exc))}); is base_url {self.public_url} right?"
+        too_large = next((e for e in _causes(exc) if isinstance(e, BodyTooLarge)), None)
+        if isinstance(exc, DeadlineExceeded):
+            verdict: Transient | ModelError | None = Transient(str(exc))
+        elif isinstance(exc, MALFORMED) or too_large is not None:
+            verdict = Transient(
+                f"malformed response ({clip(str(too_large or exc))}); is base_url {self.public_url} right?"
             )
         else:
             verdict = self._verdict(exc)
@@ -347,4 +424,22 @@ class RemoteVLM(ABC):
         return None
 
     def _redact(self, text: str) -> str:
-        return redact(text, self._key)
+        return redact(text, self._key, *self._url_secrets)
+
+
+def url_secrets(url: str) -> tuple[str, ...]:
+    """What in a base URL must not be shown: its user, password and query values (``?api-key=``)."""
+    parsed = urlsplit(url)
+    found = [parsed.username or "", parsed.password or ""]
+    found += [unquote(s) for s in found]
+    found += [value for _, value in parse_qsl(parsed.query, keep_blank_values=False)]
+    found += [value for _, value in parse_qsl(parsed.query.replace("+", "%2B"))]
+    return tuple(sorted({s for s in found if s}, key=len, reverse=True))
+
+
+def _causes(exc: BaseException) -> list[BaseException]:
+    chain, current = [], exc
+    while current is not None and len(chain) < 32 and current not in chain:
+        chain.append(current)
+        current = current.__cause__ or current.__context__
+    return chain

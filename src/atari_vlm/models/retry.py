@@ -21,8 +21,11 @@ from typing import TypeVar
 from urllib.parse import urlparse
 
 from atari_vlm.errors import ConfigError, ModelError
+from atari_vlm.spec import RETRY_AFTER_CAP_S, ModelSpec
 
 __all__ = [
+    "RETRY_AFTER_CAP_S",
+    "RETRY_S",
     "RETRY_STATUSES",
     "Classifier",
     "RetryPolicy",
@@ -73,37 +76,61 @@ class SharedBackoff:
 Classifier = Callable[[Exception], "Transient | ModelError | None"]
 
 
+RETRY_S: float = ModelSpec.__dataclass_fields__["retry_s"].default
+"""How long one model call may keep retrying transient failures by default (the run spec's
+``retry_s``): long enough to ride out a short outage, short enough that a dead server ends the run."""
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
-    """How often and how patiently to retry transient failures."""
+    """How long and how patiently to retry transient failures.
 
-    max_retries: int = 4
+    A call is retried until ``retry_s`` seconds have passed since its first try (attempts included,
+    so a server that never answers gives up after about ``retry_s`` plus one timeout), or after
+    ``max_retries`` retries where that is set. Waits are exponential with full jitter, capped at
+    ``backoff_max_s``; a server's Retry-After wins, capped at ``retry_after_cap_s``; no wait goes past
+    the retry time left.
+    """
+
+    max_retries: int | None = None
     backoff_base_s: float = 0.5
     backoff_max_s: float = 30.0
+    retry_s: float = RETRY_S
+    retry_after_cap_s: float = RETRY_AFTER_CAP_S
 
     def __post_init__(self) -> None:
-        if self.max_retries < 0:
-            raise ConfigError(f"max_retries must be >= 0, got {self.max_retries}")
-        if not (self.backoff_base_s >= 0 and self.backoff_max_s >= 0):
+        if self.max_retries is not None and (isinstance(self.max_retries, bool) or self.max_retries < 0):
+            raise ConfigError(f"max_retries must be >= 0 (None: bounded by retry_s), got {self.max_retries}")
+        times = (self.backoff_base_s, self.backoff_max_s, self.retry_s, self.retry_after_cap_s)
+        if not all(isinstance(t, (int, float)) and math.isfinite(t) and t >= 0 for t in times):
             raise ConfigError(
-                f"backoff times must be >= 0, got base={self.backoff_base_s} max={self.backoff_max_s}"
+                f"backoff and retry times must be finite and >= 0, got base={self.backoff_base_s} "
+                f"max={self.backoff_max_s} retry_s={self.retry_s} retry_after_cap={self.retry_after_cap_s}"
             )
 
     def delay_s(self, retry: int, rng: random.Random, retry_after_s: float | None = None) -> float:
         """Seconds to wait before retry number ``retry`` (0-based).
 
-        A server's Retry-After wins (it knows its own rate window) but is capped at ``backoff_max_s``
-        so that a hostile or buggy header cannot stall a run; otherwise full jitter, which spreads
-        many clients that failed together instead of retrying them in lockstep.
+        A server's Retry-After wins (it knows its own rate window) but is capped at
+        ``retry_after_cap_s`` so that a hostile or buggy header cannot stall a run; a negative or
+        non-finite one is ignored. Otherwise full jitter, which spreads many clients that failed
+        together instead of retrying them in lockstep.
         """
-        if retry_after_s is not None:
-            return min(max(retry_after_s, 0.0), self.backoff_max_s)
+        if retry_after_s is not None and math.isfinite(retry_after_s) and retry_after_s >= 0:
+            return min(retry_after_s, self.retry_after_cap_s)
         ceiling = min(self.backoff_max_s, self.backoff_base_s * 2.0 ** min(retry, 62))
         return rng.uniform(0.0, ceiling)
 
+    def describe(self) -> str:
+        """The policy in a few words, for the give-up line."""
+        n = self.max_retries
+        retries = "" if n is None else f", at most {n} retr{'y' if n == 1 else 'ies'}"
+        return f"retry time {self.retry_s:g} s{retries}"
 
-def parse_retry_after(headers: Mapping[str, str]) -> float | None:
-    """Seconds from ``retry-after-ms`` or ``retry-after`` (seconds or an HTTP date); None if absent/bad."""
+
+def parse_retry_after(headers: Mapping[str, str], now: Callable[[], float] = time.time) -> float | None:
+    """Seconds from ``retry-after-ms`` or ``retry-after`` (seconds or an HTTP date); None if absent,
+    negative or not a number or date (the caller then backs off on its own)."""
     raw_ms = headers.get("retry-after-ms")
     if raw_ms is not None:
         try:
@@ -120,9 +147,14 @@ def parse_retry_after(headers: Mapping[str, str]) -> float | None:
     except ValueError:
         try:
             when = email.utils.parsedate_to_datetime(raw)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, IndexError, OverflowError):
             return None
-        return max(when.timestamp() - time.time(), 0.0)
+        if when is None:
+            return None
+        try:
+            return max(when.timestamp() - now(), 0.0)
+        except (OverflowError, ValueError, OSError):
+            return None
     return value if math.isfinite(value) and value >= 0 else None
 
 
@@ -135,15 +167,18 @@ async def with_retries(
     sleep: Sleep = asyncio.sleep,
     what: str = "request",
     gate: SharedBackoff | None = None,
+    clock: Callable[[], float] = time.monotonic,
 ) -> tuple[T, int]:
     """Run ``attempt`` until it succeeds; return its result and how many retries it took.
 
-    Raises the classifier's :class:`ModelError` at once for fatal failures, and a :class:`ModelError`
-    naming the number of tries and the last failure once ``policy.max_retries`` retries are spent.
-    ModelErrors are raised ``from None``: provider exceptions carry request objects (headers with
-    credentials) that must not travel up in ``__cause__``.
+    Raises the classifier's :class:`ModelError` at once for fatal failures, and, once the policy's
+    retry time (or retry count) is spent, a :class:`ModelError` in one line: how many attempts over
+    how long, and the last failure. ModelErrors are raised ``from None``: provider exceptions carry
+    request objects (headers with credentials) that must not travel up in ``__cause__``.
+    ``clock``/``sleep``: injected by tests, so that no test waits.
     """
     retry = 0
+    started = clock()
     slept = False  # a request that just waited out its own backoff does not wait on the gate again
     while True:
         if gate is not None and not slept:
@@ -157,13 +192,15 @@ async def with_retries(
                 raise
             if isinstance(verdict, ModelError):
                 raise verdict from None
-            if retry >= policy.max_retries:
+            elapsed = max(clock() - started, 0.0)
+            left = policy.retry_s - elapsed
+            if left <= 0 or (policy.max_retries is not None and retry >= policy.max_retries):
                 tries = retry + 1
                 raise ModelError(
-                    f"{what} failed {tries} time{'s' if tries != 1 else ''} "
-                    f"({policy.max_retries} retries allowed); last error: {verdict.reason}"
+                    f"gave up on {what} after {tries} attempt{'s' if tries != 1 else ''} over "
+                    f"{elapsed:.1f} s ({policy.describe()}); last error: {verdict.reason}"
                 ) from None
-            delay = policy.delay_s(retry, rng, verdict.retry_after_s)
+            delay = min(policy.delay_s(retry, rng, verdict.retry_after_s), left)
             if gate is not None and verdict.rate_limited:
                 gate.hold(delay)
             await sleep(delay)

@@ -46,7 +46,19 @@ __all__ = ["FAULT_KINDS", "FakeOpenAIServer", "Fault", "RecordedRequest", "main"
 log = logging.getLogger(__name__)
 
 HOST = "127.0.0.1"
-FAULT_KINDS = ("status", "hang", "reset", "truncated", "not_json", "empty", "null_content")
+FAULT_KINDS = (
+    "status",
+    "hang",
+    "reset",
+    "truncated",
+    "not_json",
+    "empty",
+    "null_content",
+    "usage",
+    "body",
+    "trickle",
+    "ok",
+)
 MAX_BODY_BYTES = 32 * 1024 * 1024
 MAX_FAULTS = 10_000
 MAX_HANG_S = 300.0
@@ -91,6 +103,11 @@ class Fault:
     answering, past a short client timeout. ``reset``: send part of the headers, then an RST.
     ``truncated``: promise a full JSON body, send half, close. ``not_json``: a 200 whose body is HTML.
     ``empty`` / ``null_content``: a normal 200 whose message content is ``""`` / ``null``.
+    ``usage``: a normal answer whose ``usage`` is ``usage`` as given (any JSON value; ``None`` leaves
+    the field out). ``body``: a 200 whose body is ``body``: bytes or str sent as they are (non-UTF-8
+    included), anything else as JSON. ``trickle``: a normal answer sent one byte every ``trickle_s``
+    seconds after ``hang_s`` (the server's) of leading spaces; the server counts a client that
+    hangs up on it (``FakeOpenAIServer.hung_up``). ``ok``: answer normally (a place in the queue).
     """
 
     kind: str
@@ -99,12 +116,17 @@ class Fault:
     retry_after_ms: int | None = None
     message: str | None = None
     code: str | None = None
+    usage: Any = None
+    body: Any = None
+    trickle_s: float = 0.3
 
     def __post_init__(self) -> None:
         if self.kind not in FAULT_KINDS:
             raise ValueError(f"unknown fault kind {self.kind!r}; expected one of {FAULT_KINDS}")
         if not 400 <= self.status <= 599:
             raise ValueError(f"a status fault needs a 4xx/5xx status, got {self.status}")
+        if not 0.001 <= self.trickle_s <= 60:
+            raise ValueError(f"trickle_s must be in [0.001, 60], got {self.trickle_s}")
 
     @classmethod
     def parse(cls, spec: FaultSpec) -> Fault:
@@ -118,7 +140,17 @@ class Fault:
         if isinstance(spec, str):
             return cls(spec)
         if isinstance(spec, Mapping):
-            unknown = set(spec) - {"kind", "status", "retry_after", "retry_after_ms", "message", "code"}
+            unknown = set(spec) - {
+                "kind",
+                "status",
+                "retry_after",
+                "retry_after_ms",
+                "message",
+                "code",
+                "usage",
+                "body",
+                "trickle_s",
+            }
             if unknown:
                 raise ValueError(f"unknown fault fields {sorted(unknown)}")
             fields = dict(spec)
@@ -410,6 +442,7 @@ class FakeOpenAIServer(ThreadingHTTPServer):
         self._connections = threading.BoundedSemaphore(max_connections)
         self._ids = itertools.count(1)
         self._in_flight = 0
+        self._hung_up = 0
         self._max_in_flight = 0
         self._chat_requests = 0
         # Overlap by construction, not by timing: the first chat requests are held until
@@ -441,6 +474,12 @@ class FakeOpenAIServer(ThreadingHTTPServer):
         """The most chat requests this server was handling at the same moment."""
         with self._lock:
             return self._max_in_flight
+
+    @property
+    def hung_up(self) -> int:
+        """Answers a client hung up on before the server had sent them whole (a ``trickle`` fault)."""
+        with self._lock:
+            return self._hung_up
 
     @property
     def pending_faults(self) -> int:
@@ -632,7 +671,14 @@ class _Handler(BaseHTTPRequestHandler):
         )
         try:
             self.server._wait(self.server.latency_s)
-            if fault is not None and fault.kind in ("status", "hang", "reset", "truncated", "not_json"):
+            if fault is not None and fault.kind in (
+                "status",
+                "hang",
+                "reset",
+                "truncated",
+                "not_json",
+                "body",
+            ):
                 self._fault(fault)
                 return
             if body is None:
@@ -703,37 +749,63 @@ class _Handler(BaseHTTPRequestHandler):
             pieces = _prompt_pieces(body, server.image_tokens, server.prompt_overhead_tokens)
             cached_tokens = server._cached_tokens(pieces)
         content: str | None = text
-        if fault is not None:
+        if fault is not None and fault.kind in ("empty", "null_content"):
             content = "" if fault.kind == "empty" else None
             words = []
         logprobs = None
         if tokens is not None and body.get("logprobs") and server.kind != "transformers":
             logprobs = {"content": [self._token_logprobs(t, pick_of, constraint[1]) for t, pick_of in tokens]}
-        self._send_json(
-            200,
-            {
-                "id": f"chatcmpl-{next(server._ids)}",
-                "object": "chat.completion",
-                "created": int(time.time()),
-                "model": body["model"],
-                "choices": [
-                    {
-                        "index": 0,
-                        "message": {"role": "assistant", "content": content},
-                        "logprobs": logprobs,
-                        "finish_reason": finish_reason,
-                    }
-                ],
-                "usage": {
-                    "prompt_tokens": prompt_tokens,
-                    "completion_tokens": len(words),
-                    "total_tokens": prompt_tokens + len(words),
-                    "prompt_tokens_details": {"image_tokens": image_tokens, "cached_tokens": cached_tokens},
+        answer = {
+            "id": f"chatcmpl-{next(server._ids)}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": body["model"],
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": content},
+                    "logprobs": logprobs,
+                    "finish_reason": finish_reason,
                 }
-                if server.report_usage
-                else None,
+            ],
+            "usage": {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": len(words),
+                "total_tokens": prompt_tokens + len(words),
+                "prompt_tokens_details": {"image_tokens": image_tokens, "cached_tokens": cached_tokens},
             },
-        )
+        }
+        if not server.report_usage:
+            answer["usage"] = None
+        if fault is not None and fault.kind == "usage":
+            answer.pop("usage")
+            if fault.usage is not None:
+                answer["usage"] = fault.usage
+        if fault is not None and fault.kind == "trickle":
+            self._trickle(json.dumps(answer).encode(), fault.trickle_s)
+            return
+        self._send_json(200, answer)
+
+    def _trickle(self, payload: bytes, every_s: float) -> None:
+        """Send ``payload`` after ``hang_s`` of leading spaces, one byte every ``every_s`` seconds."""
+        padding = max(1, int(self.server.hang_s / every_s))
+        body = b" " * padding + payload
+        try:
+            self._send_head(200, "application/json", len(body))
+            self.wfile.flush()
+            for i in range(padding):
+                self.wfile.write(body[i : i + 1])
+                self.wfile.flush()
+                if self.server._stopping.wait(every_s):
+                    break
+            else:
+                self.wfile.write(body[padding:])
+                self.wfile.flush()
+                return
+        except (BrokenPipeError, ConnectionResetError):
+            with self.server._lock:
+                self.server._hung_up += 1
+        self.close_connection = True
 
     def _token_logprobs(self, token: str, pick_of: str | None, choices: list[str]) -> dict[str, Any]:
         """One token's entry of ``logprobs.content``; the pick's token lists every choice's logprob."""
@@ -767,6 +839,14 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
         elif fault.kind == "not_json":
             payload = b"<html><body>502 Bad Gateway (but sent as 200)</body></html>"
+            self._send_head(200, "application/json", len(payload))
+            self.wfile.write(payload)
+        elif fault.kind == "body":
+            body = fault.body
+            payload = (
+                body if isinstance(body, bytes) else (body if isinstance(body, str) else json.dumps(body))
+            )
+            payload = payload.encode() if isinstance(payload, str) else payload
             self._send_head(200, "application/json", len(payload))
             self.wfile.write(payload)
 
@@ -838,6 +918,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port (printed)")
     parser.add_argument("--model", default=None, help="answer 404 model_not_found for other models")
     parser.add_argument("--reply", default="ACTION: NOOP", help="the text of every answer")
+    parser.add_argument(
+        "--reply-padding",
+        type=int,
+        default=0,
+        help="this many characters of filler before the reply (huge answers)",
+    )
     parser.add_argument("--latency", type=float, default=0.0, help="seconds added to every chat request")
     parser.add_argument("--api-key", default=None, help="answer 401 unless this bearer key is sent")
     parser.add_argument("--image-tokens", type=int, default=85, help="prompt tokens counted per image")
@@ -852,7 +938,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     server = FakeOpenAIServer(
         args.port,
         model=args.model,
-        reply=args.reply,
+        reply="x" * max(args.reply_padding, 0) + "\n" + args.reply if args.reply_padding else args.reply,
         latency_s=args.latency,
         api_key=args.api_key,
         image_tokens=args.image_tokens,
