@@ -108,6 +108,9 @@ def _hostile_run(path: Path, steps: int = 6) -> Path:
             "cost_usd": 0.0001,
             "sent": sent,
             "probs": {"NOOP": 0.25, "FIRE": 0.75, "<b>X</b>": "<i>"} if k == 1 else None,
+            # step 1: flags that are not booleans (untrusted files) say nothing; step 2: both flags set
+            "usage_estimated": "<b>yes</b>" if k == 1 else k == 2,
+            "answer_truncated": 1 if k == 1 else k == 2,
         }
         lines.append(json.dumps(record))
     (path / "steps.jsonl").write_text("\n".join(lines) + "\n")
@@ -375,6 +378,7 @@ def test_hostile_answer_shows_as_text_in_a_real_browser(browser, tmp_path):
     run = _hostile_run(tmp_path / "hostile")
     browser.open(write_report(run))
     assert browser.eval("document.getElementById('answer').textContent") == HOSTILE
+    assert browser.eval("document.getElementById('f-tokens').textContent") == "100 / 7 / 85"
     assert browser.eval("document.querySelectorAll('script').length") == 2
     assert browser.eval("document.querySelectorAll('img[src=\"x\"], #answer *, b.bad b').length") == 0
     assert browser.eval("typeof window.__pwned") == "undefined"
@@ -398,7 +402,12 @@ def test_hostile_answer_shows_as_text_in_a_real_browser(browser, tmp_path):
         "fallback (no legal action in the answer)"
     )
     assert browser.eval("document.getElementById('probs-note').hidden") is False
-    assert browser.eval("document.getElementById('answer').textContent") == "step 2 <i>answer</i>"
+    assert browser.eval("document.getElementById('answer').textContent") == (
+        "step 2 <i>answer</i>\n[answer cut: it was longer than the backend keeps]"
+    )
+    assert browser.eval("document.getElementById('f-tokens').textContent") == (
+        "100 / 7 / 85 (estimated: the server's count was not believable)"
+    )
     shot = Path(os.environ.get("ATARI_VLM_SCREENSHOT_DIR", tmp_path)) / "report_hostile.png"
     browser.screenshot(shot)
     dialogs = [e for e in browser.events if e.get("method") == "Page.javascriptDialogOpening"]

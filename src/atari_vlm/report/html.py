@@ -68,6 +68,8 @@ STEP_COLUMNS = (
     "latency_s",
     "retries",
     "cost_usd",
+    "usage_estimated",  # the server's usage was unbelievable: the tokens shown are atari-vlm's count
+    "answer_truncated",  # the answer was cut to the backend's cap before it was stored
     "text",
     "probs",  # list over ``actions`` (None where unknown), or None
     "screen",  # index into ``frames`` of the screen the step was decided on, or -1
@@ -910,7 +912,8 @@ _JS = r"""
     text("f-lives", num(s[col.lives]));
     var images = s[col.image_tokens];
     text("f-tokens", num(s[col.input_tokens]) + " / " + num(s[col.output_tokens]) +
-      (images === null || images === undefined ? "" : " / " + num(images)));
+      (images === null || images === undefined ? "" : " / " + num(images)) +
+      (s[col.usage_estimated] === true ? " (estimated: the server's count was not believable)" : ""));
     text("f-latency", s[col.latency_s] === null ? "-" : num(s[col.latency_s], 3) + " s");
     text("f-retries", num(s[col.retries]));
     var cost = s[col.cost_usd];
@@ -919,7 +922,8 @@ _JS = r"""
     if (answer === null || answer === undefined || answer === "") {
       answer = data.agent === "random" ? "(no answer: the random agent has no model)" : "(empty answer)";
     }
-    text("answer", String(answer));
+    text("answer", String(answer) +
+      (s[col.answer_truncated] === true ? "\n[answer cut: it was longer than the backend keeps]" : ""));
     showProbs(s);
     showSent(e, s);
   }
