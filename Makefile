@@ -33,7 +33,7 @@ $(STAMP): pyproject.toml $(BASE)
 install: $(STAMP)
 
 # pong-tiny: a tiny model trained by atari-vlm on RAM-expert demonstrations (not a general VLM), built
-# on first use (about a minute on 2 cores) and cached in ~/.cache/atari-vlm ($$ATARI_VLM_CACHE).
+# on first use (about 20 s on 2 idle cores) and cached in ~/.cache/atari-vlm ($$ATARI_VLM_CACHE).
 play: $(PLAY_STAMP)
 	$(BIN)/atari-vlm play --game Pong --model pong-tiny --episodes 2 --max-steps 300 --seed 0 --out runs/play --overwrite
 

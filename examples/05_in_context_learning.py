@@ -32,7 +32,7 @@ from atari_vlm.rollout import explicit_seeds, play_episode
 from atari_vlm.spec import RunSpec
 from atari_vlm.workers import prompt_builder, vlm_agent
 
-DEMO_DECISIONS = 600  # long enough for the expert to score and concede a few points
+DEMO_DECISIONS = 2000  # long enough for the expert to score a few points (a rally is long)
 PLAY_SEED = 7  # the seed both games are played on (the demonstration's seeds come from 1000)
 
 

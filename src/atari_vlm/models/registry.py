@@ -5,7 +5,7 @@ Accepted forms:
 - ``demo``: a tiny random-weight VLM built locally (offline, seconds, cached). It exercises the whole
   pipeline; its answers are noise, and everything that shows it says so.
 - ``pong-tiny``: the same tiny VLM after atari-vlm trained it on RAM-expert Pong demonstrations
-  (:mod:`atari_vlm.models.trained`: built on first use, about a minute on 2 cores, cached). It plays
+  (:mod:`atari_vlm.models.trained`: built on first use, about 20 s on 2 idle cores, cached). It plays
   Pong well above random; it is not a general VLM, and everything that shows it says so.
 - ``openai:<model>``: the OpenAI API, or any OpenAI-compatible server with ``base_url``
   (vLLM, Ollama, LM Studio, SGLang, ``transformers serve``).

@@ -22,8 +22,8 @@ BUILT_IN: tuple[tuple[str, str], ...] = (
     ),
     (
         TRAINED_MODEL,
-        f"{TRAINED_LABEL}; it plays Pong (basic prompt, default observation), built on first use in about "
-        "a minute on 2 cores and cached",
+        f"{TRAINED_LABEL}; it plays Pong (basic prompt, default observation), built on first use (about "
+        "20 s on 2 idle cores) and cached",
     ),
 )
 """The models atari-vlm builds itself (no preset, no download), each with what it is."""

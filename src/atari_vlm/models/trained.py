@@ -8,11 +8,12 @@ policy (:class:`atari_vlm.experts.PongTrack`: move toward the ball as the state 
 (the basic prompt, the screen and the state text, scored answers ``ACTION: <name>``). It learns
 from the state text; the screen goes through its 28-pixel vision tower, 4 image tokens.
 
-Built on first use in about a minute on 2 CPU cores and cached beside the demo checkpoint
-(:func:`~atari_vlm.models.tiny.demo_cache_root`), under a name that carries :data:`TRAINED_VERSION`,
-so a change to :data:`RECIPE` builds a fresh one. It is **not** a general VLM: it has seen one
-game, one prompt style and one observation setting (the defaults), and says so wherever it appears
-(:data:`TRAINED_LABEL`). Measured against random and the expert: BENCHMARKS.md, "pong-tiny".
+Built on first use (about 20 s on 2 idle CPU cores; BENCHMARKS.md) and cached beside the demo
+checkpoint (:func:`~atari_vlm.models.tiny.demo_cache_root`), under a name that carries
+:data:`TRAINED_VERSION`, so a change to :data:`RECIPE` builds a fresh one. It is **not** a
+general VLM: it has seen one game, one prompt style and one observation setting (the defaults),
+and says so wherever it appears (:data:`TRAINED_LABEL`). Measured against random and the
+expert: BENCHMARKS.md, "pong-tiny".
 """
 
 from __future__ import annotations
@@ -202,7 +203,7 @@ def _stderr(message: str) -> None:
 def trained_checkpoint(
     cache_dir: Path | None = None, *, notify: Callable[[str], None] | None = _stderr
 ) -> Path:
-    """The checkpoint behind ``--model pong-tiny``: built on first use (about a minute on 2 cores),
+    """The checkpoint behind ``--model pong-tiny``: built on first use (about 20 s on 2 idle cores),
     then reused from the cache (``$ATARI_VLM_CACHE``, else ``~/.cache/atari-vlm``)."""
     from atari_vlm.models.tiny import demo_cache_root
 
@@ -215,7 +216,7 @@ def trained_checkpoint(
     if notify is not None:
         notify(
             f"building {TRAINED_MODEL} ({TRAINED_LABEL}) on first use: recording expert Pong games and "
-            f"fine-tuning, about a minute on 2 cores; cached in {path}"
+            f"fine-tuning, about 20 s on 2 idle cores; cached in {path}"
         )
     try:
         build_trained_player(path, RECIPE)
