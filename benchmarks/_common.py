@@ -45,6 +45,18 @@ def median(values: Sequence[float]) -> float:
     return float(statistics.median(values))
 
 
+_T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
+
+
+def ci95(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and half-width of the t-based 95% confidence interval (nan for one value)."""
+    n = len(values)
+    mean = float(np.mean(values))
+    if n < 2:
+        return mean, float("nan")
+    return mean, _T975.get(n - 1, 1.96) * float(np.std(values, ddof=1)) / n**0.5
+
+
 def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
     """A Markdown table (pastes straight into BENCHMARKS.md, reads fine in a terminal)."""
     cells = [[str(h) for h in headers], *[[_cell(v) for v in row] for row in rows]]

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -21,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import machine
+from _common import ci95, machine
 
 from atari_vlm.models.registry import load_model
 from atari_vlm.models.tiny import build_tiny_checkpoint
@@ -29,17 +28,6 @@ from atari_vlm.record import record
 from atari_vlm.runner import run_play
 from atari_vlm.spec import RunSpec
 from atari_vlm.training.finetune import finetune
-
-T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
-
-
-def ci95(values: list[float]) -> tuple[float, float]:
-    """Mean and half-width of the t-based 95% confidence interval."""
-    n = len(values)
-    mean = float(np.mean(values))
-    if n < 2:
-        return mean, float("nan")
-    return mean, T975.get(n - 1, 1.96) * float(np.std(values, ddof=1)) / math.sqrt(n)
 
 
 def evaluate(label: str, agent: str, model: str, seeds: list[int], env: dict, out: Path) -> list[float]:

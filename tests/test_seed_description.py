@@ -460,6 +460,8 @@ def test_the_examples_run_offline(repo_root_view, openai_server):
     assert "actions: ['NOOP', 'FIRE', 'RIGHT', 'LEFT', 'RIGHTFIRE', 'LEFTFIRE']" in out  # example 1
     assert "NOTE: model 'demo' has RANDOM WEIGHTS" in out  # example 2, offline
     assert "tiny RANDOM-WEIGHT Qwen2-VL checkpoint" in out  # example 3
+    assert "4 exemplars chosen" in out and "Example 4: state: " in out  # example 5: real exemplars
+    assert "--- prompt with exemplars: 5 image(s)" in out  # ... that the prompt shows
     assert "episode,eval_mean_return,eval_std" in out  # example 6's learning curve
     assert "4 games at once: 8 decisions" in out  # example 9: 4 games of 2 decisions
     assert openai_server.requests == []

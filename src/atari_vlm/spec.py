@@ -593,8 +593,8 @@ class ModelSpec(_Section):
 
     model: str = setting(
         "auto",
-        help="a preset (see `atari-vlm models`) | demo | auto | openai:|anthropic:|gemini:<model> | "
-        "local:<hf id> | <checkpoint dir>",
+        help="a preset (see `atari-vlm models`) | demo | pong-tiny | auto | "
+        "openai:|anthropic:|gemini:<model> | local:<hf id> | <checkpoint dir>",
         check=text(max_length=4096),
         metavar="MODEL",
     )

@@ -4,6 +4,9 @@ Accepted forms:
 
 - ``demo``: a tiny random-weight VLM built locally (offline, seconds, cached). It exercises the whole
   pipeline; its answers are noise, and everything that shows it says so.
+- ``pong-tiny``: the same tiny VLM after atari-vlm trained it on RAM-expert Pong demonstrations
+  (:mod:`atari_vlm.models.trained`: built on first use, about 20 s on 2 idle cores, cached). It plays
+  Pong well above random; it is not a general VLM, and everything that shows it says so.
 - ``openai:<model>``: the OpenAI API, or any OpenAI-compatible server with ``base_url``
   (vLLM, Ollama, LM Studio, SGLang, ``transformers serve``).
 - ``anthropic:<model>`` / ``gemini:<model>``: Claude / Gemini through their official SDKs.
@@ -52,6 +55,7 @@ from atari_vlm.models.presets import (
     preset_for_model,
     suggest,
 )
+from atari_vlm.models.trained import TRAINED_LABEL, TRAINED_MARKER, TRAINED_MODEL
 from atari_vlm.spec import ModelSpec
 
 DEMO_WARNING = (
@@ -62,12 +66,16 @@ TINY_WARNING = (
     "{path} is a tiny checkpoint built by atari-vlm with RANDOM WEIGHTS: its moves are noise and its "
     "scores mean nothing"
 )
+TRAINED_WARNING = (
+    f"model {TRAINED_MODEL!r} is a {TRAINED_LABEL}: it learnt Pong from the state text, with the basic "
+    "prompt and the default observation; any other game or setting it plays no better than chance"
+)
 DEFAULT_OPENAI_MODEL = "gpt-4o-mini"
 DEFAULT_CONCURRENCY = 8
 """Requests in flight to an API when the spec leaves it open (the runner sets one per game)."""
 MODEL_FORMS = (
-    "'demo', 'auto', a preset name, 'openai:<model>' (with --base-url for a local server), "
-    "'anthropic:<model>', 'gemini:<model>', 'local:<hf id>', or a checkpoint directory"
+    f"'demo', '{TRAINED_MODEL}', 'auto', a preset name, 'openai:<model>' (with --base-url for a local "
+    "server), 'anthropic:<model>', 'gemini:<model>', 'local:<hf id>', or a checkpoint directory"
 )
 
 
@@ -85,6 +93,7 @@ class LoadedModel:
     provider: str
     random_weights: bool = False
     warning: str | None = None
+    label: str | None = None  # what the model is, where that is not obvious (pong-tiny: a tiny trained model)
     prices: Prices | None = None  # USD per million tokens; None: unknown (a custom server, an unlisted model)
     preset: str | None = None  # the preset name, when one was used
 
@@ -96,7 +105,14 @@ class LoadedModel:
 
     def describe(self) -> dict[str, Any]:
         """What a run records about its model (never a secret). The endpoint is :attr:`base_url`."""
-        return {"spec": self.spec, "provider": self.provider, "random_weights": self.random_weights}
+        described: dict[str, Any] = {
+            "spec": self.spec,
+            "provider": self.provider,
+            "random_weights": self.random_weights,
+        }
+        if self.label:
+            described["label"] = self.label
+        return described
 
 
 def _load_openai(model: str, options: ModelSpec, **backend_options: Any) -> LoadedModel:
@@ -124,8 +140,10 @@ def _load_local(path: str, options: ModelSpec, *, demo: bool = False) -> LoadedM
     from atari_vlm.models.local import LocalVLM
     from atari_vlm.models.tiny import DEMO_MARKER
 
-    # A tiny checkpoint built by atari-vlm carries a marker file: random weights, whatever its path.
+    # A tiny checkpoint built by atari-vlm carries a marker file: random weights, or (the trained
+    # player's) trained by atari-vlm on expert demonstrations, whatever its path.
     tiny = (Path(path).expanduser() / DEMO_MARKER).is_file()
+    trained = (Path(path).expanduser() / TRAINED_MARKER).is_file()
     vlm = LocalVLM(
         path,
         device=options.device,
@@ -135,15 +153,26 @@ def _load_local(path: str, options: ModelSpec, *, demo: bool = False) -> LoadedM
         trust_remote_code=options.trust_remote_code,
     )
     warning = DEMO_WARNING if demo else (TINY_WARNING.format(path=path) if tiny else None)
-    return LoadedModel(
+    loaded = LoadedModel(
         vlm, "demo" if demo else str(path), "local", random_weights=demo or tiny, warning=warning
     )
+    if trained and not loaded.random_weights:
+        loaded.label, loaded.warning = TRAINED_LABEL, TRAINED_WARNING
+    return loaded
 
 
 def _load_demo(options: ModelSpec) -> LoadedModel:
     from atari_vlm.models.tiny import demo_checkpoint
 
     return _load_local(str(demo_checkpoint()), options, demo=True)
+
+
+def _load_trained(options: ModelSpec) -> LoadedModel:
+    from atari_vlm.models.trained import trained_checkpoint
+
+    loaded = _load_local(str(trained_checkpoint()), options)
+    loaded.spec = TRAINED_MODEL
+    return loaded
 
 
 def _served_model(base_url: str, api_key: str | None) -> str:
@@ -288,6 +317,8 @@ def load_model(model: str | ModelSpec) -> LoadedModel:
     prefix, sep, rest = spec.partition(":")
     if spec == "demo":
         loaded = _load_demo(options)
+    elif spec == TRAINED_MODEL:
+        loaded = _load_trained(options)
     elif spec == "auto":
         loaded = _load_auto(options)
     elif sep and prefix in _PREFIXES:

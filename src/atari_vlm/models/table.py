@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from atari_vlm.models.presets import Preset, availabilities, list_presets, recommend
+from atari_vlm.models.trained import TRAINED_LABEL, TRAINED_MODEL
 from atari_vlm.terminal import UNBOUNDED, Column, render_table
 
 __all__ = ["DOCS_BEGIN", "DOCS_END", "model_rows", "models_data", "presets_markdown", "render_models_table"]
@@ -66,8 +67,18 @@ DEMO_ROW: dict[str, Any] = {
 }
 
 
+TRAINED_ROW: dict[str, Any] = {
+    **DEMO_ROW,
+    "name": TRAINED_MODEL,
+    "model_id": "(a tiny VLM atari-vlm trains here on first use, then cached)",
+    "hardware": "CPU, about 20 s to build on 2 idle cores",
+    "good_at": f"{TRAINED_LABEL}; it plays Pong (basic prompt, default observation)",
+}
+
+
 def model_rows(*, api_key: str | None = None) -> list[dict[str, Any]]:
-    """Every preset (and ``demo``) as plain data: prices, status, hardware, whether usable here now.
+    """Every preset (and the built-in ``demo`` and ``pong-tiny``) as plain data: prices, status,
+    hardware, whether usable here now.
 
     What ``atari-vlm models --json`` prints and the table shows."""
     rows = []
@@ -96,6 +107,7 @@ def model_rows(*, api_key: str | None = None) -> list[dict[str, Any]]:
     torch = importlib.util.find_spec("torch") is not None
     reason = "built here (torch installed)" if torch else 'pip install "atari-vlm[local]" (torch)'
     rows.append({**DEMO_ROW, "usable": torch, "reason": reason, "note": None})
+    rows.append({**TRAINED_ROW, "usable": torch, "reason": reason, "note": None})
     return rows
 
 

@@ -637,6 +637,11 @@ def render_report(
             + (f"<br><small>{_e(warning)}</small>" if warning else "")
             + "</div>"
         )
+    elif isinstance(model.get("label"), str) and model["label"]:
+        banner = (
+            "<div class='banner note' role='note'><b>What this model is:</b> "
+            f"{_e(model.get('spec', '?'))}, a {_e(model['label'][:300])}.</div>"
+        )
     title = f"{spec.game} played by {model.get('spec') or spec.agent}"
     plots_html = "".join(_plots(steps, episodes, _learning_curve(run_dir))) or "<p>No data to plot.</p>"
     nonce = secrets.token_urlsafe(16)
@@ -699,6 +704,7 @@ body { margin: 0; font: 14px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, 
 main { max-width: 1100px; margin: 0 auto; padding: 20px 24px 60px; }
 h1 { font-size: 22px; margin: 0 0 2px; } h2 { font-size: 17px; margin: 28px 0 10px; }
 .sub { color: var(--muted); margin-bottom: 14px; }
+.banner.note { background: #fffbeb; border-color: #d97706; color: #92400e; }
 .banner { background: #fef2f2; border: 2px solid #dc2626; color: #991b1b; padding: 12px 16px;
   border-radius: 8px; margin: 12px 0 4px; font-size: 15px; }
 .cards { display: grid; grid-template-columns: repeat(auto-fill, minmax(165px, 1fr)); gap: 8px; }
