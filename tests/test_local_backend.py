@@ -645,6 +645,23 @@ def test_scored_log_probabilities_are_those_of_a_full_forward_per_candidate(
         assert completion.choice == choices[int(np.argmax(expected))]
 
 
+def test_one_pass_scoring_under_eager_attention(
+    vlms: dict[str, LocalVLM], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Eager attention adds the mask to the scores (sdpa takes it as booleans): the same values."""
+    vlm = vlms["qwen2_vl"]
+    vlm.model.set_attn_implementation("eager")
+    try:
+        assert vlm.model.config.get_text_config(decoder=True)._attn_implementation == "eager"
+        requests = [make_request(s, system=LONG_SYSTEM, decode="score", choices=MIXED) for s in (0, 3)]
+        for completion, request in zip(gather(vlm, requests), requests, strict=True):
+            expected = reference_log_likelihoods(vlm, request, [f"ACTION: {name}" for name in MIXED])
+            got = np.log([completion.choice_probs[name] for name in MIXED])
+            np.testing.assert_allclose(got, expected - np.logaddexp.reduce(expected), atol=1e-4, rtol=0)
+    finally:
+        vlm.model.set_attn_implementation("sdpa")
+
+
 def test_json_answers_are_scored_as_json(vlms: dict[str, LocalVLM]) -> None:
     vlm = vlms["idefics3"]
     (completion,) = gather(vlm, [make_request(1, decode="score", choices=PONG, json_mode=True)])

@@ -916,9 +916,12 @@ class LocalVLM:
         return scores, answer_ids
 
     def _one_pass_fits(self, length: int) -> bool:
-        """Whether every layer attends to all of ``length`` tokens (no sliding window cuts in), so
-        the suffixes can share the prompt's forward under a mask of their own."""
+        """Whether the suffixes can share the prompt's forward under a mask of their own: the
+        attention takes a 4-D mask (sdpa or eager, not flash attention) and every layer attends to
+        all of ``length`` tokens (no sliding window cuts in)."""
         text = self.model.config.get_text_config(decoder=True)
+        if _attention_kind(self.model) not in ("sdpa", "eager"):
+            return False
         window = getattr(text, "sliding_window", None)
         if not isinstance(window, int) or not getattr(text, "use_sliding_window", True):
             return True
@@ -1010,7 +1013,7 @@ class LocalVLM:
         With ``block`` (tokens, owner, step: each (requests, width)), the block's tokens follow the
         prompts in the same forward under a 4-D mask (:func:`_block_mask`), each at the position
         after its prompt's last plus ``step``, and the logits cover the prompt's last token and every
-        block token: (requests, 1 + width, vocab); the cache then also holds the block.
+        block token: (requests, 1 + width, vocab), and no cache (the block's KV is of no further use).
         """
         torch = self._torch
         prefix = self._shared_prefix(inputs) if self.prefix_cache else None
@@ -1034,11 +1037,15 @@ class LocalVLM:
                     rest[key] = torch.cat([rest[key], extra], 1)
             after = positions[..., -1:] + 1 + (step if positions.ndim == 2 else step[None])
             run_positions = torch.cat([run_positions, after], -1)
-            rest["attention_mask"] = _block_mask(attention, owner, n, self.model.dtype, torch)
+            additive = None if _attention_kind(self.model) == "sdpa" else self.model.dtype
+            rest["attention_mask"] = _block_mask(attention, owner, n, additive, torch)
             keep = {"logits_to_keep": tokens.shape[1] + 1} if keep else {}
-        out = self.model(**rest, position_ids=run_positions, use_cache=True, **cached, **keep)
-        logits = out.logits[:, -1] if block is None else out.logits[:, -(block[0].shape[1] + 1) :]
-        return logits, _output_cache(out), attention, positions
+        # The block's own KV is never used again: no cache to build unless the prefix's is passed in.
+        grow = block is None or bool(cached)
+        out = self.model(**rest, position_ids=run_positions, use_cache=grow, **cached, **keep)
+        if block is not None:
+            return out.logits[:, -(block[0].shape[1] + 1) :], None, attention, positions
+        return out.logits[:, -1], _output_cache(out), attention, positions
 
     def _shared_prefix(self, inputs: dict[str, Any]) -> tuple[int, ...] | None:
         """The token ids that every prompt of the batch starts with, up to the first image or video
@@ -1117,9 +1124,16 @@ def _append_tokens(inputs: dict[str, Any], extra: list[list[int]], pad_id: int, 
     return out
 
 
-def _block_mask(attention: Any, owner: Any, n: int, dtype: Any, torch: Any) -> Any:
-    """The additive 4-D attention mask (requests, 1, queries, keys) of a prompt batch followed by a
-    block of candidate suffixes, for a forward whose first ``n`` columns are already in the cache.
+def _attention_kind(model: Any) -> str:
+    """The attention implementation of the model's language half (``sdpa``, ``eager``, ...)."""
+    text = model.config.get_text_config(decoder=True)
+    return str(getattr(text, "_attn_implementation", None) or model.config._attn_implementation)
+
+
+def _block_mask(attention: Any, owner: Any, n: int, additive: Any, torch: Any) -> Any:
+    """The 4-D attention mask (requests, 1, queries, keys) of a prompt batch followed by a block of
+    candidate suffixes, for a forward whose first ``n`` columns are already in the cache: boolean
+    (True: attend, as sdpa takes it), or additive in dtype ``additive`` (as eager attention adds it).
 
     ``attention`` (requests, prompt width) marks each prompt's real tokens; ``owner`` (requests,
     block width) names the candidate each block token belongs to (-1: padding). A prompt token sees
@@ -1138,8 +1152,10 @@ def _block_mask(attention: Any, owner: Any, n: int, dtype: Any, torch: Any) -> A
     same = (key_owner[:, n:, None] == key_owner[:, None, :]) | (key_owner[:, None, :] == -2)
     allowed = causal[None] & key_real[:, None, :] & same
     allowed |= keys[None, None, :] == queries[None, :, None]
-    mask = torch.zeros(allowed.shape, dtype=dtype, device=device)
-    return mask.masked_fill_(~allowed, torch.finfo(dtype).min)[:, None]
+    if additive is None:
+        return allowed[:, None]
+    mask = torch.zeros(allowed.shape, dtype=additive, device=device)
+    return mask.masked_fill_(~allowed, torch.finfo(additive).min)[:, None]
 
 
 def _candidate_totals(
