@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import functools
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -197,6 +198,7 @@ def measure_rates(args: argparse.Namespace, tmp: Path) -> None:
                     1000 * median(steps),
                 )
             )
+            print(f"# done: {family} batch {batch}", file=sys.stderr, flush=True)
         asyncio.run(vlm.aclose())
     print_table(
         [
