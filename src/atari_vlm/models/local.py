@@ -434,12 +434,12 @@ class LocalVLM:
     Decoding (``Request.decode``):
 
     - ``free``: ``model.generate`` writes the answer; the agent parses it.
-    - ``score``: no generation. One forward pass over the prompt (its KV cache then shared by every
-      candidate: the cache's rows are repeated per candidate and all candidates run as one batched
-      continuation) gives the log-likelihood of each legal answer, ``ACTION: <name>`` followed by
-      an end token (see :meth:`_score`). The text before the first image (the system prompt, the
-      same at every decision) is computed once and its KV reused while it stays the same
-      (``prefix_cache``, on by default), so each decision's forward covers only the rest.
+    - ``score``: no generation. One forward pass over the prompt, with every candidate's tokens
+      after it under a mask that keeps the candidates apart, gives the log-likelihood of each legal
+      answer, ``ACTION: <name>`` followed by an end token (see :meth:`_score`). The text before
+      the first image (the system prompt, the same at every decision) is computed once and its KV
+      reused while it stays the same (``prefix_cache``, on by default), so each decision's forward
+      covers only the rest.
     - ``constrained``: the same exact choice among the legal answers (the model's distribution
       restricted to them, which token masking in ``generate`` only approximates), written as
       ``obtained="constrained"``; with ``Request.reasoning``, ``generate`` first writes free
