@@ -73,8 +73,9 @@ def workers(vlm: LocalVLM, decode: str, *, steps: int) -> Callable[[], tuple[Ata
 @dataclass
 class ModelMeter:
     """CPU time spent inside a :class:`LocalVLM`, measured on the batch worker thread itself
-    (``time.thread_time``, so other threads and processes do not count): every batch, and every
-    forward of the model by the number of query tokens (a prompt, or one decoding step)."""
+    (``time.thread_time``: other threads and processes do not count, torch's other intra-op threads
+    included): every batch, and every forward of the model by the number of query tokens (a prompt,
+    or one decoding step)."""
 
     batches: list[tuple[float, float]] = field(default_factory=list)  # (finished at, CPU s)
     prefill: list[float] = field(default_factory=list)  # CPU s per request of a prompt forward
@@ -98,7 +99,7 @@ class ModelMeter:
             ids = kwargs.get("input_ids")
             if ids is not None and ids.shape[1] == 1:
                 self.steps.append(spent)
-            elif ids is not None and ids.shape[1] >= 16:  # a prompt (not the cached system prefix)
+            elif ids is not None and ids.shape[1] >= 16:  # a prompt (and, once, the system prefix)
                 self.prefill.append(spent / ids.shape[0])
             return out
 
