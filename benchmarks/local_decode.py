@@ -7,7 +7,12 @@ reasoning for cot and expert):
 
 ``rate``: Pong games through ``rollout.play_episodes``, ``B`` games on a model with
 ``max_batch_size`` B (B = 1: one request at a time), basic style and its default 32 tokens, free vs
-score on the same model object within each repeat. Target: score >= 5x free at every B.
+score on the same model object within each repeat. Target: score >= 5x free at every B. Besides
+decisions per second (wall clock, while every game plays), it reports what a loaded machine
+distorts less: the process's CPU time per decision over the same window, the part of it spent in
+the model (the batch worker thread's CPU time in ``LocalVLM``: processor, vision tower, forwards),
+and the CPU time of one prompt forward (``prefill``, per request) and of one decoding step of
+``generate`` (per batch), the two costs that bound the ratio.
 
     python benchmarks/local_decode.py rate --family llava qwen2_vl --batch 1 8 --repeats 3
 
@@ -23,17 +28,23 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
+import sys
 import tempfile
+import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from _common import machine, median, print_table, steady_rate
+from _common import SteadyClock, machine, median, print_table
 
 from atari_vlm.agent import Agent
 from atari_vlm.env import AtariVLMEnv
 from atari_vlm.models.local import LocalVLM
 from atari_vlm.models.tiny import DEMO_FAMILY, TINY_FAMILIES, build_tiny_checkpoint
 from atari_vlm.prompts import parse_action
+from atari_vlm.rollout import play_episodes
 from atari_vlm.spec import RunSpec
 from atari_vlm.workers import vlm_agent
 
@@ -59,26 +70,146 @@ def workers(vlm: LocalVLM, decode: str, *, steps: int) -> Callable[[], tuple[Ata
     return make_worker
 
 
+@dataclass
+class ModelMeter:
+    """CPU time spent inside a :class:`LocalVLM`, measured on the batch worker thread itself
+    (``time.thread_time``: other threads and processes do not count, torch's other intra-op threads
+    included): every batch, and every forward of the model by the number of query tokens (a prompt,
+    or one decoding step)."""
+
+    batches: list[tuple[float, float]] = field(default_factory=list)  # (finished at, CPU s)
+    prefill: list[float] = field(default_factory=list)  # CPU s per request of a prompt forward
+    steps: list[float] = field(default_factory=list)  # CPU s of a one-token forward (per batch)
+
+    def install(self, vlm: LocalVLM) -> None:
+        batch, forward = vlm._generate_batch, vlm.model.forward
+
+        @functools.wraps(batch)
+        def timed_batch(*args: Any, **kwargs: Any) -> Any:
+            start = time.thread_time()
+            out = batch(*args, **kwargs)
+            self.batches.append((time.perf_counter(), time.thread_time() - start))
+            return out
+
+        @functools.wraps(forward)  # generate() reads the forward's signature
+        def timed_forward(*args: Any, **kwargs: Any) -> Any:
+            start = time.thread_time()
+            out = forward(*args, **kwargs)
+            spent = time.thread_time() - start
+            ids = kwargs.get("input_ids")
+            if ids is not None and ids.shape[1] == 1:
+                self.steps.append(spent)
+            elif ids is not None and ids.shape[1] >= 16:  # a prompt (and, once, the system prefix)
+                self.prefill.append(spent / ids.shape[0])
+            return out
+
+        vlm._generate_batch = timed_batch  # type: ignore[method-assign]
+        vlm.model.forward = timed_forward
+
+    def clear(self) -> None:
+        self.batches.clear()
+        self.prefill.clear()
+        self.steps.clear()
+
+
+@dataclass
+class Rate:
+    """One run's figures: decisions/s (wall), and CPU ms per decision of the process and of the model."""
+
+    per_s: float
+    cpu_ms: float
+    model_ms: float
+
+
+async def measure_rate(
+    make_worker: Callable[[], tuple[AtariVLMEnv, Agent]], games: int, meter: ModelMeter
+) -> Rate:
+    """``games`` concurrent one-episode games; every figure over the window while all of them play
+    (:class:`~_common.SteadyClock`), the process's CPU time read at each decision's timestamp."""
+    clock = SteadyClock()
+    cpu_at: dict[float, float] = {}
+
+    class Sink:
+        def __init__(self, inner: Any) -> None:
+            self.inner, self.add_times = inner, inner._times
+
+        def add(self, *args: Any) -> None:
+            self.inner.add(*args)
+            cpu_at[self.add_times[-1]] = time.process_time()
+
+        def finish(self, episode_return: float) -> None:
+            self.inner.finish(episode_return)
+
+        def abort(self) -> None:
+            self.inner.abort()
+
+    meter.clear()
+    await play_episodes(
+        make_worker,
+        episodes=games,
+        root_seed=0,
+        num_envs=games,
+        make_sink=lambda episode, seeds: Sink(clock.sink(episode, seeds)),
+    )
+    per_s, inside = clock.rate()
+    start = max(t[0] for t in clock.times.values())
+    end = min(t[-1] for t in clock.times.values())
+    model = sum(cpu for done, cpu in meter.batches if start < done <= end)
+    return Rate(per_s, 1000 * (cpu_at[end] - cpu_at[start]) / inside, 1000 * model / inside)
+
+
 def measure_rates(args: argparse.Namespace, tmp: Path) -> None:
     rows = []
     for family in args.family:
         vlm = LocalVLM(build_tiny_checkpoint(family, tmp / family), max_batch_size=max(args.batch))
+        meter = ModelMeter()
+        meter.install(vlm)
         for batch in args.batch:
-            free, score, ratios = [], [], []
+            runs: dict[str, list[Rate]] = {"free": [], "score": []}
+            prefill: dict[str, list[float]] = {"free": [], "score": []}
+            steps: list[float] = []
             for _ in range(args.repeats):
                 vlm.max_batch_size = batch
-                one = asyncio.run(steady_rate(workers(vlm, "free", steps=args.steps), batch))
-                two = asyncio.run(steady_rate(workers(vlm, "score", steps=args.steps), batch))
-                free.append(one)
-                score.append(two)
-                ratios.append(two / one)
+                for decode, got in runs.items():
+                    got.append(
+                        asyncio.run(measure_rate(workers(vlm, decode, steps=args.steps), batch, meter))
+                    )
+                    prefill[decode].extend(meter.prefill)
+                    if decode == "free":
+                        steps.extend(meter.steps)
+            free, score = runs["free"], runs["score"]
+            ratios = [b.per_s / a.per_s for a, b in zip(free, score, strict=True)]
+            cpu_ratios = [a.cpu_ms / b.cpu_ms for a, b in zip(free, score, strict=True)]
             rows.append(
-                (family, batch, median(free), median(score), median(ratios), min(ratios), max(ratios))
+                (
+                    family,
+                    batch,
+                    median([r.per_s for r in free]),
+                    median([r.per_s for r in score]),
+                    median(ratios),
+                    min(ratios),
+                    max(ratios),
+                    median([r.cpu_ms for r in free]),
+                    median([r.cpu_ms for r in score]),
+                    median(cpu_ratios),
+                    median([r.model_ms for r in free]),
+                    median([r.model_ms for r in score]),
+                    1000 * median(prefill["free"]),
+                    1000 * median(prefill["score"]),
+                    1000 * median(steps),
+                )
             )
+            print(f"# done: {family} batch {batch}", file=sys.stderr, flush=True)
         asyncio.run(vlm.aclose())
     print_table(
-        ["family", "batch", "free, decisions/s", "score, decisions/s", "ratio (median)", "min", "max"], rows
-    )
+        [
+            "family", "batch", "free, decisions/s", "score, decisions/s", "ratio (median)", "min", "max",
+            "free, CPU ms/decision", "score, CPU ms/decision", "CPU ratio", "free: model CPU ms",
+            "score: model CPU ms", "free prefill ms/request", "score forward ms/request",
+            "decode step ms/batch",
+        ],
+        rows,
+    )  # fmt: skip
 
 
 async def count_unplayable(

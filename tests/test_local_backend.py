@@ -457,9 +457,9 @@ NESTED = ("NOOP", "FIRE", "UP", "UP UP", "UPRIGHT")
 LONG_SYSTEM = "You are playing Pong. " + "Move your paddle to meet the ball and score points. " * 3
 
 
-def reference_probs(vlm: LocalVLM, request: Request, answers: list[str]) -> np.ndarray:
-    """The candidates' probabilities computed the plain way: one uncached, unpadded forward over
-    prompt + answer + end for each answer, as fine-tuning lays out an example."""
+def reference_log_likelihoods(vlm: LocalVLM, request: Request, answers: list[str]) -> np.ndarray:
+    """log P(answer, end | prompt) of each candidate computed the plain way: one uncached, unpadded
+    forward over prompt + answer for each answer, as fine-tuning lays out an example."""
     import torch
 
     prompt = vlm.render(request.messages)
@@ -484,7 +484,12 @@ def reference_probs(vlm: LocalVLM, request: Request, answers: list[str]) -> np.n
             logp = vlm.model(**full).logits[0].float().log_softmax(-1)
         tokens = sum(logp[prompt_len - 1 + j, t].item() for j, t in enumerate(ids))
         totals.append(tokens + torch.logsumexp(logp[-1, ends], 0).item())
-    values = np.array(totals)
+    return np.array(totals)
+
+
+def reference_probs(vlm: LocalVLM, request: Request, answers: list[str]) -> np.ndarray:
+    """The candidates' probabilities from :func:`reference_log_likelihoods`."""
+    values = reference_log_likelihoods(vlm, request, answers)
     return np.exp(values - values.max()) / np.exp(values - values.max()).sum()
 
 
@@ -501,6 +506,7 @@ def record_forwards(monkeypatch: pytest.MonkeyPatch, vlm: LocalVLM) -> list[tupl
 
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         calls.append(tuple(kwargs["input_ids"].shape))
+        monkeypatch.setattr(vlm, "_last_inputs", kwargs["input_ids"], raising=False)
         return real(*args, **kwargs)
 
     monkeypatch.setattr(vlm.model, "forward", wrapper)
@@ -580,7 +586,7 @@ def test_a_scored_answer_costs_what_its_tokens_say(vlms: dict[str, LocalVLM]) ->
     assert scored.usage.output_tokens == len(answer) + 1  # and the end token
 
 
-def test_one_prefill_serves_every_candidate_and_the_prefix_is_computed_once(
+def test_one_forward_scores_every_candidate_and_the_prefix_is_computed_once(
     vlms: dict[str, LocalVLM], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     vlm = vlms["llava"]
@@ -591,13 +597,69 @@ def test_one_prefill_serves_every_candidate_and_the_prefix_is_computed_once(
     first = list(forwards)
     prefix = first[0]
     assert prefix[0] == 1 and prefix[1] >= 16  # the shared system prompt, once
-    # Then one forward for the three prompts (after the prefix), and one continuation in which every
-    # candidate of every request is a row: the tiny tokenizer spells each name as one token after
-    # the shared "ACTION:", so each row is one token long.
-    assert first[1][0] == 3 and first[2] == (3 * len(PONG), 1) and len(first) == 3
+    # Then one forward for the three prompts (after the prefix) with every candidate's suffix after
+    # them: the tiny tokenizer spells each name as one token after the shared "ACTION:", so each
+    # row ends in len(PONG) candidate tokens.
+    assert len(first) == 2 and first[1][0] == 3
+    names = vlm.tokenizer([f" {name}" for name in PONG], add_special_tokens=False)["input_ids"]
+    assert all(len(ids) == 1 for ids in names)
+    assert vlm._last_inputs[:, -len(PONG) :].tolist() == [[ids[0] for ids in names]] * 3
     forwards.clear()
     gather(vlm, batch)
-    assert [rows for rows, _ in forwards] == [3, 3 * len(PONG)]  # the prefix came from its cache
+    assert [rows for rows, _ in forwards] == [3]  # the prefix came from its cache
+
+
+# Names the tiny tokenizer splits into several tokens, beside single-token ones: candidates of
+# different lengths side by side in one row.
+MIXED = ("NOOP", "UPRIGHT", "FIRE FIRE FIRE", "RIGHT LEFT", "UP")
+
+
+@pytest.mark.parametrize("one_pass", [True, False], ids=["one pass", "two passes"])
+@pytest.mark.parametrize("prefix_cache", [True, False], ids=["prefix cached", "no prefix cache"])
+@pytest.mark.parametrize("family", ["llava", "qwen2_vl"])  # 1-D positions, and Qwen's multimodal rope
+def test_scored_log_probabilities_are_those_of_a_full_forward_per_candidate(
+    vlm: LocalVLM, monkeypatch: pytest.MonkeyPatch, one_pass: bool, prefix_cache: bool
+) -> None:
+    """Every candidate's log-probability, from the batched scoring (padded prompts of different
+    lengths, choices that differ per request, suffixes of 1-4 tokens side by side, with or without
+    the cached system prompt, computed or reused; in one forward or over a second pass on the KV
+    cache), equals the plain full forward over prompt + that answer alone, within 1e-4."""
+    monkeypatch.setattr(vlm, "prefix_cache", prefix_cache)
+    monkeypatch.setattr(vlm, "_prefixes", {})
+    monkeypatch.setattr(vlm, "_one_pass_fits", lambda length: one_pass)
+    lengths = {len(vlm.tokenizer(f" {n}", add_special_tokens=False)["input_ids"]) for n in MIXED}
+    assert max(lengths) >= 3 and min(lengths) == 1
+    requests = [
+        make_request(0, system=LONG_SYSTEM, decode="score", choices=MIXED),
+        make_request(4, system=LONG_SYSTEM, decode="score", choices=PONG),
+        make_request(2, system=LONG_SYSTEM, decode="score", choices=NESTED),
+    ]
+    first = gather(vlm, requests)
+    again = gather(vlm, requests)  # the system prompt's KV now from the cache, unchanged by its use
+    for completion, request in zip([*first, *again], [*requests, *requests], strict=True):
+        choices = request.choices
+        expected = reference_log_likelihoods(vlm, request, [f"ACTION: {name}" for name in choices])
+        expected -= np.logaddexp.reduce(expected)
+        got = np.log([completion.choice_probs[name] for name in choices])
+        np.testing.assert_allclose(got, expected, atol=1e-4, rtol=0)
+        assert completion.choice == choices[int(np.argmax(expected))]
+
+
+def test_one_pass_scoring_under_eager_attention(
+    vlms: dict[str, LocalVLM], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Eager attention adds the mask to the scores (sdpa takes it as booleans): the same values."""
+    vlm = vlms["qwen2_vl"]
+    vlm.model.set_attn_implementation("eager")
+    try:
+        assert vlm.model.config.get_text_config(decoder=True)._attn_implementation == "eager"
+        requests = [make_request(s, system=LONG_SYSTEM, decode="score", choices=MIXED) for s in (0, 3)]
+        for completion, request in zip(gather(vlm, requests), requests, strict=True):
+            expected = reference_log_likelihoods(vlm, request, [f"ACTION: {name}" for name in MIXED])
+            got = np.log([completion.choice_probs[name] for name in MIXED])
+            np.testing.assert_allclose(got, expected - np.logaddexp.reduce(expected), atol=1e-4, rtol=0)
+    finally:
+        vlm.model.set_attn_implementation("sdpa")
 
 
 def test_json_answers_are_scored_as_json(vlms: dict[str, LocalVLM]) -> None:

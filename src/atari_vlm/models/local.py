@@ -352,11 +352,13 @@ def _check_choices(choices: Sequence[str]) -> None:
 
 def _common_prefix(sequences: Sequence[Sequence[int]]) -> list[int]:
     """The longest token prefix that every sequence starts with."""
-    first = sequences[0]
-    n = 0
-    while n < len(first) and all(len(s) > n and s[n] == first[n] for s in sequences):
-        n += 1
-    return list(first[:n])
+    first = np.asarray(sequences[0], dtype=np.int64)
+    n = len(first)
+    for other in sequences[1:]:
+        m = min(n, len(other))
+        differ = np.flatnonzero(first[:m] != np.asarray(other[:m], dtype=np.int64))
+        n = int(differ[0]) if differ.size else m
+    return first[:n].tolist()
 
 
 def _softmax(values: np.ndarray) -> np.ndarray:
@@ -432,12 +434,12 @@ class LocalVLM:
     Decoding (``Request.decode``):
 
     - ``free``: ``model.generate`` writes the answer; the agent parses it.
-    - ``score``: no generation. One forward pass over the prompt (its KV cache then shared by every
-      candidate: the cache's rows are repeated per candidate and all candidates run as one batched
-      continuation) gives the log-likelihood of each legal answer, ``ACTION: <name>`` followed by
-      an end token (see :meth:`_score`). The text before the first image (the system prompt, the
-      same at every decision) is computed once and its KV reused while it stays the same
-      (``prefix_cache``, on by default), so each decision's forward covers only the rest.
+    - ``score``: no generation. One forward pass over the prompt, with every candidate's tokens
+      after it under a mask that keeps the candidates apart, gives the log-likelihood of each legal
+      answer, ``ACTION: <name>`` followed by an end token (see :meth:`_score`). The text before
+      the first image (the system prompt, the same at every decision) is computed once and its KV
+      reused while it stays the same (``prefix_cache``, on by default), so each decision's forward
+      covers only the rest.
     - ``constrained``: the same exact choice among the legal answers (the model's distribution
       restricted to them, which token masking in ``generate`` only approximates), written as
       ``obtained="constrained"``; with ``Request.reasoning``, ``generate`` first writes free
@@ -884,36 +886,95 @@ class LocalVLM:
         normalized probabilities are exactly the model's distribution over the legal answers;
         dividing by the length would no longer be a probability and would favour multi-token names.
         The candidates' common token prefix (``ACTION:``, the reasoning) has the same probability for
-        all of them, so it joins the prompt in the one prefill; the rest of every candidate then runs
-        as one batched continuation over the prefill's KV cache (its rows repeated per candidate).
+        all of them, so it joins the prompt. The rest of every candidate (its *suffix*) is appended
+        after the prompt too, all of a request's suffixes side by side, and one forward runs the
+        lot: a 4-D attention mask lets each suffix token see the prompt and the earlier tokens of its
+        own suffix only, and its position continues the prompt's, so every suffix is scored exactly
+        as if it alone followed the prompt (:meth:`_one_pass`). Where a sliding attention window
+        is shorter than that layout, the suffixes instead run as a second batched forward over the
+        prompt's KV cache, its rows repeated per candidate (:meth:`_two_pass`).
 
         Returns each request's log-likelihoods (up to the shared prefix's, the same for all) and
         the candidates' token ids.
         """
         torch = self._torch
-        device = self.model.device
         answer_ids = [self._answer_ids(texts) for texts in answers]
         shared = [_common_prefix(ids) for ids in answer_ids]
-        logits, cache, attention, positions = self._prefill(
-            _append_tokens(inputs, shared, self.tokenizer.pad_token_id, torch)
-        )
-        first = logits.float().log_softmax(-1)  # (requests, vocab): the next token after the prefix
-        end = torch.tensor(self._end_ids, device=first.device)
-        ends_now = torch.logsumexp(first[:, end], -1).tolist()  # an answer that ends with the shared prefix
         suffixes = [[ids[len(p) :] for ids in row] for row, p in zip(answer_ids, shared, strict=True)]
-        scores = [np.array([ends_now[r]] * len(row)) for r, row in enumerate(suffixes)]
-        rows = [(r, k) for r, row in enumerate(suffixes) for k, suffix in enumerate(row) if suffix]
-        if not rows:
-            return scores, answer_ids
-        width = max(len(suffixes[r][k]) for r, k in rows)
-        tokens = torch.full((len(rows), width), self.tokenizer.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for n, (r, k) in enumerate(rows):
-            suffix = suffixes[r][k]
-            tokens[n, : len(suffix)] = torch.tensor(suffix)
+        prompt = _append_tokens(inputs, shared, self.tokenizer.pad_token_id, torch)
+        block = max(sum(len(s) for s in row) for row in suffixes)
+        if self._one_pass_fits(prompt["input_ids"].shape[1] + block):
+            logp, rows, offsets = self._one_pass(prompt, suffixes)
+        else:
+            logp, rows, offsets = self._two_pass(prompt, suffixes)
+        flat = [s for row in suffixes for s in row]
+        totals = _candidate_totals(logp, rows, offsets, flat, self._end_ids, torch).tolist()
+        scores, start = [], 0
+        for row in suffixes:
+            scores.append(np.array(totals[start : start + len(row)]))
+            start += len(row)
+        return scores, answer_ids
+
+    def _one_pass_fits(self, length: int) -> bool:
+        """Whether the suffixes can share the prompt's forward under a mask of their own: the
+        attention takes a 4-D mask (sdpa or eager, not flash attention) and every layer attends to
+        all of ``length`` tokens (no sliding window cuts in)."""
+        text = self.model.config.get_text_config(decoder=True)
+        if _attention_kind(self.model) not in ("sdpa", "eager"):
+            return False
+        window = getattr(text, "sliding_window", None)
+        if not isinstance(window, int) or not getattr(text, "use_sliding_window", True):
+            return True
+        return length + 1 < window
+
+    def _one_pass(self, prompt: dict[str, Any], suffixes: list[list[list[int]]]) -> tuple[Any, Any, Any]:
+        """Prompt and every candidate's suffix in one forward (see :meth:`_score`).
+
+        Row r's suffixes are laid side by side after its prompt; the returned log-probabilities are
+        (requests, 1 + block, vocab): at the prompt's last token, then after each block token.
+        Candidate n (flattened) lives in row ``rows[n]`` from block offset ``offsets[n]``.
+        """
+        torch = self._torch
+        device = self.model.device
+        width = max(sum(len(s) for s in row) for row in suffixes)
+        tokens = torch.full((len(suffixes), width), self.tokenizer.pad_token_id, dtype=torch.long)
+        owner = torch.full((len(suffixes), width), -1, dtype=torch.long)  # the candidate; -1: padding
+        step = torch.zeros((len(suffixes), width), dtype=torch.long)  # the place within the candidate
+        rows, offsets = [], []
+        for r, row in enumerate(suffixes):
+            at = 0
+            for k, suffix in enumerate(row):
+                rows.append(r)
+                offsets.append(at)
+                tokens[r, at : at + len(suffix)] = torch.tensor(suffix, dtype=torch.long)
+                owner[r, at : at + len(suffix)] = k
+                step[r, at : at + len(suffix)] = torch.arange(len(suffix))
+                at += len(suffix)
+        block = (tokens.to(device), owner.to(device), step.to(device))
+        logits = self._prefill(prompt, block=block)[0]
+        logp = logits.float().log_softmax(-1)
+        return logp, torch.tensor(rows, device=device), torch.tensor(offsets, device=device)
+
+    def _two_pass(self, prompt: dict[str, Any], suffixes: list[list[list[int]]]) -> tuple[Any, Any, Any]:
+        """The prompt's forward, then every candidate's suffix as a row of one batched forward over
+        the prompt's KV cache (its rows repeated per candidate); log-probabilities as
+        :meth:`_one_pass` returns them, one row per candidate (offsets 0)."""
+        torch = self._torch
+        device = self.model.device
+        logits, cache, attention, positions = self._prefill(prompt)
+        first = logits.float().log_softmax(-1)  # (requests, vocab): after the prompt
+        flat = [s for row in suffixes for s in row]
+        select = torch.tensor([r for r, row in enumerate(suffixes) for _ in row], device=device)
+        offsets = torch.zeros(len(flat), dtype=torch.long, device=device)
+        width = max(len(s) for s in flat)
+        if width == 0:
+            return first.index_select(0, select)[:, None], torch.arange(len(flat), device=device), offsets
+        tokens = torch.full((len(flat), width), self.tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(flat), width), dtype=torch.long)
+        for n, suffix in enumerate(flat):
+            tokens[n, : len(suffix)] = torch.tensor(suffix, dtype=torch.long)
             mask[n, : len(suffix)] = 1
         tokens, mask = tokens.to(device), mask.to(device)
-        select = torch.tensor([r for r, _ in rows], device=device)
         cache.batch_select_indices(select)
         batch_dim = 1 if positions.ndim == 3 else 0  # Qwen's multimodal rope: (axes, batch, length)
         steps = torch.arange(1, width + 1, device=device).view(*([1] * (positions.ndim - 1)), width)
@@ -924,16 +985,9 @@ class LocalVLM:
             use_cache=True,
             **{self._cache_argument: cache},
         )
-        logp = out.logits.float().log_softmax(-1)  # (rows, width, vocab): after each suffix token
-        total = first.index_select(0, select).gather(1, tokens[:, :1]).squeeze(1)
-        if width > 1:
-            later = logp[:, :-1].gather(2, tokens[:, 1:, None]).squeeze(2)
-            total = total + torch.where(mask[:, 1:].bool(), later, 0.0).sum(1)
-        last = logp[torch.arange(len(rows), device=device), mask.sum(1) - 1]
-        total = total + torch.logsumexp(last[:, end], -1)
-        for (r, k), value in zip(rows, total.tolist(), strict=True):
-            scores[r][k] = value
-        return scores, answer_ids
+        later = out.logits.float().log_softmax(-1)  # (candidates, width, vocab)
+        logp = torch.cat([first.index_select(0, select)[:, None], later], 1)
+        return logp, torch.arange(len(flat), device=device), offsets
 
     def _answer_ids(self, texts: list[str]) -> list[list[int]]:
         """Token ids of candidate answers (cached: without reasoning they repeat every decision)."""
@@ -946,33 +1000,52 @@ class LocalVLM:
             self._answer_cache[key] = ids
         return ids
 
-    def _prefill(self, inputs: dict[str, Any]) -> tuple[Any, Any, Any, Any]:
+    def _prefill(
+        self, inputs: dict[str, Any], block: tuple[Any, Any, Any] | None = None
+    ) -> tuple[Any, Any, Any, Any]:
         """One forward over a batch of prompts (left-padded ``inputs``): the logits after each
         prompt, the KV cache, and the attention mask and position ids that go with the cache.
 
         The text before the first image (the system prompt, the same at every decision) is computed
         once and its KV reused (:meth:`_cached_prefix`); the batch then lays out as prefix, padding,
         rest of the prompt, and only the rest runs through the model.
+
+        With ``block`` (tokens, owner, step: each (requests, width)), the block's tokens follow the
+        prompts in the same forward under a 4-D mask (:func:`_block_mask`), each at the position
+        after its prompt's last plus ``step``, and the logits cover the prompt's last token and every
+        block token: (requests, 1 + width, vocab), and no cache (the block's KV is of no further use).
         """
+        torch = self._torch
         prefix = self._shared_prefix(inputs) if self.prefix_cache else None
-        if prefix is None:
-            positions = self._positions(inputs)
-            out = self.model(**inputs, position_ids=positions, use_cache=True, **self._last_logits_only)
-            return out.logits[:, -1], _output_cache(out), inputs["attention_mask"], positions
-        n = len(prefix)
-        full = _pad_after(inputs, n, self.tokenizer.pad_token_id, self._torch)
+        n = 0 if prefix is None else len(prefix)
+        full = inputs if prefix is None else _pad_after(inputs, n, self.tokenizer.pad_token_id, torch)
         positions = self._positions(full)
-        cache = self._cached_prefix(prefix, positions[..., :1, :n])
-        cache.batch_repeat_interleave(full["input_ids"].shape[0])
+        cached: dict[str, Any] = {}
+        if prefix is not None:
+            cache = self._cached_prefix(prefix, positions[..., :1, :n])
+            cache.batch_repeat_interleave(full["input_ids"].shape[0])
+            cached[self._cache_argument] = cache
         rest = {k: v[:, n:] if k in _TOKEN_VALUES else v for k, v in full.items()}
-        out = self.model(
-            **rest,
-            position_ids=positions[..., n:],
-            use_cache=True,
-            **{self._cache_argument: cache},
-            **self._last_logits_only,
-        )
-        return out.logits[:, -1], _output_cache(out), full["attention_mask"], positions
+        keep = self._last_logits_only
+        attention = full["attention_mask"]
+        run_positions = positions[..., n:]
+        if block is not None:
+            tokens, owner, step = block
+            for key in _TOKEN_VALUES:
+                if key in rest:
+                    extra = tokens if key == "input_ids" else torch.zeros_like(tokens, dtype=rest[key].dtype)
+                    rest[key] = torch.cat([rest[key], extra], 1)
+            after = positions[..., -1:] + 1 + (step if positions.ndim == 2 else step[None])
+            run_positions = torch.cat([run_positions, after], -1)
+            additive = None if _attention_kind(self.model) == "sdpa" else self.model.dtype
+            rest["attention_mask"] = _block_mask(attention, owner, n, additive, torch)
+            keep = {"logits_to_keep": tokens.shape[1] + 1} if keep else {}
+        # The block's own KV is never used again: no cache to build unless the prefix's is passed in.
+        grow = block is None or bool(cached)
+        out = self.model(**rest, position_ids=run_positions, use_cache=grow, **cached, **keep)
+        if block is not None:
+            return out.logits[:, -(block[0].shape[1] + 1) :], None, attention, positions
+        return out.logits[:, -1], _output_cache(out), attention, positions
 
     def _shared_prefix(self, inputs: dict[str, Any]) -> tuple[int, ...] | None:
         """The token ids that every prompt of the batch starts with, up to the first image or video
@@ -1007,7 +1080,7 @@ class LocalVLM:
         self._prefixes[prefix] = cache
         while len(self._prefixes) > MAX_CACHED_PREFIXES:
             self._prefixes.pop(next(iter(self._prefixes)))
-        return copy.deepcopy(cache)
+        return _fork_cache(cache)
 
     def _positions(self, inputs: dict[str, Any]) -> Any:
         """Position ids of a left-padded batch, computed as ``generate`` computes them (Qwen's
@@ -1051,6 +1124,65 @@ def _append_tokens(inputs: dict[str, Any], extra: list[list[int]], pad_id: int, 
     return out
 
 
+def _attention_kind(model: Any) -> str:
+    """The attention implementation of the model's language half (``sdpa``, ``eager``, ...)."""
+    text = model.config.get_text_config(decoder=True)
+    return str(getattr(text, "_attn_implementation", None) or model.config._attn_implementation)
+
+
+def _block_mask(attention: Any, owner: Any, n: int, additive: Any, torch: Any) -> Any:
+    """The 4-D attention mask (requests, 1, queries, keys) of a prompt batch followed by a block of
+    candidate suffixes, for a forward whose first ``n`` columns are already in the cache: boolean
+    (True: attend, as sdpa takes it), or additive in dtype ``additive`` (as eager attention adds it).
+
+    ``attention`` (requests, prompt width) marks each prompt's real tokens; ``owner`` (requests,
+    block width) names the candidate each block token belongs to (-1: padding). A prompt token sees
+    the real prompt tokens up to itself (causal, as usual); a block token sees its prompt's real
+    tokens and the tokens of its own candidate up to itself, never another candidate's. Every query
+    also sees itself, so that no row (a padding one) is masked entirely.
+    """
+    device = attention.device
+    width = attention.shape[1]
+    keys = torch.arange(width + owner.shape[1], device=device)
+    queries = keys[n:]
+    prompt_owner = torch.full_like(attention, -2, dtype=owner.dtype)
+    key_owner = torch.cat([prompt_owner, owner], 1)  # -2: a prompt token
+    key_real = torch.cat([attention.bool(), owner >= 0], 1)
+    causal = keys[None, :] <= queries[:, None]
+    same = (key_owner[:, n:, None] == key_owner[:, None, :]) | (key_owner[:, None, :] == -2)
+    allowed = causal[None] & key_real[:, None, :] & same
+    allowed |= keys[None, None, :] == queries[None, :, None]
+    if additive is None:
+        return allowed[:, None]
+    mask = torch.zeros(allowed.shape, dtype=additive, device=device)
+    return mask.masked_fill_(~allowed, torch.finfo(additive).min)[:, None]
+
+
+def _candidate_totals(
+    logp: Any, rows: Any, offsets: Any, suffixes: list[list[int]], end_ids: list[int], torch: Any
+) -> Any:
+    """log P(suffix, end | prompt + shared prefix) of each candidate, from ``logp`` laid out as
+    :meth:`LocalVLM._one_pass` returns it: candidate n's token t (t >= 1) is predicted at
+    ``logp[rows[n], offsets[n] + t]``, its first token and, for an empty suffix, its end at
+    ``logp[rows[n], 0]``, its end after its last token at ``offsets[n] + len``."""
+    device = logp.device
+    lengths = torch.tensor([len(s) for s in suffixes], device=device)
+    longest = max(len(s) for s in suffixes)
+    total = torch.zeros(len(suffixes), device=device)
+    if longest:
+        tokens = torch.zeros((len(suffixes), longest), dtype=torch.long)
+        for i, suffix in enumerate(suffixes):
+            tokens[i, : len(suffix)] = torch.tensor(suffix, dtype=torch.long)
+        tokens = tokens.to(device)
+        t = torch.arange(longest, device=device)[None, :]
+        inside = t < lengths[:, None]
+        at = torch.where((t == 0) | ~inside, 0, offsets[:, None] + t)
+        total = torch.where(inside, logp[rows[:, None], at, tokens], 0.0).sum(1)
+    end_at = torch.where(lengths == 0, 0, offsets + lengths)
+    end = torch.tensor(end_ids, device=device)
+    return total + torch.logsumexp(logp[rows, end_at][:, end], -1)
+
+
 def _pad_after(inputs: dict[str, Any], n: int, pad_id: int, torch: Any) -> dict[str, Any]:
     """``inputs`` laid out as each row's first ``n`` tokens, then the row's padding, then the rest."""
     mask = inputs["attention_mask"].bool()
@@ -1067,6 +1199,26 @@ def _pad_after(inputs: dict[str, Any], n: int, pad_id: int, torch: Any) -> dict[
             padded[i, values.shape[1] - (len(row) - n) :] = row[n:]
         out[key] = padded
     return out
+
+
+def _fork_cache(cache: Any) -> Any:
+    """A copy of ``cache`` that can grow and be re-batched without changing ``cache``.
+
+    Dynamic cache layers never write into their tensors (they concatenate, repeat and index into
+    new ones), so fresh layer objects holding the same tensors suffice; any other kind is copied.
+    """
+    layers = getattr(cache, "layers", None)
+    if type(cache).__name__ != "DynamicCache" or not isinstance(layers, list):
+        return copy.deepcopy(cache)
+    if any(type(layer).__name__ not in _GROWING_LAYERS for layer in layers):
+        return copy.deepcopy(cache)
+    fork = copy.copy(cache)
+    fork.layers = [copy.copy(layer) for layer in layers]
+    return fork
+
+
+_GROWING_LAYERS = ("DynamicLayer", "DynamicSlidingWindowLayer")
+"""transformers' cache layers that replace their tensors rather than write into them."""
 
 
 def _output_cache(output: Any) -> Any:
