@@ -32,7 +32,8 @@ def run_cli(*args, columns="80", env=None):
     )
 
 
-NAMES = [p.name + (" (legacy)" if p.legacy else "") for p in list_presets()] + ["demo"]
+BUILT_IN = ["demo", "pong-tiny"]  # the models atari-vlm builds itself, after the presets
+NAMES = [p.name + (" (legacy)" if p.legacy else "") for p in list_presets()] + BUILT_IN
 
 
 def table_rows(text):
@@ -45,7 +46,7 @@ def test_models_at_80_columns_fits_with_one_line_per_model_and_names_whole():
     lines = result.stdout.splitlines()
     assert max(len(line) for line in lines) <= 80
     rows = table_rows(result.stdout)
-    assert len(rows) == len(NAMES) == len(list_presets()) + 1  # one line each: nothing wraps; demo listed
+    assert len(rows) == len(NAMES) == len(list_presets()) + 2  # one a line, none wrapped
     assert [row.split("│")[1].strip() for row in rows] == NAMES
     assert len(lines) <= len(NAMES) + 12  # header, footers, recommendation (355 lines before)
     assert "not shown at this width" in result.stdout and "--wide" in result.stdout
@@ -73,7 +74,7 @@ def test_models_wide_shows_every_column_at_any_width():
 def test_models_json_has_every_preset_and_demo():
     result = run_cli("models", "--json")
     data = json.loads(result.stdout)
-    assert [m["name"] for m in data["models"]] == [p.name for p in list_presets()] + ["demo"]
+    assert [m["name"] for m in data["models"]] == [p.name for p in list_presets()] + BUILT_IN
     keys = {"name", "provider", "model_id", "input_per_mtok", "output_per_mtok", "status", "usable", "reason"}
     assert all(keys <= set(m) for m in data["models"])
     gpt = next(m for m in data["models"] if m["name"] == "gpt-4o-mini")

@@ -638,11 +638,12 @@ def test_presets_follow_the_sdk_base_url_variables_with_their_price(no_keys: pyt
     no_keys.setenv("ANTHROPIC_API_KEY", "sk-ant-1234")
     no_keys.setenv("OPENAI_BASE_URL", "http://carol:pw123456@litellm.example.test:4000/v1")
     no_keys.setenv("ANTHROPIC_BASE_URL", "https://gateway.example.test/anthropic")
+    with pytest.raises(ConfigError, match="must not hold a user name or password") as refused:
+        load_model("gpt-4o-mini")  # credentials in a URL travel everywhere: refused, and not repeated
+    assert "pw123456" not in str(refused.value) and "carol" not in str(refused.value)
+    no_keys.setenv("OPENAI_BASE_URL", "http://litellm.example.test:4000/v1")
     gpt = load_model("gpt-4o-mini")
-    assert gpt.vlm.base_url == "http://carol:pw123456@litellm.example.test:4000/v1"  # what the SDK gets
-    assert gpt.base_url == "http://litellm.example.test:4000/v1" and "pw123456" not in json.dumps(
-        gpt.describe()
-    )
+    assert gpt.vlm.base_url == gpt.base_url == "http://litellm.example.test:4000/v1"  # what the SDK gets
     assert gpt.prices == get_preset("gpt-4o-mini").prices
     claude = load_model(ModelSpec(model="claude-sonnet-5", reasoning="low", timeout_s=5.0))
     assert (

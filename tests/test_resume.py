@@ -311,13 +311,29 @@ def test_sigterm_or_two_sigints_mid_request_end_the_run_like_ctrl_c_and_resume_f
     assert summary["episodes"] == 3 and summary["stopped"] is None
 
 
+@pytest.fixture
+def default_signals():
+    """Python's own SIGINT/SIGTERM handlers for the test (the run installs its handler only over
+    those): an earlier test's library (``ray.init`` sets a SIGTERM handler in the driver) may have
+    left others, and a SIGTERM sent to this process would then end pytest itself."""
+    old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    yield
+    for s, handler in old.items():
+        signal.signal(s, handler)
+
+
 def sigterm_after_first(result):
-    """An on_episode callback that sends this process SIGTERM once episode 0 is on disk."""
+    """An on_episode callback that sends this process SIGTERM once episode 0 is on disk (only while
+    the run's own handler is in place: never the default, which would end pytest)."""
     if result.episode == 0:
+        if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, signal.SIG_IGN, None):
+            raise AssertionError("the run installed no SIGTERM handler")
         os.kill(os.getpid(), signal.SIGTERM)
 
 
-def test_sigterm_in_process_stops_play_with_a_summary_and_resume_finishes(tmp_path):
+def test_sigterm_in_process_stops_play_with_a_summary_and_resume_finishes(tmp_path, default_signals):
     from atari_vlm.errors import Terminated
     from atari_vlm.runner import run_play
 
@@ -336,7 +352,7 @@ def test_sigterm_in_process_stops_play_with_a_summary_and_resume_finishes(tmp_pa
     assert per_episode(out) == per_episode(tmp_path / "reference")
 
 
-def test_sigterm_stops_training_with_a_summary_and_resume_finishes(tmp_path):
+def test_sigterm_stops_training_with_a_summary_and_resume_finishes(tmp_path, default_signals):
     from atari_vlm.errors import Terminated
     from atari_vlm.training import VLMTrainer
 
