@@ -479,3 +479,15 @@ def test_stepping_through_what_the_model_was_sent_in_a_real_browser(browser, pla
     )
     browser.screenshot(shot)
     assert browser.errors() == []
+
+
+def test_overwrite_clears_the_old_runs_frame_store_and_keeps_other_files(tmp_path):
+    out = tmp_path / "run"
+    first = RunSpec.build(game="Pong", agent="random", seed=1, episodes=1, max_steps=5, video=False)
+    run_play(first, out)
+    old = set((out / "frames").iterdir())
+    (out / "frames" / "notes.md").write_text("mine")  # not the store's: kept
+    run_play(first.replace(seed=2), out, overwrite=True)
+    screens = {json.loads(line)["screen"] + ".png" for line in (out / "steps.jsonl").open()}
+    stored = {p.name for p in (out / "frames").iterdir()}
+    assert old and stored == screens | {"notes.md"}  # only the new run's frames, none left behind

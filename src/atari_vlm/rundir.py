@@ -27,6 +27,7 @@ from typing import IO, Any
 
 from atari_vlm import __version__
 from atari_vlm.errors import ConfigError
+from atari_vlm.framestore import FRAMES_DIR, HASH, PROMPTS_DIR
 from atari_vlm.spec import FORMAT_VERSION, RunSpec, describe_differences, resume_conflicts
 
 MIN_FREE_BYTES = 64 * 2**20  # checked before play starts: a full disk mid-run would cost the run
@@ -296,6 +297,11 @@ class RunDir:
             remove_run_file(self.path / name)
         for video in self.videos.glob("*.mp4*"):
             remove_run_file(video)
+        for folder, suffix in ((FRAMES_DIR, ".png"), (PROMPTS_DIR, ".txt")):  # the old run's store
+            if (self.path / folder).is_dir():
+                for item in (self.path / folder).iterdir():
+                    if item.suffix == suffix and HASH.fullmatch(item.stem):
+                        remove_run_file(item)
         write_json_atomic(config_path, config)
 
     def _check_same_run(self, config_path: Path, config: dict[str, Any], spec: RunSpec) -> None:
