@@ -337,6 +337,13 @@ def rewrite_steps(path: Path, edit):
     path.write_text("".join(json.dumps(r) + "\n" for r in lines))
 
 
+def replace_line(path: Path, index: int, text: str) -> None:
+    """Put raw ``text`` (not necessarily JSON a Python json.dumps would write) in place of line ``index``."""
+    lines = path.read_text().splitlines()
+    lines[index] = text
+    path.write_text("\n".join(lines) + "\n")
+
+
 def npz_declaring(path: Path, shape, dtype="|u1", payload=b""):
     """An npz whose ``frames`` header declares ``shape`` but which holds only ``payload``."""
     with zipfile.ZipFile(path, "w") as archive, archive.open("frames.npy", "w") as member:
@@ -431,6 +438,17 @@ CORRUPTIONS = [
         lambda d: rewrite_steps(d / "steps.jsonl", lambda rows: rows[0].update(state_text=["x"])),
         "steps.jsonl",
         "state_text",
+    ),
+    (lambda d: replace_line(d / "steps.jsonl", 1, "[" * 5000 + "]" * 5000), "steps.jsonl", "nested deeper"),
+    (
+        lambda d: replace_line(d / "steps.jsonl", 0, '{"step": 0, "reward": 1' + "0" * 5000 + "}"),
+        "steps.jsonl",
+        "5001 digits",
+    ),
+    (
+        lambda d: (d / "meta.json").write_text('{"steps": 1' + "0" * 5000 + "}"),
+        "meta.json",
+        "5001 digits",
     ),
     (corrupt_frames_count, "frames.npz", "2 entries, expected 3"),
     (corrupt_frames_shape, "frames.npz", "out of bounds"),

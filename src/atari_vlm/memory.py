@@ -44,6 +44,7 @@ import numpy as np
 
 from atari_vlm.errors import ConfigError
 from atari_vlm.games import resolve_game
+from atari_vlm.rundir import parse_json
 
 SCHEMA_VERSION = 1
 SOURCES: tuple[str, ...] = ("self", "demo", "expert", "human")
@@ -222,8 +223,8 @@ def _read_json(path: Path, max_bytes: int) -> Any:
     if size > max_bytes:
         raise _bad(path, f"{size} bytes, more than the {max_bytes} a trajectory file may have")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return parse_json(path.read_text(encoding="utf-8"))  # bounded depth and integer digits
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise _bad(path, f"not readable JSON ({exc})") from exc
 
 
@@ -307,8 +308,8 @@ def _read_steps(path: Path, meta: EpisodeMeta) -> tuple[StepRecord, ...]:
     steps = []
     for i, line in enumerate(lines):
         try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
+            record = parse_json(line)
+        except ValueError as exc:
             raise _bad(path, f"line {i + 1} is not JSON ({exc})") from exc
         steps.append(_parse_step(record, i, path, meta.action_names))
     return tuple(steps)
